@@ -1,0 +1,3 @@
+from fq_onnx.cli import main
+
+main()
