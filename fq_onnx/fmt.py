@@ -1,0 +1,248 @@
+"""The byte layout of one compressed weight tensor: the Python half of docs/FORMAT.md.
+
+``encode`` writes and ``decode`` reads exactly the layout documented there; the C++ decoder in
+``custom_ops/`` implements the same rules and is tested against this module.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from fq_onnx import codec
+
+MAGIC = b"FQW1"
+VERSION = 1
+MODE_SHIFT = 0
+MODE_FOCUSED = 1
+MODE_NAMES = {MODE_SHIFT: "shift", MODE_FOCUSED: "FQ"}
+MAX_ELEMENTS = 1 << 28
+MAX_NDIM = 8
+# Longest zero runs the encoder tries per token; it keeps whichever gives the smallest blob.
+RUN_MAX_CHOICES = (0, 1, 3, 7, 15, 31, 63)
+
+_PREFIX = struct.Struct("<4sBBBBBBH")  # magic, version, mode, bits, ndim, block, run_max, reserved
+_PARAMS = struct.Struct("<fffiII")  # alpha, centre0, centre1, b, tokens, payload bytes
+_CRC = struct.Struct("<I")
+
+
+class FormatError(ValueError):
+    """A compressed tensor breaks a rule of docs/FORMAT.md; the message names the rule."""
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """How codes map to weights: see ``levels``. ``bits`` counts the bits of one nonzero code."""
+
+    mode: int
+    bits: int
+    alpha: float
+    centre0: float = 0.0
+    centre1: float = 0.0
+    b: int = 0
+
+    @property
+    def exponent_bits(self) -> int:
+        return self.bits - 1 if self.mode == MODE_SHIFT else self.bits - 2
+
+    @property
+    def value_count(self) -> int:
+        return 1 << self.bits
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded tensor: its parameters, shape, and codes (int16, -1 where pruned)."""
+
+    params: QuantParams
+    shape: tuple[int, ...]
+    codes: np.ndarray
+    block: int
+    run_max: int
+    tokens: int
+
+    @property
+    def nonzeros(self) -> int:
+        return int(np.count_nonzero(self.codes >= 0))
+
+
+def check_params(params: QuantParams) -> None:
+    """Raise FormatError unless the parameters are ones a decoder accepts."""
+    if params.mode not in MODE_NAMES:
+        raise FormatError(f"unknown quantizer mode {params.mode}")
+    low = 2 if params.mode == MODE_SHIFT else 3
+    if not low <= params.bits <= 8:
+        raise FormatError(f"{MODE_NAMES[params.mode]} mode needs {low}..8 bits, got {params.bits}")
+    values = np.array([params.alpha, params.centre0, params.centre1], dtype=np.float32)
+    if not np.all(np.isfinite(values)) or not values[0] > 0:
+        raise FormatError("alpha must be finite and positive and the centres finite")
+    if params.mode == MODE_SHIFT and (values[1] != 0 or values[2] != 0):
+        raise FormatError("shift mode has no centres: both must be 0")
+    e_max = (1 << params.exponent_bits) - 1
+    if -params.b < -126 or e_max - params.b > 127:
+        raise FormatError(f"exponent offset b={params.b} puts level exponents outside [-126, 127]")
+
+
+def levels(params: QuantParams) -> np.ndarray:
+    """The float32 weight of every code, computed step by step exactly as FORMAT.md defines."""
+    check_params(params)
+    v = np.arange(params.value_count)
+    k = params.exponent_bits
+    e = v & ((1 << k) - 1)
+    negative = ((v >> k) & 1).astype(bool)
+    t = np.ldexp(np.float32(1.0), (e - params.b).astype(np.int32)).astype(np.float32)
+    signed = np.where(negative, -t, t).astype(np.float32)
+    if params.mode == MODE_FOCUSED:
+        centres = np.array([params.centre0, params.centre1], dtype=np.float32)[v >> (k + 1)]
+        with np.errstate(over="ignore"):
+            signed = (centres + signed).astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = (np.float32(params.alpha) * signed).astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise FormatError("a quantization level overflows float32")
+    return out
+
+
+def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int | None = None) -> bytes:
+    """Serialize a tensor of codes (-1 = pruned zero) with its parameters into one blob.
+
+    ``run_max`` fixes the longest zero run per token; by default every choice in
+    RUN_MAX_CHOICES is tried and the smallest blob wins.
+    """
+    codes = np.asarray(codes)
+    check_params(params)
+    if not 1 <= codes.ndim <= MAX_NDIM or codes.size == 0 or codes.size > MAX_ELEMENTS:
+        raise FormatError(f"cannot store a tensor of shape {codes.shape}")
+    if codes.min() < -1 or codes.max() >= params.value_count:
+        raise FormatError(f"codes must be -1 or in [0, {params.value_count})")
+    if not 1 <= block <= 255:
+        raise FormatError("block must be in 1..255")
+    flat = codes.ravel().astype(np.int64)
+    choices = RUN_MAX_CHOICES if run_max is None else (run_max,)
+    best = None
+    for r in choices:
+        symbols = codec.tokenize(flat, params.value_count, r)
+        size = codec.alphabet_size(params.value_count, r)
+        freqs = np.bincount(symbols, minlength=size)
+        lengths = codec.huffman_lengths(freqs)
+        nbytes = (size + 1) // 2 + (codec.encoded_bits(freqs, lengths) + 7) // 8
+        if best is None or nbytes < best[0]:
+            best = (nbytes, r, symbols, lengths)
+    _, r, symbols, lengths = best
+    payload = codec.encode_symbols(symbols, lengths)
+    table = _pack_nibbles(lengths)
+    head = _PREFIX.pack(MAGIC, VERSION, params.mode, params.bits, codes.ndim, block, r, 0)
+    head += struct.pack(f"<{codes.ndim}I", *codes.shape)
+    head += _PARAMS.pack(params.alpha, params.centre0, params.centre1, params.b, symbols.size, len(payload))
+    body = head + table + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def _pack_nibbles(lengths: np.ndarray) -> bytes:
+    lengths = np.asarray(lengths, dtype=np.uint8)
+    if lengths.size % 2:
+        lengths = np.append(lengths, np.uint8(0))
+    return (lengths[0::2] | (lengths[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _unpack_nibbles(data: bytes, count: int) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(raw.size * 2, dtype=np.int64)
+    out[0::2] = raw & 0x0F
+    out[1::2] = raw >> 4
+    if out[count:].any():
+        raise FormatError("unused high nibble of the code length table is not 0")
+    return out[:count]
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything before the code table, plus the blob's section sizes (bytes)."""
+
+    params: QuantParams
+    shape: tuple[int, ...]
+    block: int
+    run_max: int
+    tokens: int
+    payload_bytes: int
+    table_offset: int
+    table_bytes: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def read_header(blob: bytes) -> Header:
+    """Parse and check the fixed-size fields, the CRC and the total length; no payload decoding."""
+    blob = bytes(blob)
+    if len(blob) < _PREFIX.size:
+        raise FormatError(f"blob of {len(blob)} bytes is too short for a header")
+    magic, version, mode, bits, ndim, block, run_max, reserved = _PREFIX.unpack_from(blob, 0)
+    if magic != MAGIC:
+        raise FormatError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise FormatError(f"format version {version} is not supported (this build reads {VERSION})")
+    if not 1 <= ndim <= MAX_NDIM:
+        raise FormatError(f"ndim {ndim} outside 1..{MAX_NDIM}")
+    if block < 1 or reserved != 0:
+        raise FormatError("block must be >= 1 and the reserved field 0")
+    offset = _PREFIX.size
+    if len(blob) < offset + 4 * ndim + _PARAMS.size:
+        raise FormatError("blob ends inside the header")
+    shape = struct.unpack_from(f"<{ndim}I", blob, offset)
+    offset += 4 * ndim
+    size = 1
+    for dim in shape:
+        if dim < 1:
+            raise FormatError(f"dimension {dim} in shape {shape} is not positive")
+        size *= dim
+        if size > MAX_ELEMENTS:
+            raise FormatError(f"shape {shape} exceeds the limit of {MAX_ELEMENTS} elements")
+    alpha, c0, c1, b, tokens, payload_bytes = _PARAMS.unpack_from(blob, offset)
+    offset += _PARAMS.size
+    params = QuantParams(mode, bits, alpha, c0, c1, b)
+    check_params(params)
+    if tokens > size:
+        raise FormatError(f"{tokens} tokens for a tensor of {size} elements")
+    table_bytes = (codec.alphabet_size(params.value_count, run_max) + 1) // 2
+    expected = offset + table_bytes + payload_bytes + _CRC.size
+    if len(blob) != expected:
+        raise FormatError(f"blob is {len(blob)} bytes but its header declares {expected}")
+    (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
+    if crc != zlib.crc32(blob[: -_CRC.size]):
+        raise FormatError("CRC-32 mismatch: the compressed tensor is corrupted")
+    return Header(params, tuple(shape), block, run_max, tokens, payload_bytes, offset, table_bytes)
+
+
+def decode(blob: bytes) -> Decoded:
+    """Parse and fully validate a blob; return its codes."""
+    blob = bytes(blob)
+    header = read_header(blob)
+    params = header.params
+    size_symbols = codec.alphabet_size(params.value_count, header.run_max)
+    start = header.table_offset
+    table = blob[start : start + header.table_bytes]
+    payload = blob[start + header.table_bytes : start + header.table_bytes + header.payload_bytes]
+    try:
+        lengths = _unpack_nibbles(table, size_symbols)
+        symbols = codec.decode_symbols(payload, lengths, header.tokens)
+        codes = codec.detokenize(symbols, params.value_count, header.run_max, header.size)
+    except codec.CodecError as exc:
+        raise FormatError(str(exc)) from None
+    return Decoded(params, header.shape, codes.reshape(header.shape), header.block, header.run_max, header.tokens)
+
+
+def dequantize_codes(codes: np.ndarray, params: QuantParams) -> np.ndarray:
+    """Float32 weights of a code array (-1 -> +0.0)."""
+    table = np.append(levels(params), np.float32(0.0))
+    return table[np.where(codes < 0, params.value_count, codes)]
+
+
+def dequantize(blob: bytes) -> np.ndarray:
+    """Decode a blob to its float32 weight tensor, bit for bit as FORMAT.md defines."""
+    decoded = decode(blob)
+    return dequantize_codes(decoded.codes, decoded.params)

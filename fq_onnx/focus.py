@@ -1,0 +1,199 @@
+"""Focused and shift quantization of one pruned weight tensor (DESIGN.md, "The algorithm").
+
+A two-component Gaussian mixture is fitted to the surviving weights. When its components are
+well separated (Wasserstein statistic W2 >= w_sep) each weight is coded relative to its
+component's centre as ``alpha * (centre_c + s * 2^(e - b))`` (focused quantization); otherwise as
+``alpha * s * 2^(e - b)`` (shift quantization). The scale and centres are chosen by a search that
+minimises the layer's squared weight error; codes are then the nearest float32 levels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from fq_onnx import fmt
+
+FIT_SAMPLES = 20_000  # weights used to fit the mixture (seeded subsample of larger layers)
+SEARCH_SAMPLES = 50_000  # weights used to search the scale
+MIN_FIT_WEIGHTS = 16  # below this a mixture fit means nothing: use shift quantization
+SCALE_GRID = np.linspace(-4.0, 1.0, 161)  # log2 offsets of the unit step around its first guess
+ASSIGNMENTS = ("argmax", "sample", "nearest")
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Two Gaussian components sorted by mean; ``w2`` is the separation statistic."""
+
+    means: tuple[float, float]
+    stds: tuple[float, float]
+    w2: float
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """The result of quantizing one tensor: codes (-1 = pruned), parameters and diagnostics."""
+
+    codes: np.ndarray
+    params: fmt.QuantParams
+    mixture: Mixture | None
+    rel_error: float  # ||W - W_hat|| / ||W|| over the whole tensor, pruned weights included
+
+    @property
+    def mode_name(self) -> str:
+        return fmt.MODE_NAMES[self.params.mode]
+
+    def dequantized(self) -> np.ndarray:
+        return fmt.dequantize_codes(self.codes, self.params)
+
+
+def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
+    """Fit a seeded two-component GaussianMixture to 1-D values (subsampled when large)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(seed)
+    sample = values if values.size <= FIT_SAMPLES else rng.choice(values, FIT_SAMPLES, replace=False)
+    gmm = GaussianMixture(n_components=2, random_state=seed, reg_covar=1e-12 + 1e-6 * float(np.var(sample)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(sample.reshape(-1, 1))
+    order = np.argsort(gmm.means_.ravel())
+    means = gmm.means_.ravel()[order]
+    stds = np.sqrt(gmm.covariances_.reshape(-1)[order])
+    variance = float(np.var(values))
+    w2 = float(((means[1] - means[0]) ** 2 + (stds[1] - stds[0]) ** 2) / variance) if variance > 0 else 0.0
+    return Mixture((float(means[0]), float(means[1])), (float(stds[0]), float(stds[1])), w2), (gmm, order)
+
+
+def _nearest_pow2_error(residual: np.ndarray, unit: float, e_max: int) -> np.ndarray:
+    """Squared error of coding each residual as sign * unit * 2^e, e in [0, e_max] (nearest)."""
+    magnitude = np.abs(residual) / unit
+    e = np.floor(np.log2(np.maximum(magnitude, 1e-300)))
+    e = np.where(magnitude >= 1.5 * np.exp2(e), e + 1, e)  # nearest in the linear domain
+    e = np.clip(e, 0, e_max)
+    return (np.abs(residual) - unit * np.exp2(e)) ** 2
+
+
+def _best_centre(values: np.ndarray, guess: float, unit: float, e_max: int, pow2: bool) -> tuple[float, float]:
+    """Centre (absolute) for one component and its squared error on ``values``."""
+    if values.size == 0:
+        return (unit if guess >= 0 else -unit), 0.0
+    if pow2:
+        sign = 1.0 if guess >= 0 else -1.0
+        q0 = np.round(np.log2(max(abs(guess), 1e-30) / unit))
+        candidates = [sign * unit * np.exp2(q) for q in (q0 - 1, q0, q0 + 1)]
+    else:
+        candidates = [guess]
+        for _ in range(2):  # Lloyd steps: move the centre to the mean of its residual-coded weights
+            c = candidates[-1]
+            r = values - c
+            coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, unit, e_max)))
+            candidates.append(float(np.mean(values - coded)))
+    errors = [float(_nearest_pow2_error(values - c, unit, e_max).sum()) for c in candidates]
+    i = int(np.argmin(errors))
+    return float(candidates[i]), errors[i]
+
+
+def _search_shift(values: np.ndarray, e_max: int) -> float:
+    unit0 = np.max(np.abs(values)) / 2.0**e_max
+    errors = [_nearest_pow2_error(values, unit0 * 2.0**g, e_max).sum() for g in SCALE_GRID]
+    return float(unit0 * 2.0 ** SCALE_GRID[int(np.argmin(errors))])
+
+
+def _search_focused(values, components, means, e_max, pow2) -> tuple[float, tuple[float, float]]:
+    spread = max(np.max(np.abs(values[components == c] - means[c])) if np.any(components == c) else 0.0 for c in (0, 1))
+    unit0 = max(spread, 1e-30) / 2.0**e_max
+    best = (np.inf, unit0, (means[0], means[1]))
+    for g in SCALE_GRID:
+        unit = unit0 * 2.0**g
+        c0, err0 = _best_centre(values[components == 0], means[0], unit, e_max, pow2)
+        c1, err1 = _best_centre(values[components == 1], means[1], unit, e_max, pow2)
+        if err0 + err1 < best[0]:
+            best = (err0 + err1, unit, (c0, c1))
+    return best[1], best[2]
+
+
+def _nearest_codes(values: np.ndarray, table: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Index into ``table`` of the nearest allowed level for each value."""
+    candidates = np.flatnonzero(allowed)
+    levels = table[candidates].astype(np.float64)
+    order = np.argsort(levels, kind="stable")
+    sorted_levels = levels[order]
+    hi = np.clip(np.searchsorted(sorted_levels, values), 1, len(sorted_levels) - 1) if len(sorted_levels) > 1 else np.zeros(values.shape, int)
+    lo = np.maximum(hi - 1, 0)
+    pick = np.where(np.abs(values - sorted_levels[lo]) <= np.abs(values - sorted_levels[hi]), lo, hi)
+    return candidates[order[pick]]
+
+
+def quantize(
+    weight: np.ndarray,
+    keep: np.ndarray,
+    bits: int = 5,
+    w_sep: float = 2.0,
+    pow2_centres: bool = True,
+    assign: str = "argmax",
+    seed: int = 0,
+) -> QuantizedLayer:
+    """Quantize the kept weights of ``weight`` (``keep`` is the pruning mask) to ``bits`` bits.
+
+    ``assign`` picks each weight's mixture component in focused mode: ``argmax`` of the
+    posterior (default), ``sample`` from it (as the paper does while training), or ``nearest``
+    (the component whose level is closest; lowest error).
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if assign not in ASSIGNMENTS:
+        raise ValueError(f"assign must be one of {ASSIGNMENTS}, got {assign!r}")
+    weight64 = weight.astype(np.float64)
+    values = weight64[keep]
+    rng = np.random.default_rng(seed)
+    mixture, fitted = (None, None)
+    if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
+        mixture, fitted = fit_mixture(values, seed)
+    focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
+    if values.size == 0:
+        e_max = (1 << (bits - 1)) - 1
+        params = fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126))
+        return QuantizedLayer(np.full(weight.shape, -1, np.int16), params, mixture, _rel_error(weight64, np.zeros_like(weight64)))
+
+    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    if focused:
+        e_max = (1 << (bits - 2)) - 1
+        gmm, order = fitted
+        posterior = gmm.predict_proba(values.reshape(-1, 1))[:, order]
+        if assign == "sample":
+            components = (rng.random(values.size) < posterior[:, 1]).astype(np.int64)
+        else:
+            components = np.argmax(posterior, axis=1)
+        search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
+        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres)
+    else:
+        e_max = (1 << (bits - 1)) - 1
+        unit = _search_shift(search, e_max)
+        centres = (0.0, 0.0)
+    b = min(e_max, 126)
+    alpha = float(np.float32(unit * 2.0**b))
+    relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
+    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
+    table = fmt.levels(params)
+    half = 1 << (bits - 1)
+    kept_codes = np.empty(values.size, dtype=np.int64)
+    if focused and assign != "nearest":
+        for c in (0, 1):
+            allowed = (np.arange(table.size) // half) == c
+            sel = components == c
+            kept_codes[sel] = _nearest_codes(values[sel], table, allowed)
+    else:
+        kept_codes[:] = _nearest_codes(values, table, np.ones(table.size, bool))
+    codes = np.full(weight.shape, -1, dtype=np.int16)
+    codes[keep] = kept_codes
+    layer = QuantizedLayer(codes, params, mixture, 0.0)
+    return QuantizedLayer(codes, params, mixture, _rel_error(weight64, layer.dequantized()))
+
+
+def _rel_error(weight: np.ndarray, approx: np.ndarray) -> float:
+    norm = float(np.linalg.norm(weight))
+    return float(np.linalg.norm(weight - approx) / norm) if norm > 0 else 0.0
