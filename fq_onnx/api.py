@@ -1,0 +1,247 @@
+"""The public Python API; the CLI (fq_onnx.cli) is a thin wrapper over these functions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from fq_onnx import __version__, focus, fmt, prune, rewrite
+from fq_onnx.errors import FqOnnxError
+from fq_onnx.graph import fold_batchnorms, load_model, save_model
+from fq_onnx.inspect import LayerRow, ModelReport, float_row, inspect_model, shiftconv_row
+
+__all__ = ["convert", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
+
+
+@dataclass
+class ConversionReport(ModelReport):
+    """What ``convert`` did: the output model's per-layer report plus the input's size."""
+
+    input_path: str = ""
+    input_file_bytes: int = 0
+    folded_batchnorms: tuple[str, ...] = ()
+    settings: dict | None = None
+
+    def summary(self) -> str:
+        """One line: sizes, weights-only ratio, layer modes and overall sparsity."""
+        totals = self.totals
+        counts = self.mode_counts()
+        modes = ", ".join(f"{counts[m]} {m}" for m in ("FQ", "shift", "float") if counts.get(m))
+        return (
+            f"{Path(self.input_path).name} {_mb(self.input_file_bytes)} -> {_mb(self.file_bytes)} "
+            f"({totals.ratio:.1f}x weights-only), {len(self.layers)} layers: {modes}, "
+            f"sparsity {100 * totals.sparsity:.0f}%"
+        )
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "input_path": self.input_path, "input_file_bytes": self.input_file_bytes,
+                "folded_batchnorms": list(self.folded_batchnorms), "settings": self.settings}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
+
+
+def load_sparsity_file(path: str | os.PathLike) -> dict[str, float]:
+    """Read a per-layer sparsity table: a JSON or YAML mapping of node name to sparsity.
+
+    The key ``"*"`` sets the sparsity of every layer not named.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FqOnnxError(f"{path}: no such sparsity file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise FqOnnxError(f"{path}: reading YAML needs PyYAML (pip install 'fq-onnx[yaml]'), or use JSON") from None
+            table = yaml.safe_load(text)
+        else:
+            table = json.loads(text)
+    except (ValueError, Exception) as exc:
+        if isinstance(exc, FqOnnxError):
+            raise
+        raise FqOnnxError(f"{path}: cannot parse the sparsity table: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
+        raise FqOnnxError(f"{path}: expected a mapping of node name to a sparsity number")
+    return {str(k): float(v) for k, v in table.items()}
+
+
+def _check_options(sparsity: float, bits: int, w_sep: float, block: int, assign: str) -> None:
+    if not 0.0 <= sparsity <= 0.99:
+        raise FqOnnxError(f"--sparsity must be in 0..0.99, got {sparsity}")
+    if not 2 <= bits <= 8:
+        raise FqOnnxError(f"--bits must be in 2..8, got {bits}")
+    if not w_sep >= 0:
+        raise FqOnnxError(f"--w-sep must be >= 0, got {w_sep}")
+    if not 1 <= block <= 255:
+        raise FqOnnxError(f"--block must be in 1..255, got {block}")
+    if assign not in focus.ASSIGNMENTS:
+        raise FqOnnxError(f"--assign must be one of {', '.join(focus.ASSIGNMENTS)}, got {assign!r}")
+
+
+def _unique_names(graph: gs.Graph) -> None:
+    """Give unnamed or duplicate-named nodes a unique name (named nodes keep theirs)."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            base = f"{node.op}_{i}"
+            name, k = base, 0
+            while name in seen:
+                k += 1
+                name = f"{base}_{k}"
+            node.name = name
+        seen.add(node.name)
+
+
+def convert(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    sparsity: float = 0.5,
+    sparsity_file: str | os.PathLike | None = None,
+    bits: int = 5,
+    w_sep: float = 2.0,
+    block: int = 1,
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+    pow2_centres: bool = True,
+    assign: str = "argmax",
+    fuse_relu: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ConversionReport:
+    """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
+
+    ``sparsity`` is the fraction of each layer's weights pruned (overridden per node name by
+    ``sparsity_file``); ``bits`` counts the bits of one nonzero code; ``w_sep`` is the
+    Wasserstein threshold above which a layer uses focused quantization; ``block`` makes G
+    consecutive output channels share one mask. ``progress(layer_name, done, total)`` is called
+    after each layer. The same inputs and seed give a byte-identical output file.
+    """
+    _check_options(sparsity, bits, w_sep, block, assign)
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
+        raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    per_layer = load_sparsity_file(sparsity_file) if sparsity_file else {}
+    default_sparsity = per_layer.pop("*", sparsity)
+    for name, value in per_layer.items():
+        if not 0.0 <= value <= 0.99:
+            raise FqOnnxError(f"{sparsity_file}: sparsity {value} for {name!r} is outside 0..0.99")
+
+    model = load_model(input_path)
+    graph = gs.import_onnx(model)
+    _unique_names(graph)
+    folded = fold_batchnorms(graph)
+    targets, skipped = rewrite.find_targets(graph, tuple(exclude))
+    position = {node.name: i for i, node in enumerate(graph.nodes)}
+    unknown = set(per_layer) - {t.node.name for t in targets} - {name for name, _, _ in skipped}
+    if unknown:
+        raise FqOnnxError(f"{sparsity_file}: no compressible node named {', '.join(sorted(unknown))}")
+    if not targets:
+        reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
+        raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
+
+    rows: list[LayerRow] = []
+    for index, target in enumerate(targets):
+        name = target.node.name
+        keep = prune.magnitude_mask(target.weight, per_layer.get(name, default_sparsity), block)
+        layer = focus.quantize(target.weight, keep, bits, w_sep, pow2_centres, assign, seed)
+        blob = fmt.encode(layer.codes, layer.params, block=block)
+        info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
+                "source_op": target.node.op}
+        shift = target.replace(graph, blob, info, fuse_relu)
+        rows.append(shiftconv_row(shift))
+        if progress:
+            progress(name, index + 1, len(targets))
+    compressed = {id(t.node) for t in targets}
+    for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
+        if id(target.node) not in compressed:
+            rows.append(float_row(target))
+    rows.sort(key=lambda row: position.get(row.name, len(position)))
+    graph.cleanup().toposort()
+
+    settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits, "w_sep": w_sep,
+                "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
+                "assign": assign, "fuse_relu": fuse_relu}
+    out_model = _export(graph, model, settings)
+    file_bytes = save_model(out_model, output_path)
+    return ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
+                            input_path.stat().st_size, tuple(folded), settings)
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
+    """Export the edited graph, keeping the original's model-level fields and noting our settings."""
+    model = gs.export_onnx(graph)
+    if not any(op.domain == rewrite.DOMAIN for op in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(rewrite.DOMAIN, rewrite.OPSET_VERSION))
+    model.ir_version = original.ir_version
+    model.producer_name, model.producer_version = "fq-onnx", __version__
+    model.doc_string = original.doc_string
+    model.model_version = original.model_version
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in original.metadata_props},
+                                        "fq_onnx.settings": json.dumps(settings, sort_keys=True)})
+    return model
+
+
+def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) -> ModelReport:
+    """Write a standard ONNX model with the dequantized float weights in plain Conv/Gemm nodes.
+
+    Any onnxruntime runs the result; its outputs equal the compressed model's up to float
+    rounding. Returns the report of the written model.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
+        raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    model = load_model(input_path)
+    graph = gs.import_onnx(model)
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != rewrite.OP_TYPE or node.domain != rewrite.DOMAIN:
+            continue
+        shiftconv_row(node)  # validates the blob, naming the node
+        weight = fmt.dequantize(np.asarray(node.inputs[1].values).tobytes())
+        _plain_node(graph, node, weight)
+        count += 1
+    if count == 0:
+        raise FqOnnxError(f"{input_path}: has no ShiftConv node to decompress")
+    graph.cleanup().toposort()
+    model_out = gs.export_onnx(graph)
+    kept = [op for op in model_out.opset_import if op.domain != rewrite.DOMAIN]
+    del model_out.opset_import[:]
+    model_out.opset_import.extend(kept)
+    model_out.ir_version = model.ir_version
+    onnx.checker.check_model(model_out)
+    save_model(model_out, output_path)
+    return inspect_model(output_path)
+
+
+def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
+    """Replace one ShiftConv by Conv, or MatMul(+Add), then Relu when it fused one."""
+    name = node.name
+    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    outputs = list(node.outputs)
+    node.inputs, node.outputs = [], []
+    relu = node.attrs.get("activation", "none") == "relu"
+    result = gs.Variable(f"{name}/linear_out", dtype=np.float32) if relu else outputs[0]
+    if node.attrs.get("kind", "conv") == "conv":
+        attrs = {k: node.attrs[k] for k in rewrite.CONV_ATTRS if k in node.attrs}
+        inputs = [x, gs.Constant(f"{name}/weight", weight)] + ([bias] if bias is not None else [])
+        graph.nodes.append(gs.Node("Conv", name, attrs, inputs, [result]))
+    else:
+        product = gs.Variable(f"{name}/matmul_out", dtype=np.float32) if bias is not None else result
+        graph.nodes.append(gs.Node("MatMul", name, {}, [x, gs.Constant(f"{name}/weight", np.ascontiguousarray(weight.T))], [product]))
+        if bias is not None:
+            graph.nodes.append(gs.Node("Add", f"{name}/bias_add", {}, [product, bias], [result]))
+    if relu:
+        graph.nodes.append(gs.Node("Relu", f"{name}/relu", {}, [result], outputs))

@@ -1,0 +1,151 @@
+"""The ``fq-onnx`` command line: parse, call fq_onnx.api, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fq_onnx import __version__, api
+from fq_onnx.errors import FqOnnxError
+from fq_onnx.inspect import ModelReport
+
+app = typer.Typer(help="Compress ONNX CNNs with focused quantization and run them in onnxruntime.",
+                  no_args_is_help=True, add_completion=True)
+# Tables are wide: when piped, do not squeeze them into 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"fq-onnx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """fq-onnx: focused quantization for sparse CNNs."""
+
+
+def layer_table(report: ModelReport, title: str) -> Table:
+    """Per-layer table: node, op, shape, sparsity, mode, bits, W2, error, bytes, ratio."""
+    table = Table(title=title, title_justify="left")
+    for column in ("node", "op", "weight shape", "sparsity", "mode", "bits", "W2", "rel. error", "bytes before",
+                   "bytes after", "ratio"):
+        table.add_column(column, justify="left" if column in ("node", "op", "mode") else "right")
+    for r in report.layers:
+        table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, str(r.bits),
+                      "-" if r.w2 is None else f"{r.w2:.2f}", "-" if r.rel_error is None else f"{r.rel_error:.3f}",
+                      f"{r.fp32_bytes:,}", f"{r.stored_bytes:,}", f"{r.ratio:.1f}x")
+    t = report.totals
+    table.add_row("total", "", "", f"{100 * t.sparsity:.1f}%", "", "", "", "", f"{t.fp32_bytes:,}",
+                  f"{t.compressed_bytes:,}", f"{t.ratio:.1f}x", style="bold")
+    return table
+
+
+def _print_skipped(report: ModelReport) -> None:
+    for name, op, reason in report.skipped:
+        out.print(f"skipped {name} ({op}): {reason}")
+
+
+def _progress(label: str):
+    """A per-layer progress callback drawing a bar on a terminal, silent otherwise."""
+    if not err.is_terminal:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(console=err, transient=True)
+    task = bar.add_task(label, total=None)
+    bar.start()
+
+    def update(name: str, done: int, total: int) -> None:
+        bar.update(task, total=total, completed=done, description=f"{label} {name}")
+        if done == total:
+            bar.stop()
+
+    return update
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Input .onnx model (never modified)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output .onnx path."),
+    sparsity: float = typer.Option(0.5, help="Fraction of each layer's weights to prune (0..0.99)."),
+    sparsity_file: Optional[Path] = typer.Option(None, help="Per-layer sparsity, JSON/YAML {node name: sparsity}; '*' sets the rest."),
+    bits: int = typer.Option(5, help="Bits per nonzero weight code (paper: 5 or 7)."),
+    w_sep: float = typer.Option(2.0, help="Wasserstein separation above which a layer uses focused quantization."),
+    block: int = typer.Option(1, help="Output channels sharing one pruning mask (4 speeds up the kernel)."),
+    exclude: list[str] = typer.Option([], help="Node name or op type to leave untouched (repeatable)."),
+    seed: int = typer.Option(0, help="Seed of the mixture fit and subsampling."),
+    pow2_centres: bool = typer.Option(True, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
+    assign: str = typer.Option("argmax", help="Component assignment: argmax, sample or nearest."),
+    fuse_relu: bool = typer.Option(True, "--fuse-relu/--no-fuse-relu", help="Fuse a following Relu into ShiftConv."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
+) -> None:
+    """Compress MODEL into OUTPUT: prune, focus-quantize, Huffman-code, rewrite to ShiftConv."""
+    report = api.convert(model, output, sparsity=sparsity, sparsity_file=sparsity_file, bits=bits, w_sep=w_sep,
+                         block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
+                         fuse_relu=fuse_relu, progress=None if quiet else _progress("compressing"))
+    if not quiet:
+        out.print(layer_table(report, f"{output}"))
+        _print_skipped(report)
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+    out.print(report.summary())
+
+
+@app.command()
+def inspect(
+    model: Path = typer.Argument(..., help="An original or a compressed .onnx model."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+) -> None:
+    """Per-layer table of MODEL's weights: shape, sparsity, mode, bits, bytes and ratio."""
+    report = api.inspect_model(model)
+    out.print(layer_table(report, f"{model} ({report.file_bytes:,} bytes)"))
+    _print_skipped(report)
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+@app.command()
+def decompress(
+    model: Path = typer.Argument(..., help="A compressed .onnx model."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the plain float model."),
+) -> None:
+    """Write a standard ONNX model with the dequantized weights in plain Conv/MatMul nodes."""
+    report = api.decompress(model, output)
+    out.print(f"wrote {output} ({report.file_bytes:,} bytes, {len(report.layers)} float weight layers)")
+
+
+def main() -> None:
+    """Entry point: user errors (bad input, bad usage) print one line and exit 1; bugs exit 2."""
+    verbose = "--verbose" in sys.argv
+    if verbose:
+        sys.argv.remove("--verbose")
+    try:
+        app(standalone_mode=False)
+    except FqOnnxError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):  # a usage error from click
+            exc.show()
+            sys.exit(1)
+        if verbose:
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
+                  markup=False, highlight=False)
+        sys.exit(2)

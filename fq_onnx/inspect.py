@@ -1,0 +1,139 @@
+"""Per-layer size and quantization report of an original or a compressed model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from fq_onnx import fmt, rewrite
+from fq_onnx.errors import FqOnnxError
+from fq_onnx.graph import constant_value, load_model
+
+
+@dataclass
+class LayerRow:
+    """One weight layer. Sizes are bytes; ``fp32_bytes`` is the weight stored as float32."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    sparsity: float
+    mode: str  # "FQ", "shift" or "float"
+    bits: int
+    w2: float | None
+    rel_error: float | None
+    fp32_bytes: int
+    stored_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.fp32_bytes / self.stored_bytes if self.stored_bytes else float("inf")
+
+
+@dataclass
+class Totals:
+    fp32_bytes: int
+    compressed_bytes: int
+    nonzero_weights: int
+    weights: int
+
+    @property
+    def ratio(self) -> float:
+        """Weights-only compression ratio: float32 bytes over stored bytes of the same weights."""
+        return self.fp32_bytes / self.compressed_bytes if self.compressed_bytes else float("inf")
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_weights / self.weights if self.weights else 0.0
+
+
+@dataclass
+class ModelReport:
+    path: str
+    file_bytes: int
+    layers: list[LayerRow]
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def totals(self) -> Totals:
+        return Totals(
+            sum(r.fp32_bytes for r in self.layers),
+            sum(r.stored_bytes for r in self.layers),
+            sum(round((1 - r.sparsity) * r.fp32_bytes / 4) for r in self.layers),
+            sum(r.fp32_bytes // 4 for r in self.layers),
+        )
+
+    def mode_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.layers:
+            counts[row.mode] = counts.get(row.mode, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        totals = self.totals
+        return {
+            "path": self.path,
+            "file_bytes": self.file_bytes,
+            "layers": [{**asdict(r), "ratio": r.ratio} for r in self.layers],
+            "skipped": [{"node": n, "op": o, "reason": why} for n, o, why in self.skipped],
+            "totals": {**asdict(totals), "ratio": totals.ratio, "sparsity": totals.sparsity},
+        }
+
+
+def shiftconv_row(node: gs.Node) -> LayerRow:
+    """Report row of one ShiftConv node, from its decoded weight blob."""
+    blob = constant_value(node.inputs[1])
+    if blob is None:
+        raise FqOnnxError(f"ShiftConv {node.name}: its weight input is not a constant")
+    try:
+        decoded = fmt.decode(blob.tobytes())
+    except fmt.FormatError as exc:
+        raise FqOnnxError(f"ShiftConv {node.name}: {exc}") from None
+    size = int(np.prod(decoded.shape))
+    return LayerRow(
+        name=node.name,
+        op=str(node.attrs.get("source_op", node.op)),
+        shape=tuple(decoded.shape),
+        sparsity=1.0 - decoded.nonzeros / size,
+        mode=fmt.MODE_NAMES[decoded.params.mode],
+        bits=decoded.params.bits,
+        w2=float(node.attrs["w2"]) if "w2" in node.attrs else None,
+        rel_error=float(node.attrs["rel_error"]) if "rel_error" in node.attrs else None,
+        fp32_bytes=4 * size,
+        stored_bytes=int(blob.size),
+    )
+
+
+def float_row(target: rewrite.Target) -> LayerRow:
+    weight = target.weight
+    return LayerRow(
+        name=target.node.name,
+        op=target.node.op,
+        shape=tuple(weight.shape),
+        sparsity=float(np.mean(weight == 0)),
+        mode="float",
+        bits=8 * weight.dtype.itemsize,
+        w2=None,
+        rel_error=None,
+        fp32_bytes=4 * weight.size,
+        stored_bytes=weight.nbytes,
+    )
+
+
+def inspect_model(path: str | os.PathLike) -> ModelReport:
+    """Per-layer report of every weight layer (ShiftConv, and Conv/Gemm/MatMul left as float)."""
+    model = load_model(path)
+    graph = gs.import_onnx(model)
+    targets, skipped = rewrite.find_targets(graph)
+    rows_by_node = {id(t.node): float_row(t) for t in targets}
+    rows = []
+    for node in graph.nodes:
+        if node.op == rewrite.OP_TYPE and node.domain == rewrite.DOMAIN:
+            rows.append(shiftconv_row(node))
+        elif id(node) in rows_by_node:
+            rows.append(rows_by_node[id(node)])
+    return ModelReport(str(path), Path(path).stat().st_size, rows, skipped)

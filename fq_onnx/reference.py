@@ -1,0 +1,66 @@
+"""numpy reference of ``fq_onnx.ShiftConv`` as an ``onnx.reference`` operator.
+
+``run(model, inputs)`` executes any compressed model without the C++ library: slow, but the
+definition the C++ kernel is tested against (docs/SHIFTCONV.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_conv import _conv_implementation
+
+from fq_onnx import fmt
+
+
+class ShiftConv(OpRun):
+    op_domain = "fq_onnx"
+
+    def _run(self, X, W, B=None, kind="conv", auto_pad="NOTSET", dilations=None, group=1,
+             kernel_shape=None, pads=None, strides=None, activation="none", w2=None, rel_error=None, source_op=None):
+        weight = self._weight(W)
+        if kind == "dense":
+            if X.shape[-1] != weight.shape[1]:
+                raise ValueError(f"ShiftConv {self.onnx_node.name}: input has {X.shape[-1]} features, weight expects {weight.shape[1]}")
+            y = np.matmul(X.astype(np.float32), weight.T)
+            if B is not None:
+                y = y + B
+        elif kind == "conv":
+            if X.ndim != weight.ndim:
+                raise ValueError(f"ShiftConv {self.onnx_node.name}: input rank {X.ndim} does not match weight rank {weight.ndim}")
+            y = _conv_implementation(X, weight, B, auto_pad, dilations, group or 1, kernel_shape, pads, strides)
+        else:
+            raise ValueError(f"ShiftConv {self.onnx_node.name}: unknown kind {kind!r}")
+        if activation == "relu":
+            y = np.maximum(y, 0)
+        elif activation not in (None, "none"):
+            raise ValueError(f"ShiftConv {self.onnx_node.name}: unknown activation {activation!r}")
+        return (y.astype(np.float32),)
+
+    def _weight(self, blob: np.ndarray) -> np.ndarray:
+        # Decode once per node, as the C++ kernel does in its constructor.
+        cached = getattr(self, "_decoded", None)
+        data = np.asarray(blob, dtype=np.uint8).tobytes()
+        if cached is None or cached[0] != data:
+            try:
+                cached = (data, fmt.dequantize(data))
+            except fmt.FormatError as exc:
+                raise fmt.FormatError(f"ShiftConv {self.onnx_node.name}: {exc}") from None
+            self._decoded = cached
+        return cached[1]
+
+
+def evaluator(model: onnx.ModelProto | str | os.PathLike) -> ReferenceEvaluator:
+    """A ReferenceEvaluator that knows ShiftConv; reuse it to decode the weights only once."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    return ReferenceEvaluator(model, new_ops=[ShiftConv])
+
+
+def run(model, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    """Run a (compressed) model on ``inputs`` with the numpy reference; returns its outputs."""
+    return evaluator(model).run(outputs, inputs)

@@ -1,0 +1,159 @@
+"""Which nodes can be compressed, and how each op type becomes a ``fq_onnx.ShiftConv`` node.
+
+One rewriter per source op type in ``REWRITERS``: ``match`` says whether a node's weight can be
+compressed (and why not), ``Target.replace`` swaps the node for a ShiftConv. Graph editing only;
+the compression math lives in prune/focus/fmt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from fq_onnx.graph import constant_value
+
+DOMAIN = "fq_onnx"
+OP_TYPE = "ShiftConv"
+OPSET_VERSION = 1
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+@dataclass
+class Target:
+    """A node whose weight will be compressed, with the weight in the stored layout.
+
+    ``weight`` is ``[M, C/group, k...]`` for a conv and ``[M, K]`` (one row per output) for a
+    dense op; ``bias`` is one float per output row or None.
+    """
+
+    node: gs.Node
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+    attrs: dict = field(default_factory=dict)
+    transpose_input: bool = False
+
+    def replace(self, graph: gs.Graph, blob: bytes, info: dict, fuse_relu: bool) -> gs.Node:
+        """Put a ShiftConv in the node's place; ``info`` adds informational attributes."""
+        node = self.node
+        data = node.inputs[0]
+        if self.transpose_input:
+            transposed = gs.Variable(f"{node.name}/transposed_input", dtype=data.dtype)
+            graph.nodes.append(gs.Node("Transpose", f"{node.name}/transpose_a", {"perm": [1, 0]}, [data], [transposed]))
+            data = transposed
+        inputs = [data, gs.Constant(f"{node.name}/fq_weight", np.frombuffer(blob, dtype=np.uint8).copy())]
+        if self.bias is not None:
+            inputs.append(gs.Constant(f"{node.name}/fq_bias", self.bias.astype(np.float32)))
+        attrs = {"kind": self.kind, **self.attrs, **info, "activation": "none"}
+        outputs = list(node.outputs)
+        relu = _single_relu_consumer(graph, outputs[0]) if fuse_relu else None
+        if relu is not None:
+            attrs["activation"] = "relu"
+            outputs = list(relu.outputs)
+            relu.outputs = []
+            relu.inputs = []
+        node.outputs = []
+        node.inputs = []
+        shift = gs.Node(OP_TYPE, node.name, attrs, inputs, outputs, domain=DOMAIN)
+        graph.nodes.append(shift)
+        return shift
+
+
+def _single_relu_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+    if len(tensor.outputs) != 1 or any(tensor is out for out in graph.outputs):
+        return None
+    consumer = tensor.outputs[0]
+    return consumer if consumer.op == "Relu" and consumer.inputs[0] is tensor else None
+
+
+def _float_weight(value: np.ndarray | None) -> str | None:
+    if value is None:
+        return "weight is not a constant"
+    if value.dtype != np.float32:
+        return f"weight dtype {value.dtype} is not float32"
+    if not np.all(np.isfinite(value)):
+        return "weight contains NaN or Inf"
+    return None
+
+
+def match_conv(node: gs.Node) -> Target | str:
+    if len(node.inputs) < 2:
+        return "Conv without a weight input"
+    weight = constant_value(node.inputs[1])
+    reason = _float_weight(weight)
+    if reason:
+        return reason
+    if weight.ndim not in (3, 4):
+        return f"{weight.ndim - 2}-D convolution (only 1-D and 2-D are supported)"
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        bias = constant_value(node.inputs[2])
+        if bias is None:
+            return "bias is not a constant"
+    attrs = {k: node.attrs[k] for k in CONV_ATTRS if k in node.attrs}
+    attrs.setdefault("kernel_shape", list(weight.shape[2:]))
+    return Target(node, "conv", weight, bias, attrs)
+
+
+def match_gemm(node: gs.Node) -> Target | str:
+    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    reason = _float_weight(weight)
+    if reason:
+        return reason
+    if weight.ndim != 2:
+        return "Gemm weight is not 2-D"
+    if not int(node.attrs.get("transB", 0)):
+        weight = weight.T
+    weight = np.ascontiguousarray(weight * np.float32(node.attrs.get("alpha", 1.0)))
+    outputs = weight.shape[0]
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = constant_value(node.inputs[2])
+        if c is None:
+            return "C is not a constant"
+        if c.size == 1:
+            c = np.full(outputs, c.reshape(()), dtype=np.float32)
+        elif c.shape in ((outputs,), (1, outputs)):
+            c = c.reshape(outputs)
+        else:
+            return f"C of shape {list(c.shape)} is not a per-output bias"
+        bias = (c * np.float32(node.attrs.get("beta", 1.0))).astype(np.float32)
+    return Target(node, "dense", weight, bias, transpose_input=bool(int(node.attrs.get("transA", 0))))
+
+
+def match_matmul(node: gs.Node) -> Target | str:
+    weight = constant_value(node.inputs[1])
+    if weight is None:
+        return "second input is not a constant weight"
+    reason = _float_weight(weight)
+    if reason:
+        return reason
+    if weight.ndim != 2:
+        return f"weight of rank {weight.ndim} (only 2-D weights are compressed)"
+    return Target(node, "dense", np.ascontiguousarray(weight.T), None)
+
+
+REWRITERS = {"Conv": match_conv, "Gemm": match_gemm, "MatMul": match_matmul}
+
+
+def find_targets(graph: gs.Graph, exclude: tuple[str, ...] = ()) -> tuple[list[Target], list[tuple[str, str, str]]]:
+    """Targets to compress, and ``(node, op, reason)`` for every weight op left untouched.
+
+    ``exclude`` holds node names or op types to skip.
+    """
+    targets, skipped = [], []
+    for node in graph.nodes:
+        matcher = REWRITERS.get(node.op)
+        if matcher is None or node.domain not in (None, "", "ai.onnx"):
+            continue
+        if node.name in exclude or node.op in exclude:
+            skipped.append((node.name, node.op, "excluded by the user"))
+            continue
+        result = matcher(node)
+        if isinstance(result, str):
+            skipped.append((node.name, node.op, result))
+        else:
+            targets.append(result)
+    return targets, skipped
