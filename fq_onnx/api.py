@@ -162,10 +162,9 @@ def convert(
         rows.append(shiftconv_row(shift))
         if progress:
             progress(name, index + 1, len(targets))
-    compressed = {id(t.node) for t in targets}
+    graph.cleanup()
     for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
-        if id(target.node) not in compressed:
-            rows.append(float_row(target))
+        rows.append(float_row(target))
     rows.sort(key=lambda row: position.get(row.name, len(position)))
     graph.cleanup().toposort()
 

@@ -6,10 +6,13 @@ held-out validation split every demo and test measures accuracy on.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 SPLIT_SEED = 20190303
 VAL_FRACTION = 0.2
+MODEL_FILE = "digits_cnn.onnx"
 
 
 def load_digits_split(split: str = "val") -> tuple[np.ndarray, np.ndarray]:
@@ -28,3 +31,12 @@ def load_digits_split(split: str = "val") -> tuple[np.ndarray, np.ndarray]:
     n_val = int(round(len(y) * VAL_FRACTION))
     index = order[-n_val:] if split == "val" else order[:-n_val]
     return np.ascontiguousarray(x[index]), y[index]
+
+
+def default_model_path() -> Path:
+    """The bundled default model: installed inside the package, or models/ in a source tree."""
+    for candidate in (Path(__file__).parent / "bundled" / MODEL_FILE,
+                      Path(__file__).resolve().parent.parent / "models" / MODEL_FILE):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"the bundled model {MODEL_FILE} is missing from this installation")

@@ -177,6 +177,8 @@ def quantize(
     b = min(e_max, 126)
     alpha = float(np.float32(unit * 2.0**b))
     relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
+    if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
+        relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
     params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
     table = fmt.levels(params)
     half = 1 << (bits - 1)

@@ -124,6 +124,8 @@ def match_gemm(node: gs.Node) -> Target | str:
 
 
 def match_matmul(node: gs.Node) -> Target | str:
+    if len(node.inputs) < 2:
+        return "MatMul without a second input"
     weight = constant_value(node.inputs[1])
     if weight is None:
         return "second input is not a constant weight"
