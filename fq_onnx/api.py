@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, focus, fmt, prune, rewrite
+from fq_onnx import __version__, calibrate, focus, fmt, rewrite
+from fq_onnx.compress import PRUNE_METHODS, ROUNDINGS, LayerOptions, compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
 from fq_onnx.inspect import LayerRow, ModelReport, float_row, inspect_model, shiftconv_row
@@ -117,6 +118,12 @@ def convert(
     pow2_centres: bool = True,
     assign: str = "argmax",
     fuse_relu: bool = True,
+    calib=None,
+    calib_size: int = 256,
+    preset: str | None = None,
+    prune_method: str | None = None,
+    rounding: str | None = None,
+    bias_correction: bool | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
@@ -126,8 +133,16 @@ def convert(
     Wasserstein threshold above which a layer uses focused quantization; ``block`` makes G
     consecutive output channels share one mask. ``progress(layer_name, done, total)`` is called
     after each layer. The same inputs and seed give a byte-identical output file.
+
+    Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
+    reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
+    ``preset`` their preprocessing. With it the defaults become OBS pruning with weight updates
+    (``prune_method="obs"``), error-feedback rounding (``rounding="gptq"``) and per-channel bias
+    correction; without it, magnitude pruning and nearest rounding.
     """
     _check_options(sparsity, bits, w_sep, block, assign)
+    options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
+                             bias_correction)
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
@@ -150,14 +165,19 @@ def convert(
         reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
         raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
 
+    stats = _calibration(graph, targets, model, calib, calib_size, preset, seed) if calib is not None else {}
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
         name = target.node.name
-        keep = prune.magnitude_mask(target.weight, per_layer.get(name, default_sparsity), block)
-        layer = focus.quantize(target.weight, keep, bits, w_sep, pow2_centres, assign, seed)
+        result = compress_layer(target.weight, target.bias, per_layer.get(name, default_sparsity), options,
+                                stats.get(name))
+        layer = result.layer
+        target.bias = result.bias
         blob = fmt.encode(layer.codes, layer.params, block=block)
         info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
                 "source_op": target.node.op}
+        if result.output_error is not None:
+            info["out_error"] = result.output_error
         shift = target.replace(graph, blob, info, fuse_relu)
         rows.append(shiftconv_row(shift))
         if progress:
@@ -170,11 +190,44 @@ def convert(
 
     settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits, "w_sep": w_sep,
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
-                "assign": assign, "fuse_relu": fuse_relu}
+                "assign": assign, "fuse_relu": fuse_relu, "prune_method": options.prune_method,
+                "rounding": options.rounding, "bias_correction": options.bias_correction,
+                "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
+                                                            "preset": preset}}
     out_model = _export(graph, model, settings)
     file_bytes = save_model(out_model, output_path)
     return ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
                             input_path.stat().st_size, tuple(folded), settings)
+
+
+def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
+                   bias_correction) -> LayerOptions:
+    calibrated = calib is not None
+    prune_method = prune_method or ("obs" if calibrated else "magnitude")
+    rounding = rounding or ("gptq" if calibrated else "nearest")
+    bias_correction = calibrated if bias_correction is None else bias_correction
+    if prune_method not in PRUNE_METHODS:
+        raise FqOnnxError(f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, got {prune_method!r}")
+    if rounding not in ROUNDINGS:
+        raise FqOnnxError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    if not calibrated and (prune_method != "magnitude" or rounding != "nearest" or bias_correction):
+        raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
+    return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction)
+
+
+def _calibration(graph, targets, model, calib, calib_size, preset, seed):
+    """Per-layer input statistics on ``calib_size`` calibration samples."""
+    from fq_onnx import data as data_module
+
+    if calib_size < 1:
+        raise FqOnnxError(f"--calib-size must be >= 1, got {calib_size}")
+    if isinstance(calib, str) and calib == "digits":
+        reader = data_module.DigitsReader(split="train")
+    else:
+        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+        reader = data_module.open_data(calib, data_module.resolve_preprocess(preset, input_shape=shape))
+    return calibrate.collect(graph, targets, reader, calib_size, description=data_module.reader_description(reader),
+                             seed=seed)
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
@@ -244,3 +297,27 @@ def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
             graph.nodes.append(gs.Node("Add", f"{name}/bias_add", {}, [product, bias], [result]))
     if relu:
         graph.nodes.append(gs.Node("Relu", f"{name}/relu", {}, [result], outputs))
+
+
+# The demo's settings: a conservative uniform sparsity the bundled model tolerates without
+# calibration (measured on its validation split; see README).
+DEMO_SPARSITY = 0.3
+DEMO_BITS = 5
+
+
+def demo(output_dir: str | os.PathLike = "fq-onnx-demo", *, sparsity: float = DEMO_SPARSITY, bits: int = DEMO_BITS,
+         seed: int = 0, progress: bool = True):
+    """Convert the bundled digits CNN and evaluate original vs compressed on its validation split.
+
+    Writes ``OUTPUT_DIR/digits_cnn.fq.onnx`` and returns ``(ConversionReport, EvaluationResult)``.
+    """
+    from fq_onnx.digits import default_model_path
+    from fq_onnx.evaluate import evaluate
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    original = default_model_path()
+    compressed = output_dir / "digits_cnn.fq.onnx"
+    report = convert(original, compressed, sparsity=sparsity, bits=bits, seed=seed)
+    result = evaluate(compressed, reference=original, progress=progress)
+    return report, result

@@ -125,6 +125,20 @@ def decompress(
     out.print(f"wrote {output} ({report.file_bytes:,} bytes, {len(report.layers)} float weight layers)")
 
 
+@app.command()
+def demo(
+    output_dir: Path = typer.Option(Path("fq-onnx-demo"), "-o", "--output-dir", help="Where to write the compressed model."),
+    sparsity: float = typer.Option(api.DEMO_SPARSITY, help="Uniform sparsity."),
+    bits: int = typer.Option(api.DEMO_BITS, help="Bits per nonzero weight code."),
+    seed: int = typer.Option(0, help="Seed of the mixture fit."),
+) -> None:
+    """Convert the bundled digits CNN and compare original vs compressed side by side."""
+    report, result = api.demo(output_dir, sparsity=sparsity, bits=bits, seed=seed, progress=err.is_terminal)
+    out.print(layer_table(report, f"{report.path}"))
+    out.print(report.summary())
+    out.print(result.to_table(), markup=False, highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors (bad input, bad usage) print one line and exit 1; bugs exit 2."""
     verbose = "--verbose" in sys.argv

@@ -128,6 +128,74 @@ def _nearest_codes(values: np.ndarray, table: np.ndarray, allowed: np.ndarray) -
     return candidates[order[pick]]
 
 
+@dataclass(frozen=True)
+class LevelSet:
+    """A fitted quantizer: the format parameters plus what assigns weights to components."""
+
+    params: fmt.QuantParams
+    mixture: Mixture | None
+    gmm: object | None = None  # (GaussianMixture, component order) in focused mode
+
+    @property
+    def focused(self) -> bool:
+        return self.params.mode == fmt.MODE_FOCUSED
+
+    def codes(self, values: np.ndarray, assign: str = "nearest", rng: np.random.Generator | None = None) -> np.ndarray:
+        """Code of the nearest level for each value, within its component unless ``nearest``."""
+        table = fmt.levels(self.params)
+        if not self.focused or assign == "nearest" or values.size == 0:
+            return _nearest_codes(values, table, np.ones(table.size, bool))
+        gmm, order = self.gmm
+        posterior = gmm.predict_proba(values.reshape(-1, 1))[:, order]
+        if assign == "sample":
+            components = (rng.random(values.size) < posterior[:, 1]).astype(np.int64)
+        else:
+            components = np.argmax(posterior, axis=1)
+        half = 1 << (self.params.bits - 1)
+        codes = np.empty(values.size, dtype=np.int64)
+        for c in (0, 1):
+            sel = components == c
+            codes[sel] = _nearest_codes(values[sel], table, (np.arange(table.size) // half) == c)
+        return codes
+
+
+def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centres: bool = True,
+               seed: int = 0) -> LevelSet:
+    """Fit the mixture, run the separation test and search scale and centres on ``values``.
+
+    ``values`` are the nonzero weights of one layer. Scale and centres minimise their squared
+    error (on a seeded subsample of large layers).
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    mixture, fitted = (None, None)
+    if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
+        mixture, fitted = fit_mixture(values, seed)
+    if values.size == 0:
+        e_max = (1 << (bits - 1)) - 1
+        return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126)), mixture)
+    focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
+    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    if focused:
+        e_max = (1 << (bits - 2)) - 1
+        gmm, order = fitted
+        search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
+        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres)
+    else:
+        e_max = (1 << (bits - 1)) - 1
+        unit = _search_shift(search, e_max)
+        centres = (0.0, 0.0)
+    b = min(e_max, 126)
+    alpha = float(np.float32(unit * 2.0**b))
+    relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
+    if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
+        relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
+    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
+    return LevelSet(params, mixture, fitted if focused else None)
+
+
 def quantize(
     weight: np.ndarray,
     keep: np.ndarray,
@@ -143,57 +211,19 @@ def quantize(
     posterior (default), ``sample`` from it (as the paper does while training), or ``nearest``
     (the component whose level is closest; lowest error).
     """
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
     if assign not in ASSIGNMENTS:
         raise ValueError(f"assign must be one of {ASSIGNMENTS}, got {assign!r}")
     weight64 = weight.astype(np.float64)
-    values = weight64[keep]
-    rng = np.random.default_rng(seed)
-    mixture, fitted = (None, None)
-    if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
-        mixture, fitted = fit_mixture(values, seed)
-    focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
-    if values.size == 0:
-        e_max = (1 << (bits - 1)) - 1
-        params = fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126))
-        return QuantizedLayer(np.full(weight.shape, -1, np.int16), params, mixture, _rel_error(weight64, np.zeros_like(weight64)))
+    levels = fit_levels(weight64[keep], bits, w_sep, pow2_centres, seed)
+    return finish(weight64, keep, levels, levels.codes(weight64[keep], assign, np.random.default_rng(seed)))
 
-    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
-    if focused:
-        e_max = (1 << (bits - 2)) - 1
-        gmm, order = fitted
-        posterior = gmm.predict_proba(values.reshape(-1, 1))[:, order]
-        if assign == "sample":
-            components = (rng.random(values.size) < posterior[:, 1]).astype(np.int64)
-        else:
-            components = np.argmax(posterior, axis=1)
-        search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
-        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres)
-    else:
-        e_max = (1 << (bits - 1)) - 1
-        unit = _search_shift(search, e_max)
-        centres = (0.0, 0.0)
-    b = min(e_max, 126)
-    alpha = float(np.float32(unit * 2.0**b))
-    relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
-    if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
-        relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
-    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
-    table = fmt.levels(params)
-    half = 1 << (bits - 1)
-    kept_codes = np.empty(values.size, dtype=np.int64)
-    if focused and assign != "nearest":
-        for c in (0, 1):
-            allowed = (np.arange(table.size) // half) == c
-            sel = components == c
-            kept_codes[sel] = _nearest_codes(values[sel], table, allowed)
-    else:
-        kept_codes[:] = _nearest_codes(values, table, np.ones(table.size, bool))
+
+def finish(weight: np.ndarray, keep: np.ndarray, levels: LevelSet, kept_codes: np.ndarray) -> QuantizedLayer:
+    """Assemble the code tensor (-1 where pruned) and measure its error against ``weight``."""
     codes = np.full(weight.shape, -1, dtype=np.int16)
     codes[keep] = kept_codes
-    layer = QuantizedLayer(codes, params, mixture, 0.0)
-    return QuantizedLayer(codes, params, mixture, _rel_error(weight64, layer.dequantized()))
+    layer = QuantizedLayer(codes, levels.params, levels.mixture, 0.0)
+    return QuantizedLayer(codes, levels.params, levels.mixture, _rel_error(weight, layer.dequantized()))
 
 
 def _rel_error(weight: np.ndarray, approx: np.ndarray) -> float:

@@ -1,0 +1,188 @@
+"""Input statistics of every layer to compress, collected with onnxruntime on calibration data.
+
+For each layer we keep, per convolution group, the second-moment matrix ``H = sum x x^T`` of
+its input vectors (a conv's input patches, a dense layer's input rows) and their mean. Memory
+is bounded by these statistics, not by the number of samples: batches are streamed, and large
+feature maps are subsampled to a fixed number of patch positions per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from fq_onnx.errors import FqOnnxError
+from fq_onnx.rewrite import Target
+
+PATCHES_PER_IMAGE = 1024  # positions sampled from each conv input; bounds time, not accuracy
+CACHE_VERSION = 1
+
+
+@dataclass
+class LayerStats:
+    """``gram[g]`` is the K x K sum of outer products of group g's input vectors."""
+
+    gram: np.ndarray  # [groups, K, K] float64
+    total: np.ndarray  # [groups, K] float64, sum of input vectors
+    count: int  # input vectors accumulated (per group)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.count, 1)
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        return self.gram / max(self.count, 1)
+
+
+def conv_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> list[int]:
+    """Explicit ONNX pads [b1, b2, ..., e1, e2, ...] for a conv, resolving auto_pad."""
+    rank = len(kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+        return begin + end
+    if auto_pad == "VALID":
+        return [0] * (2 * rank)
+    return list(attrs.get("pads", [0] * (2 * rank)))
+
+
+def conv_patches(x: np.ndarray, weight_shape: tuple[int, ...], attrs: dict, rng: np.random.Generator,
+                 per_image: int = PATCHES_PER_IMAGE) -> np.ndarray:
+    """Input patches of a conv: [groups, P, C/groups * prod(kernel)], rows matching the weight."""
+    kernel = tuple(weight_shape[2:])
+    if x.ndim == 3:  # a 1-D conv is a 2-D conv of height 1
+        x, kernel = x[:, :, None, :], (1, *kernel)
+        attrs = dict(attrs)
+        for key in ("strides", "dilations"):
+            if key in attrs:
+                attrs[key] = [1, *attrs[key]]
+        if "pads" in attrs:
+            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+    rank = 2
+    pads = conv_pads(attrs, x.shape[2:], kernel)
+    strides = list(attrs.get("strides", [1] * rank))
+    dilations = list(attrs.get("dilations", [1] * rank))
+    group = int(attrs.get("group", 1))
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + rank]) for i in range(rank)])
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))  # N C OH' OW' sh sw
+    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+    n, c, oh, ow = windows.shape[:4]
+    positions = oh * ow
+    take = np.arange(positions) if positions <= per_image else np.sort(rng.choice(positions, per_image, replace=False))
+    patches = windows.reshape(n, c, positions, -1)[:, :, take]  # N C P k
+    patches = patches.reshape(n, group, c // group, take.size, -1).transpose(1, 0, 3, 2, 4)
+    return patches.reshape(group, n * take.size, -1)
+
+
+def layer_inputs(target: Target, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The vectors layer ``target`` multiplies by its weight rows: [groups, P, K]."""
+    if target.kind == "conv":
+        return conv_patches(x, target.weight.shape, target.attrs, rng)
+    if target.transpose_input:
+        x = x.T
+    return x.reshape(1, -1, x.shape[-1])
+
+
+def _cache_key(model: onnx.ModelProto, targets: list[Target], description: str, size: int) -> str:
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    digest.update(f"{CACHE_VERSION}|{description}|{size}|{PATCHES_PER_IMAGE}|".encode())
+    digest.update("|".join(t.node.name for t in targets).encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FQ_ONNX_CACHE", Path.home() / ".cache" / "fq-onnx")) / "calibration"
+
+
+def collect(
+    graph: gs.Graph,
+    targets: list[Target],
+    reader,
+    size: int,
+    *,
+    batch_size: int = 32,
+    description: str = "",
+    use_cache: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, LayerStats]:
+    """Run the (float, BN-folded) graph on up to ``size`` calibration samples; stats per target.
+
+    ``reader`` yields ``(x, y)`` batches (fq_onnx.data readers). With ``use_cache`` the result is
+    kept under ``~/.cache/fq-onnx/calibration`` (or ``$FQ_ONNX_CACHE``), keyed by the model bytes,
+    the data description and the sample count, so converting the same model again skips it.
+    """
+    probe = graph.copy()
+    wanted = []
+    for target in targets:
+        name = target.node.inputs[0].name
+        tensor = probe.tensors()[name]
+        if name not in [t.name for t in probe.outputs] and name not in wanted:
+            probe.outputs.append(tensor.to_variable(dtype=np.float32, shape=tensor.shape) if isinstance(tensor, gs.Variable) else tensor)
+        wanted.append(name)
+    model = gs.export_onnx(probe)
+    key = _cache_key(model, targets, description, size)
+    path = cache_dir() / f"{key}.npz"
+    if use_cache and path.exists():
+        with np.load(path) as saved:
+            return {t.node.name: LayerStats(saved[f"{i}/gram"], saved[f"{i}/total"], int(saved[f"{i}/count"]))
+                    for i, t in enumerate(targets)}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    if len(session.get_inputs()) != 1:
+        raise FqOnnxError("calibration supports models with one input")
+    stats: dict[str, LayerStats] = {}
+    rng = np.random.default_rng(seed)
+    seen = 0
+    for x, _ in reader.batches(batch_size):
+        x = x[: size - seen]
+        if len(x) == 0:
+            break
+        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
+        values[input_name] = x
+        for target, name in zip(targets, wanted):
+            vectors = layer_inputs(target, values[name].astype(np.float64), rng)
+            gram = np.einsum("gpk,gpl->gkl", vectors, vectors)
+            entry = stats.get(target.node.name)
+            if entry is None:
+                stats[target.node.name] = LayerStats(gram, vectors.sum(axis=1), vectors.shape[1])
+            else:
+                entry.gram += gram
+                entry.total += vectors.sum(axis=1)
+                entry.count += vectors.shape[1]
+        seen += len(x)
+        if progress:
+            progress(seen, size)
+        if seen >= size:
+            break
+    if not stats:
+        raise FqOnnxError("the calibration data yielded no samples")
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for i, t in enumerate(targets):
+            s = stats[t.node.name]
+            arrays.update({f"{i}/gram": s.gram, f"{i}/total": s.total, f"{i}/count": np.array(s.count)})
+        temp = path.with_suffix(".part.npz")
+        np.savez(temp, **arrays)
+        os.replace(temp, path)
+    return stats

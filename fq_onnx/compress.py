@@ -1,0 +1,95 @@
+"""Compress one layer's weight: prune, fit the level set, round; with or without calibration.
+
+Without calibration statistics: magnitude pruning and nearest rounding (weight error).
+With them: OBS pruning and error-feedback rounding (output error), then bias correction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fq_onnx import fmt, focus, prune, reconstruct
+from fq_onnx.calibrate import LayerStats
+
+PRUNE_METHODS = ("magnitude", "obs")
+ROUNDINGS = ("nearest", "gptq")
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Per-layer compression settings (see fq_onnx.api.convert for their meaning)."""
+
+    bits: int = 5
+    w_sep: float = 2.0
+    block: int = 1
+    pow2_centres: bool = True
+    assign: str = "argmax"
+    seed: int = 0
+    prune_method: str = "magnitude"
+    rounding: str = "nearest"
+    bias_correction: bool = False
+
+
+@dataclass
+class CompressedLayer:
+    layer: focus.QuantizedLayer
+    bias: np.ndarray | None  # the (possibly corrected) bias, float32
+    output_error: float | None  # relative output error on the calibration data
+
+
+def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float, options: LayerOptions,
+                   stats: LayerStats | None = None) -> CompressedLayer:
+    """Compress ``weight`` ([M, ...], one row per output) at ``sparsity``."""
+    w64 = weight.astype(np.float64)
+    if stats is None:
+        keep = prune.magnitude_mask(weight, sparsity, options.block)
+        layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
+                               options.seed)
+        return CompressedLayer(layer, bias, None)
+
+    groups = stats.gram.shape[0]
+    rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
+    hessians = stats.second_moment
+    # 1. the mask (OBS saliency with weight updates, or magnitude)
+    if options.prune_method == "obs":
+        pruned = [reconstruct.reconstruct(rows[g], hessians[g], sparsity=sparsity, block_rows=options.block)
+                  for g in range(groups)]
+        keep = np.stack([p[1] for p in pruned]).reshape(weight.shape)
+        updated = np.stack([p[0] for p in pruned]).reshape(weight.shape)
+    else:
+        keep = prune.magnitude_mask(weight, sparsity, options.block)
+        updated = np.where(keep, w64, 0.0)
+    # 2. the level set, fitted on the weights that survive
+    levels = focus.fit_levels(updated[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
+    # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
+    if options.rounding == "gptq":
+        table = fmt.levels(levels.params).astype(np.float64)
+
+        def rounder(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            codes = levels.codes(values, "nearest")
+            return codes, table[codes]
+
+        keep_rows = keep.reshape(rows.shape)
+        rounded = [reconstruct.reconstruct(rows[g], hessians[g], keep=keep_rows[g], rounder=rounder)
+                   for g in range(groups)]
+        codes = np.stack([r[2] for r in rounded]).reshape(weight.shape)[keep]
+    else:
+        codes = levels.codes(updated[keep], options.assign, np.random.default_rng(options.seed))
+    layer = focus.finish(w64, keep, levels, codes)
+    # 4. bias correction: restore each output's mean over the calibration inputs
+    approx = layer.dequantized().astype(np.float64).reshape(rows.shape)
+    if options.bias_correction:
+        shift = np.einsum("gmk,gk->gm", rows - approx, stats.mean).reshape(-1)
+        bias = ((bias if bias is not None else 0.0) + shift).astype(np.float32)
+        # the error that remains is the centred one: measure it with the covariance
+        hessians = hessians - np.einsum("gk,gl->gkl", stats.mean, stats.mean)
+    error = _output_error(rows, approx, hessians)
+    return CompressedLayer(layer, bias, error)
+
+
+def _output_error(rows: np.ndarray, approx: np.ndarray, hessians: np.ndarray) -> float:
+    num = sum(np.einsum("mk,kl,ml->", d, h, d) for d, h in zip(rows - approx, hessians))
+    den = sum(np.einsum("mk,kl,ml->", w, h, w) for w, h in zip(rows, hessians))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
