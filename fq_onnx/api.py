@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,7 @@ def convert(
     prune_method: str | None = None,
     rounding: str | None = None,
     bias_correction: bool | None = None,
+    sequential: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
@@ -138,7 +141,9 @@ def convert(
     reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
     ``preset`` their preprocessing. With it the defaults become OBS pruning with weight updates
     (``prune_method="obs"``), error-feedback rounding (``rounding="gptq"``) and per-channel bias
-    correction; without it, magnitude pruning and nearest rounding.
+    correction; without it, magnitude pruning and nearest rounding. ``sequential`` measures each
+    layer's inputs with the layers before it already compressed, so later layers compensate the
+    errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
     """
     _check_options(sparsity, bits, w_sep, block, assign)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
@@ -165,12 +170,22 @@ def convert(
         reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
         raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
 
-    stats = _calibration(graph, targets, model, calib, calib_size, preset, seed) if calib is not None else {}
+    workdir = tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") if calib is not None else None
+    if workdir:
+        reader = _calibration_reader(model, calib, calib_size, preset)
+        inputs = calibrate.sample_inputs(reader, calib_size, workdir.name, seed)
+        collect = functools.partial(calibrate.collect, inputs=inputs, seed=seed, description=_describe(reader))
+    stats = collect(graph, targets) if workdir else {}
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
         name = target.node.name
-        result = compress_layer(target.weight, target.bias, per_layer.get(name, default_sparsity), options,
-                                stats.get(name))
+        layer_stats = stats.get(name)
+        if workdir and sequential and index > 0:
+            # Statistics of the inputs this layer sees once the layers before it are compressed.
+            current = graph.copy()
+            rewrite.to_plain(current)
+            layer_stats = collect(current, [target])[name]
+        result = compress_layer(target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
         layer = result.layer
         target.bias = result.bias
         blob = fmt.encode(layer.codes, layer.params, block=block)
@@ -185,6 +200,8 @@ def convert(
     graph.cleanup()
     for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
         rows.append(float_row(target))
+    if workdir:
+        workdir.cleanup()
     rows.sort(key=lambda row: position.get(row.name, len(position)))
     graph.cleanup().toposort()
 
@@ -192,6 +209,7 @@ def convert(
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
                 "assign": assign, "fuse_relu": fuse_relu, "prune_method": options.prune_method,
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
+                "sequential": bool(workdir and sequential),
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
                                                             "preset": preset}}
     out_model = _export(graph, model, settings)
@@ -215,19 +233,22 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
     return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction)
 
 
-def _calibration(graph, targets, model, calib, calib_size, preset, seed):
-    """Per-layer input statistics on ``calib_size`` calibration samples."""
+def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
+    """A reader of the calibration data, preprocessed for the model's input."""
     from fq_onnx import data as data_module
 
     if calib_size < 1:
         raise FqOnnxError(f"--calib-size must be >= 1, got {calib_size}")
     if isinstance(calib, str) and calib == "digits":
-        reader = data_module.DigitsReader(split="train")
-    else:
-        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
-        reader = data_module.open_data(calib, data_module.resolve_preprocess(preset, input_shape=shape))
-    return calibrate.collect(graph, targets, reader, calib_size, description=data_module.reader_description(reader),
-                             seed=seed)
+        return data_module.DigitsReader(split="train")
+    shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return data_module.open_data(calib, data_module.resolve_preprocess(preset, input_shape=shape))
+
+
+def _describe(reader) -> str:
+    from fq_onnx.data import reader_description
+
+    return reader_description(reader) if reader is not None else ""
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
@@ -257,15 +278,10 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) ->
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     model = load_model(input_path)
     graph = gs.import_onnx(model)
-    count = 0
-    for node in list(graph.nodes):
-        if node.op != rewrite.OP_TYPE or node.domain != rewrite.DOMAIN:
-            continue
-        shiftconv_row(node)  # validates the blob, naming the node
-        weight = fmt.dequantize(np.asarray(node.inputs[1].values).tobytes())
-        _plain_node(graph, node, weight)
-        count += 1
-    if count == 0:
+    for node in graph.nodes:
+        if node.op == rewrite.OP_TYPE and node.domain == rewrite.DOMAIN:
+            shiftconv_row(node)  # validates the blob, naming the node
+    if rewrite.to_plain(graph) == 0:
         raise FqOnnxError(f"{input_path}: has no ShiftConv node to decompress")
     graph.cleanup().toposort()
     model_out = gs.export_onnx(graph)
@@ -276,27 +292,6 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) ->
     onnx.checker.check_model(model_out)
     save_model(model_out, output_path)
     return inspect_model(output_path)
-
-
-def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
-    """Replace one ShiftConv by Conv, or MatMul(+Add), then Relu when it fused one."""
-    name = node.name
-    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
-    outputs = list(node.outputs)
-    node.inputs, node.outputs = [], []
-    relu = node.attrs.get("activation", "none") == "relu"
-    result = gs.Variable(f"{name}/linear_out", dtype=np.float32) if relu else outputs[0]
-    if node.attrs.get("kind", "conv") == "conv":
-        attrs = {k: node.attrs[k] for k in rewrite.CONV_ATTRS if k in node.attrs}
-        inputs = [x, gs.Constant(f"{name}/weight", weight)] + ([bias] if bias is not None else [])
-        graph.nodes.append(gs.Node("Conv", name, attrs, inputs, [result]))
-    else:
-        product = gs.Variable(f"{name}/matmul_out", dtype=np.float32) if bias is not None else result
-        graph.nodes.append(gs.Node("MatMul", name, {}, [x, gs.Constant(f"{name}/weight", np.ascontiguousarray(weight.T))], [product]))
-        if bias is not None:
-            graph.nodes.append(gs.Node("Add", f"{name}/bias_add", {}, [product, bias], [result]))
-    if relu:
-        graph.nodes.append(gs.Node("Relu", f"{name}/relu", {}, [result], outputs))
 
 
 # The demo's settings: a conservative uniform sparsity the bundled model tolerates without

@@ -1,5 +1,7 @@
 """Input statistics of every layer to compress, collected with onnxruntime on calibration data.
 
+The calibration samples are a seeded uniform sample of the whole data set (reservoir sampling,
+so a data set sorted by class still calibrates on all classes), kept in a memory-mapped file.
 For each layer we keep, per convolution group, the second-moment matrix ``H = sum x x^T`` of
 its input vectors (a conv's input patches, a dense layer's input rows) and their mean. Memory
 is bounded by these statistics, not by the number of samples: batches are streamed, and large
@@ -102,9 +104,35 @@ def layer_inputs(target: Target, x: np.ndarray, rng: np.random.Generator) -> np.
     return x.reshape(1, -1, x.shape[-1])
 
 
-def _cache_key(model: onnx.ModelProto, targets: list[Target], description: str, size: int) -> str:
+def sample_inputs(reader, size: int, directory: str | os.PathLike, seed: int = 0, batch_size: int = 32) -> np.ndarray:
+    """A seeded uniform sample of ``size`` model inputs from ``reader`` (reservoir sampling).
+
+    Reads the data once; the sample lives in a memory-mapped .npy file in ``directory``.
+    """
+    rng = np.random.default_rng(seed)
+    sample = None
+    seen = 0
+    for x, _ in reader.batches(batch_size):
+        x = np.asarray(x, dtype=np.float32)
+        if sample is None:
+            path = Path(directory) / "calibration_inputs.npy"
+            sample = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(size, *x.shape[1:]))
+        for row in x:
+            if seen < size:
+                sample[seen] = row
+            else:
+                slot = rng.integers(0, seen + 1)
+                if slot < size:
+                    sample[slot] = row
+            seen += 1
+    if sample is None or seen == 0:
+        raise FqOnnxError("the calibration data yielded no samples")
+    return sample[: min(seen, size)]
+
+
+def _cache_key(model: onnx.ModelProto, targets: list[Target], description: str, size: int, seed: int) -> str:
     digest = hashlib.sha256(model.SerializeToString(deterministic=True))
-    digest.update(f"{CACHE_VERSION}|{description}|{size}|{PATCHES_PER_IMAGE}|".encode())
+    digest.update(f"{CACHE_VERSION}|{description}|{size}|{seed}|{PATCHES_PER_IMAGE}|".encode())
     digest.update("|".join(t.node.name for t in targets).encode())
     return digest.hexdigest()[:24]
 
@@ -116,8 +144,7 @@ def cache_dir() -> Path:
 def collect(
     graph: gs.Graph,
     targets: list[Target],
-    reader,
-    size: int,
+    inputs: np.ndarray,
     *,
     batch_size: int = 32,
     description: str = "",
@@ -125,12 +152,13 @@ def collect(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, LayerStats]:
-    """Run the (float, BN-folded) graph on up to ``size`` calibration samples; stats per target.
+    """Run the (float, BN-folded) graph on the calibration ``inputs``; statistics per target.
 
-    ``reader`` yields ``(x, y)`` batches (fq_onnx.data readers). With ``use_cache`` the result is
-    kept under ``~/.cache/fq-onnx/calibration`` (or ``$FQ_ONNX_CACHE``), keyed by the model bytes,
-    the data description and the sample count, so converting the same model again skips it.
+    With ``use_cache`` the result is kept under ``~/.cache/fq-onnx/calibration`` (or
+    ``$FQ_ONNX_CACHE``), keyed by the model bytes, the data description and the sample count,
+    so converting the same model again skips inference.
     """
+    size = len(inputs)
     probe = graph.copy()
     wanted = []
     for target in targets:
@@ -140,7 +168,7 @@ def collect(
             probe.outputs.append(tensor.to_variable(dtype=np.float32, shape=tensor.shape) if isinstance(tensor, gs.Variable) else tensor)
         wanted.append(name)
     model = gs.export_onnx(probe)
-    key = _cache_key(model, targets, description, size)
+    key = _cache_key(model, targets, description, size, seed)
     path = cache_dir() / f"{key}.npz"
     if use_cache and path.exists():
         with np.load(path) as saved:
@@ -153,10 +181,8 @@ def collect(
     stats: dict[str, LayerStats] = {}
     rng = np.random.default_rng(seed)
     seen = 0
-    for x, _ in reader.batches(batch_size):
-        x = x[: size - seen]
-        if len(x) == 0:
-            break
+    for start in range(0, size, batch_size):
+        x = np.ascontiguousarray(inputs[start : start + batch_size])
         values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
         values[input_name] = x
         for target, name in zip(targets, wanted):
@@ -172,10 +198,6 @@ def collect(
         seen += len(x)
         if progress:
             progress(seen, size)
-        if seen >= size:
-            break
-    if not stats:
-        raise FqOnnxError("the calibration data yielded no samples")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {}

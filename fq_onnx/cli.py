@@ -87,13 +87,22 @@ def convert(
     pow2_centres: bool = typer.Option(True, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
     assign: str = typer.Option("argmax", help="Component assignment: argmax, sample or nearest."),
     fuse_relu: bool = typer.Option(True, "--fuse-relu/--no-fuse-relu", help="Fuse a following Relu into ShiftConv."),
+    calib: Optional[str] = typer.Option(None, help="Calibration data (npz, image folder, .npy; 'digits' = bundled train split)."),
+    calib_size: int = typer.Option(256, help="Calibration samples to use."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing of the calibration data: imagenet, cifar or none."),
+    prune_method: Optional[str] = typer.Option(None, help="magnitude, or obs (needs --calib; its default)."),
+    rounding: Optional[str] = typer.Option(None, help="nearest, or gptq (needs --calib; its default)."),
+    bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction",
+                                                   help="Correct each output's mean (default: on with --calib)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
 ) -> None:
     """Compress MODEL into OUTPUT: prune, focus-quantize, Huffman-code, rewrite to ShiftConv."""
     report = api.convert(model, output, sparsity=sparsity, sparsity_file=sparsity_file, bits=bits, w_sep=w_sep,
                          block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
-                         fuse_relu=fuse_relu, progress=None if quiet else _progress("compressing"))
+                         fuse_relu=fuse_relu, calib=calib, calib_size=calib_size, preset=preset,
+                         prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
+                         progress=None if quiet else _progress("compressing"))
     if not quiet:
         out.print(layer_table(report, f"{output}"))
         _print_skipped(report)

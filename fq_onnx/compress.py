@@ -41,7 +41,10 @@ class CompressedLayer:
 
 def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float, options: LayerOptions,
                    stats: LayerStats | None = None) -> CompressedLayer:
-    """Compress ``weight`` ([M, ...], one row per output) at ``sparsity``."""
+    """Compress ``weight`` ([M, ...], one row per output) at ``sparsity``.
+
+    ``stats`` describe the inputs the compressed layer will see (None: no calibration).
+    """
     w64 = weight.astype(np.float64)
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)

@@ -137,6 +137,39 @@ def match_matmul(node: gs.Node) -> Target | str:
     return Target(node, "dense", np.ascontiguousarray(weight.T), None)
 
 
+def to_plain(graph: gs.Graph) -> int:
+    """Replace every ShiftConv by plain float nodes with its dequantized weight; returns the count."""
+    from fq_onnx import fmt
+
+    shiftconvs = [n for n in graph.nodes if n.op == OP_TYPE and n.domain == DOMAIN]
+    for node in shiftconvs:
+        _plain_node(graph, node, fmt.dequantize(np.asarray(node.inputs[1].values).tobytes()))
+    if shiftconvs:
+        graph.cleanup().toposort()
+    return len(shiftconvs)
+
+
+def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
+    """Replace one ShiftConv by Conv, or MatMul(+Add), then Relu when it fused one."""
+    name = node.name
+    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    outputs = list(node.outputs)
+    node.inputs, node.outputs = [], []
+    relu = node.attrs.get("activation", "none") == "relu"
+    result = gs.Variable(f"{name}/linear_out", dtype=np.float32) if relu else outputs[0]
+    if node.attrs.get("kind", "conv") == "conv":
+        attrs = {k: node.attrs[k] for k in CONV_ATTRS if k in node.attrs}
+        inputs = [x, gs.Constant(f"{name}/weight", weight)] + ([bias] if bias is not None else [])
+        graph.nodes.append(gs.Node("Conv", name, attrs, inputs, [result]))
+    else:
+        product = gs.Variable(f"{name}/matmul_out", dtype=np.float32) if bias is not None else result
+        graph.nodes.append(gs.Node("MatMul", name, {}, [x, gs.Constant(f"{name}/weight", np.ascontiguousarray(weight.T))], [product]))
+        if bias is not None:
+            graph.nodes.append(gs.Node("Add", f"{name}/bias_add", {}, [product, bias], [result]))
+    if relu:
+        graph.nodes.append(gs.Node("Relu", f"{name}/relu", {}, [result], outputs))
+
+
 REWRITERS = {"Conv": match_conv, "Gemm": match_gemm, "MatMul": match_matmul}
 
 

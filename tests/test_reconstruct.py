@@ -1,0 +1,83 @@
+"""Calibration-driven reconstruction beats plain magnitude pruning and rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from conftest import conv_model
+from test_convert import CONV_VARIANTS
+
+from fq_onnx import calibrate, fmt, focus, prune, reconstruct, rewrite
+from fq_onnx.compress import LayerOptions, compress_layer
+
+
+def correlated_layer(seed=0, rows=48, cols=96, samples=4000):
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((cols, cols)) * 0.4 + np.eye(cols)
+    x = rng.standard_normal((samples, cols)) @ mixing * rng.uniform(0.2, 3.0, cols)  # unequal scales, as after BN
+    weight = rng.standard_normal((rows, cols)) * 0.1
+    return weight, x.T @ x / samples
+
+
+def rounder_for(levels: focus.LevelSet):
+    table = fmt.levels(levels.params).astype(np.float64)
+
+    def rounder(values):
+        codes = levels.codes(values, "nearest")
+        return codes, table[codes]
+
+    return rounder
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8])
+def test_obs_pruning_beats_magnitude_on_output_error(sparsity):
+    weight, hessian = correlated_layer()
+    keep = prune.magnitude_mask(weight, sparsity)
+    magnitude = reconstruct.output_error(weight, weight * keep, hessian)
+    pruned, obs_keep, _ = reconstruct.reconstruct(weight, hessian, sparsity=sparsity)
+    assert reconstruct.output_error(weight, pruned, hessian) < magnitude
+    assert abs((1 - obs_keep.mean()) - sparsity) < 0.01
+    assert np.all(pruned[~obs_keep] == 0)
+
+
+def test_error_feedback_rounding_beats_nearest_and_stays_on_the_level_set():
+    weight, hessian = correlated_layer(seed=1)
+    keep = prune.magnitude_mask(weight, 0.6)
+    levels = focus.fit_levels(weight[keep], bits=5)
+    nearest = np.where(keep, 0.0, 0.0)
+    nearest[keep] = fmt.levels(levels.params)[levels.codes(weight[keep])]
+    rounded, kept, codes = reconstruct.reconstruct(weight, hessian, keep=keep, rounder=rounder_for(levels))
+    assert reconstruct.output_error(weight, rounded, hessian) < reconstruct.output_error(weight, nearest, hessian)
+    assert np.array_equal(kept, keep)
+    table = fmt.levels(levels.params)
+    assert np.array_equal(rounded[keep], table[codes[keep]].astype(np.float64))
+    assert np.all(rounded[~keep] == 0) and np.all(codes[~keep] == -1)
+
+
+def test_compress_layer_with_stats_beats_without():
+    weight, hessian = correlated_layer(seed=2)
+    stats = calibrate.LayerStats(hessian[None] * 100, np.full((1, weight.shape[1]), 30.0), 100)
+    plain = compress_layer(weight.astype(np.float32), None, 0.7, LayerOptions())
+    calibrated = compress_layer(weight.astype(np.float32), None, 0.7,
+                                LayerOptions(prune_method="obs", rounding="gptq", bias_correction=True), stats)
+    plain_error = reconstruct.output_error(weight, plain.layer.dequantized(), hessian)
+    assert calibrated.output_error < plain_error
+    assert calibrated.bias is not None and calibrated.bias.shape == (weight.shape[0],)
+
+
+@pytest.mark.parametrize("variant", sorted(CONV_VARIANTS))
+def test_conv_patches_reproduce_the_convolution(variant):
+    rng = np.random.default_rng(0)
+    x_shape, w_shape, attrs = CONV_VARIANTS[variant]
+    model = conv_model(x_shape, w_shape, rng, bias=False, **attrs)
+    target = rewrite.find_targets(gs.import_onnx(model))[0][0]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    patches = calibrate.conv_patches(x.astype(np.float64), target.weight.shape, target.attrs, rng, per_image=10**9)
+    groups, m = patches.shape[0], w_shape[0]
+    out = np.einsum("gpk,gmk->gpm", patches, target.weight.reshape(groups, m // groups, -1))
+    n = x_shape[0]
+    out = out.reshape(groups, n, -1, m // groups).transpose(1, 0, 3, 2).reshape(n, m, -1)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})[0]
+    np.testing.assert_allclose(out, expected.reshape(n, m, -1), atol=1e-5)
