@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, calibrate, focus, fmt, rewrite
+from fq_onnx import __version__, allocate, calibrate, focus, fmt, rewrite
 from fq_onnx.compress import PRUNE_METHODS, ROUNDINGS, LayerOptions, compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
@@ -127,6 +127,10 @@ def convert(
     rounding: str | None = None,
     bias_correction: bool | None = None,
     sequential: bool = False,
+    target_ratio: float | None = None,
+    max_drop: float | None = None,
+    data=None,
+    eval_size: int = 1000,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
@@ -144,6 +148,11 @@ def convert(
     correction; without it, magnitude pruning and nearest rounding. ``sequential`` measures each
     layer's inputs with the layers before it already compressed, so later layers compensate the
     errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
+
+    Allocation (needs ``calib``): ``target_ratio`` picks per-layer sparsity giving the smallest
+    estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
+    top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
+    Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
     """
     _check_options(sparsity, bits, w_sep, block, assign)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
@@ -176,6 +185,11 @@ def convert(
         inputs = calibrate.sample_inputs(reader, calib_size, workdir.name, seed)
         collect = functools.partial(calibrate.collect, inputs=inputs, seed=seed, description=_describe(reader))
     stats = collect(graph, targets) if workdir else {}
+    allocation = None
+    if target_ratio is not None or max_drop is not None:
+        allocation = _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data,
+                               preset, eval_size, progress)
+        per_layer = dict(allocation.plan)
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
         name = target.node.name
@@ -185,7 +199,8 @@ def convert(
             current = graph.copy()
             rewrite.to_plain(current)
             layer_stats = collect(current, [target])[name]
-        result = compress_layer(target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
+        result = allocation.results[name] if allocation else compress_layer(
+            target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
         layer = result.layer
         target.bias = result.bias
         blob = fmt.encode(layer.codes, layer.params, block=block)
@@ -211,7 +226,8 @@ def convert(
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
                 "sequential": bool(workdir and sequential),
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
-                                                            "preset": preset}}
+                                                            "preset": preset},
+                "allocation": allocation.to_dict() if allocation else None}
     out_model = _export(graph, model, settings)
     file_bytes = save_model(out_model, output_path)
     return ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
@@ -231,6 +247,52 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
     if not calibrated and (prune_method != "magnitude" or rounding != "nearest" or bias_correction):
         raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
     return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction)
+
+
+def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data, preset,
+              eval_size, progress) -> allocate.Allocation:
+    """Measure every layer's trade-off curve and gain, then search the per-layer sparsity."""
+    if not stats:
+        raise FqOnnxError("--target-ratio and --max-drop need calibration data (--calib)")
+    if target_ratio is not None and max_drop is not None:
+        raise FqOnnxError("give --target-ratio or --max-drop, not both")
+    if target_ratio is not None and not target_ratio > 1:
+        raise FqOnnxError(f"--target-ratio must be above 1, got {target_ratio}")
+    if max_drop is not None and not max_drop >= 0:
+        raise FqOnnxError(f"--max-drop must be >= 0 points, got {max_drop}")
+    evaluation = None
+    if max_drop is not None:
+        if data is None:
+            raise FqOnnxError("--max-drop needs labelled evaluation data (--data), separate from --calib")
+        evaluation = _labelled_arrays(model, data, preset, eval_size)
+    curves = allocate.layer_curves(targets, stats, options,
+                                   progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
+    allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
+    excluded = graph.copy()
+    float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]
+                      if t.node.name in {name for name, _, why in skipped})
+    return allocate.search(graph, curves, options.block, float_bytes, target_ratio=target_ratio,
+                           max_drop=max_drop, evaluation=evaluation)
+
+
+def _labelled_arrays(model: onnx.ModelProto, data, preset: str | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` preprocessed inputs and their labels, in memory."""
+    from fq_onnx import data as data_module
+
+    if isinstance(data, str) and data == "digits":
+        reader = data_module.DigitsReader(split="val", limit=limit)
+    else:
+        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+        reader = data_module.open_data(data, data_module.resolve_preprocess(preset, input_shape=shape), limit=limit)
+    xs, ys = [], []
+    for x, y in reader.batches(64):
+        if y is None:
+            raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
+        xs.append(np.asarray(x, dtype=np.float32))
+        ys.append(np.asarray(y))
+    if not xs:
+        raise FqOnnxError(f"{data}: no evaluation samples")
+    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
 def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
@@ -294,17 +356,18 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) ->
     return inspect_model(output_path)
 
 
-# The demo's settings: a conservative uniform sparsity the bundled model tolerates without
-# calibration (measured on its validation split; see README).
-DEMO_SPARSITY = 0.3
+# The demo's settings: calibrate on the bundled training split, then let the allocator pick
+# per-layer sparsity for this weights-only ratio; accuracy is measured on the validation split.
+DEMO_TARGET_RATIO = 16.0
 DEMO_BITS = 5
 
 
-def demo(output_dir: str | os.PathLike = "fq-onnx-demo", *, sparsity: float = DEMO_SPARSITY, bits: int = DEMO_BITS,
-         seed: int = 0, progress: bool = True):
+def demo(output_dir: str | os.PathLike = "fq-onnx-demo", *, target_ratio: float = DEMO_TARGET_RATIO,
+         bits: int = DEMO_BITS, seed: int = 0, progress: bool = True):
     """Convert the bundled digits CNN and evaluate original vs compressed on its validation split.
 
-    Writes ``OUTPUT_DIR/digits_cnn.fq.onnx`` and returns ``(ConversionReport, EvaluationResult)``.
+    Calibrates on the bundled training split (never on the validation images). Writes
+    ``OUTPUT_DIR/digits_cnn.fq.onnx`` and returns ``(ConversionReport, EvaluationResult)``.
     """
     from fq_onnx.digits import default_model_path
     from fq_onnx.evaluate import evaluate
@@ -313,6 +376,6 @@ def demo(output_dir: str | os.PathLike = "fq-onnx-demo", *, sparsity: float = DE
     output_dir.mkdir(parents=True, exist_ok=True)
     original = default_model_path()
     compressed = output_dir / "digits_cnn.fq.onnx"
-    report = convert(original, compressed, sparsity=sparsity, bits=bits, seed=seed)
+    report = convert(original, compressed, target_ratio=target_ratio, bits=bits, seed=seed, calib="digits")
     result = evaluate(compressed, reference=original, progress=progress)
     return report, result

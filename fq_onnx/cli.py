@@ -94,6 +94,11 @@ def convert(
     rounding: Optional[str] = typer.Option(None, help="nearest, or gptq (needs --calib; its default)."),
     bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction",
                                                    help="Correct each output's mean (default: on with --calib)."),
+    sequential: bool = typer.Option(False, "--sequential/--parallel", help="Calibrate each layer on the already compressed layers before it."),
+    target_ratio: Optional[float] = typer.Option(None, help="Choose per-layer sparsity for this weights-only ratio (needs --calib)."),
+    max_drop: Optional[float] = typer.Option(None, help="Largest ratio with top-1 drop <= this many points on --data (needs --calib)."),
+    data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
+    eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
 ) -> None:
@@ -102,7 +107,14 @@ def convert(
                          block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
                          fuse_relu=fuse_relu, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
-                         progress=None if quiet else _progress("compressing"))
+                         sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
+                         eval_size=eval_size, progress=None if quiet else _progress("compressing"))
+    allocation = report.settings.get("allocation")
+    if allocation:
+        for trial in allocation["trials"]:
+            measured = "" if trial["top1"] is None else f", top-1 {100 * trial['top1']:.2f}% (drop {trial['drop']:.2f})"
+            out.print(f"trial: {trial['ratio']:.2f}x weights-only, estimated output noise {trial['noise']:.4f}{measured}")
+        out.print(allocation["message"])
     if not quiet:
         out.print(layer_table(report, f"{output}"))
         _print_skipped(report)
@@ -137,12 +149,12 @@ def decompress(
 @app.command()
 def demo(
     output_dir: Path = typer.Option(Path("fq-onnx-demo"), "-o", "--output-dir", help="Where to write the compressed model."),
-    sparsity: float = typer.Option(api.DEMO_SPARSITY, help="Uniform sparsity."),
+    target_ratio: float = typer.Option(api.DEMO_TARGET_RATIO, help="Weights-only compression ratio to allocate for."),
     bits: int = typer.Option(api.DEMO_BITS, help="Bits per nonzero weight code."),
     seed: int = typer.Option(0, help="Seed of the mixture fit."),
 ) -> None:
     """Convert the bundled digits CNN and compare original vs compressed side by side."""
-    report, result = api.demo(output_dir, sparsity=sparsity, bits=bits, seed=seed, progress=err.is_terminal)
+    report, result = api.demo(output_dir, target_ratio=target_ratio, bits=bits, seed=seed, progress=err.is_terminal)
     out.print(layer_table(report, f"{report.path}"))
     out.print(report.summary())
     out.print(result.to_table(), markup=False, highlight=False)

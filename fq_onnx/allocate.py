@@ -1,0 +1,236 @@
+"""Per-layer sparsity from measured sensitivity: the smallest output damage for a size budget.
+
+Each layer is compressed alone at every sparsity of a grid, giving its exact stored bytes and
+its relative output error ``e`` on the calibration statistics (no inference). One inference per
+layer measures its gain ``g``: the network's output noise per unit of that layer's squared
+error. Assuming the layers' noises add up, the output noise of a plan is ``sum g * e^2``; a
+Lagrangian search picks, for a byte budget, the plan that minimises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from fq_onnx import fmt, rewrite
+from fq_onnx.calibrate import LayerStats
+from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer
+
+SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
+GAIN_SAMPLES = 128  # calibration inputs used to measure the gains
+
+
+@dataclass
+class LayerCurve:
+    """One layer's measured trade-off: stored bytes and relative output error per sparsity."""
+
+    name: str
+    fp32_bytes: int
+    bytes: dict[float, int] = field(default_factory=dict)
+    errors: dict[float, float] = field(default_factory=dict)
+    results: dict[float, CompressedLayer] = field(default_factory=dict, repr=False)
+    gain: float = 1.0
+
+    def cost(self, sparsity: float) -> float:
+        """Estimated output noise (relative, squared) this layer adds at ``sparsity``."""
+        return self.gain * self.errors[sparsity] ** 2
+
+
+def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], options: LayerOptions,
+                 grid=SPARSITY_GRID, progress: Callable[[str, int, int], None] | None = None) -> list[LayerCurve]:
+    """Compress every layer alone at every grid sparsity; record bytes and output error."""
+    curves = []
+    for index, target in enumerate(targets):
+        curve = LayerCurve(target.node.name, 4 * target.weight.size)
+        for sparsity in grid:
+            result = compress_layer(target.weight, target.bias, sparsity, options, stats[target.node.name])
+            curve.bytes[sparsity] = len(fmt.encode(result.layer.codes, result.layer.params, block=options.block))
+            curve.errors[sparsity] = result.output_error
+            curve.results[sparsity] = result
+        curves.append(curve)
+        if progress:
+            progress(target.node.name, index + 1, len(targets))
+    return curves
+
+
+def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer], block: int) -> bytes:
+    """Serialized float model with the given layers replaced by their dequantized weights."""
+    work = graph.copy()
+    for target in rewrite.find_targets(work)[0]:
+        result = layers.get(target.node.name)
+        if result is not None:
+            target.bias = result.bias
+            blob = fmt.encode(result.layer.codes, result.layer.params, block=block)
+            target.replace(work, blob, {}, fuse_relu=False)
+    rewrite.to_plain(work)
+    return gs.export_onnx(work).SerializeToString()
+
+
+def run_model(model: bytes, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """First output of ``model`` on ``inputs``, batched."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: np.ascontiguousarray(inputs[i : i + batch_size])})[0]
+                           for i in range(0, len(inputs), batch_size)])
+
+
+def noise(reference: np.ndarray, test: np.ndarray) -> float:
+    """Relative squared output error ``|test - ref|^2 / |ref|^2`` (SQNR = -10 log10 of it)."""
+    return float(np.sum((test - reference) ** 2) / max(np.sum(reference**2), 1e-30))
+
+
+def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve], block: int,
+                  inputs: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Set each curve's gain from one inference with that layer alone compressed."""
+    reference = run_model(gs.export_onnx(graph).SerializeToString(), inputs)
+    for index, (target, curve) in enumerate(zip(targets, curves)):
+        name = target.node.name
+        probe = max((s for s in curve.errors if s <= GAIN_PROBE_SPARSITY), default=min(curve.errors))
+        out = run_model(plain_model(graph, {name: curve.results[probe]}, block), inputs)
+        error = max(curve.errors[probe], 1e-6)
+        curve.gain = noise(reference, out) / error**2
+        if progress:
+            progress(name, index + 1, len(targets))
+
+
+def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, float]:
+    """Per-layer sparsity minimising the estimated output noise with total bytes <= budget.
+
+    Bisection on the Lagrange multiplier of ``sum cost + lambda * bytes``; if even the sparsest
+    plan exceeds the budget, that plan is returned.
+    """
+    def choose(lam: float) -> dict[str, float]:
+        return {c.name: min(c.bytes, key=lambda s: (c.cost(s) + lam * c.bytes[s], -s)) for c in curves}
+
+    def size(plan: dict[str, float]) -> int:
+        return sum(c.bytes[plan[c.name]] for c in curves)
+
+    low, high = -30.0, 0.0  # log10 of lambda
+    while size(choose(10.0**high)) > budget_bytes and high < 30:
+        high += 3
+    if size(choose(10.0**high)) > budget_bytes:
+        return choose(10.0**high)
+    for _ in range(60):
+        mid = (low + high) / 2
+        if size(choose(10.0**mid)) > budget_bytes:
+            low = mid
+        else:
+            high = mid
+    return choose(10.0**high)
+
+
+def plan_bytes(curves: list[LayerCurve], plan: dict[str, float]) -> int:
+    return sum(c.bytes[plan[c.name]] for c in curves)
+
+
+def estimated_noise(curves: list[LayerCurve], plan: dict[str, float]) -> float:
+    return sum(c.cost(plan[c.name]) for c in curves)
+
+
+@dataclass
+class Trial:
+    """One candidate plan that was built and measured."""
+
+    ratio: float  # weights-only compression ratio of the plan
+    noise: float  # estimated relative output noise (sum of g * e^2)
+    top1: float | None = None  # measured on the evaluation data (max-drop search)
+    drop: float | None = None  # top-1 points lost against the original
+
+
+@dataclass
+class Allocation:
+    plan: dict[str, float]
+    results: dict[str, CompressedLayer]
+    trials: list[Trial]
+    target: str
+    met: bool
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan, "target": self.target, "met": self.met, "message": self.message,
+                "trials": [t.__dict__ for t in self.trials]}
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits.reshape(len(labels), -1), axis=1) == labels))
+
+
+def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: int, *,
+           target_ratio: float | None = None, max_drop: float | None = None,
+           evaluation: tuple[np.ndarray, np.ndarray] | None = None, max_trials: int = 8,
+           report: Callable[[Trial], None] | None = None) -> Allocation:
+    """Choose per-layer sparsity for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
+
+    ``float_bytes`` are the bytes of weight layers left uncompressed (they count in the ratio).
+    The max-drop search bisects the ratio, building and measuring each candidate on
+    ``evaluation = (inputs, labels)``; it keeps the highest ratio within the drop.
+    """
+    total = sum(c.fp32_bytes for c in curves) + float_bytes
+
+    def ratio_of(plan):
+        return total / (plan_bytes(curves, plan) + float_bytes)
+
+    def plan_for_ratio(ratio):
+        return plan_for_budget(curves, total / ratio - float_bytes)
+
+    def results_of(plan):
+        return {c.name: c.results[plan[c.name]] for c in curves}
+
+    densest = {c.name: min(c.bytes, key=lambda s: (c.cost(s), -s)) for c in curves}
+    sparsest = {c.name: max(c.bytes) for c in curves}
+    if target_ratio is not None:
+        plan = plan_for_ratio(target_ratio)
+        trial = Trial(ratio_of(plan), estimated_noise(curves, plan))
+        met = trial.ratio >= target_ratio
+        message = (f"target ratio {target_ratio:g}x met: {trial.ratio:.2f}x" if met else
+                   f"target ratio {target_ratio:g}x cannot be reached at these settings: "
+                   f"the sparsest plan gives {trial.ratio:.2f}x")
+        if report:
+            report(trial)
+        return Allocation(plan, results_of(plan), [trial], f"ratio >= {target_ratio:g}", met, message)
+
+    if max_drop is None or evaluation is None:
+        raise ValueError("give target_ratio, or max_drop with evaluation data")
+    inputs, labels = evaluation
+    baseline = top1(run_model(gs.export_onnx(graph).SerializeToString(), inputs), labels)
+    trials: list[Trial] = []
+    measured: dict[tuple, Trial] = {}
+
+    def measure(plan) -> Trial:
+        key = tuple(sorted(plan.items()))
+        if key in measured:  # the bisection can land on a plan it already built
+            return measured[key]
+        accuracy = top1(run_model(plain_model(graph, results_of(plan), block), inputs), labels)
+        trial = Trial(ratio_of(plan), estimated_noise(curves, plan), accuracy, 100 * (baseline - accuracy))
+        trials.append(trial)
+        measured[key] = trial
+        if report:
+            report(trial)
+        return trial
+
+    best_plan, best = densest, measure(densest)
+    low, high = np.log(best.ratio), np.log(ratio_of(sparsest))
+    if best.drop <= max_drop:
+        for _ in range(max_trials - 1):
+            if high - low < 0.01:
+                break
+            mid = (low + high) / 2
+            plan = plan_for_ratio(np.exp(mid))
+            trial = measure(plan)
+            if trial.drop <= max_drop:
+                low = mid
+                if trial.ratio > best.ratio:
+                    best_plan, best = plan, trial
+            else:
+                high = mid
+    met = best.drop <= max_drop
+    message = (f"max drop {max_drop:g} points met: {best.ratio:.2f}x at top-1 {100 * best.top1:.2f}% "
+               f"(original {100 * baseline:.2f}%, drop {best.drop:.2f})" if met else
+               f"max drop {max_drop:g} points cannot be met: even the least compressed plan "
+               f"({best.ratio:.2f}x) loses {best.drop:.2f} points; wrote that plan")
+    return Allocation(best_plan, results_of(best_plan), trials, f"top-1 drop <= {max_drop:g}", met, message)
