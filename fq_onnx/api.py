@@ -180,6 +180,7 @@ def convert(
         raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
 
     workdir = tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") if calib is not None else None
+    inputs = None
     if workdir:
         reader = _calibration_reader(model, calib, calib_size, preset)
         inputs = calibrate.sample_inputs(reader, calib_size, workdir.name, seed)
@@ -264,7 +265,9 @@ def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max
     if max_drop is not None:
         if data is None:
             raise FqOnnxError("--max-drop needs labelled evaluation data (--data), separate from --calib")
-        evaluation = _labelled_arrays(model, data, preset, eval_size)
+        evaluation = _arrays(model, data, preset, eval_size)
+        if evaluation[1] is None:
+            raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
     curves = allocate.layer_curves(targets, stats, options,
                                    progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
@@ -273,26 +276,6 @@ def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max
                       if t.node.name in {name for name, _, why in skipped})
     return allocate.search(graph, curves, options.block, float_bytes, target_ratio=target_ratio,
                            max_drop=max_drop, evaluation=evaluation)
-
-
-def _labelled_arrays(model: onnx.ModelProto, data, preset: str | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``limit`` preprocessed inputs and their labels, in memory."""
-    from fq_onnx import data as data_module
-
-    if isinstance(data, str) and data == "digits":
-        reader = data_module.DigitsReader(split="val", limit=limit)
-    else:
-        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
-        reader = data_module.open_data(data, data_module.resolve_preprocess(preset, input_shape=shape), limit=limit)
-    xs, ys = [], []
-    for x, y in reader.batches(64):
-        if y is None:
-            raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
-        xs.append(np.asarray(x, dtype=np.float32))
-        ys.append(np.asarray(y))
-    if not xs:
-        raise FqOnnxError(f"{data}: no evaluation samples")
-    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
 def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
@@ -354,6 +337,101 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) ->
     onnx.checker.check_model(model_out)
     save_model(model_out, output_path)
     return inspect_model(output_path)
+
+
+@dataclass
+class SensitivityReport:
+    """Each layer compressed alone: top-1 change (points) or output SQNR (dB) per sparsity."""
+
+    model: str
+    sparsities: tuple[float, ...]
+    labelled: bool
+    baseline_top1: float | None
+    rows: list[dict]  # {"node", "op", "weights", "by_sparsity": {s: {"top1", "drop", "sqnr_db"}}, "score"}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "sparsities": list(self.sparsities), "labelled": self.labelled,
+                "baseline_top1": self.baseline_top1, "layers": self.rows}
+
+
+def sensitivity(
+    model_path: str | os.PathLike,
+    data,
+    *,
+    sparsities: Iterable[float] = (0.5, 0.7, 0.9),
+    bits: int = 5,
+    calib=None,
+    calib_size: int = 256,
+    preset: str | None = None,
+    limit: int = 500,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> SensitivityReport:
+    """Compress each layer alone at each sparsity and measure the damage on ``data``.
+
+    With labels the damage is the top-1 drop in points, else the output SQNR in dB against the
+    original model; layers are sorted most sensitive first. With ``calib`` the layers are
+    compressed as ``convert`` does with calibration (OBS, GPTQ, bias correction).
+    """
+    sparsities = tuple(float(s) for s in sparsities)
+    if not sparsities or not all(0.0 <= s <= 0.99 for s in sparsities):
+        raise FqOnnxError(f"sparsities must be in 0..0.99, got {sparsities}")
+    model = load_model(model_path)
+    graph = gs.import_onnx(model)
+    _unique_names(graph)
+    fold_batchnorms(graph)
+    targets, _ = rewrite.find_targets(graph)
+    if not targets:
+        raise FqOnnxError(f"{model_path}: nothing to compress")
+    x, y = _arrays(model, data, preset, limit)
+    options = _layer_options(calib, bits, 2.0, 1, True, "argmax", seed, None, None, None)
+    stats = {}
+    if calib is not None:
+        with tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") as workdir:
+            inputs = calibrate.sample_inputs(_calibration_reader(model, calib, calib_size, preset), calib_size, workdir, seed)
+            stats = calibrate.collect(graph, targets, inputs, seed=seed)
+    reference = allocate.run_model(gs.export_onnx(graph).SerializeToString(), x)
+    baseline = allocate.top1(reference, y) if y is not None else None
+    rows = []
+    for index, target in enumerate(targets):
+        name = target.node.name
+        row = {"node": name, "op": target.node.op, "weights": int(target.weight.size), "by_sparsity": {}}
+        for s in sparsities:
+            result = compress_layer(target.weight, target.bias, s, options, stats.get(name))
+            logits = allocate.run_model(allocate.plain_model(graph, {name: result}, 1), x)
+            noise = allocate.noise(reference, logits)
+            entry = {"sqnr_db": float(-10 * np.log10(max(noise, 1e-30)))}
+            if y is not None:
+                accuracy = allocate.top1(logits, y)
+                entry.update(top1=accuracy, drop=100 * (baseline - accuracy))
+            row["by_sparsity"][str(s)] = entry
+        entries = row["by_sparsity"].values()
+        row["score"] = float(np.mean([e["drop"] for e in entries])) if y is not None else \
+            float(-np.mean([e["sqnr_db"] for e in entries]))
+        rows.append(row)
+        if progress:
+            progress(name, index + 1, len(targets))
+    rows.sort(key=lambda r: -r["score"])
+    return SensitivityReport(str(model_path), sparsities, y is not None, baseline, rows)
+
+
+def _arrays(model: onnx.ModelProto, data, preset: str | None, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``limit`` preprocessed inputs (and labels, when the data has them), in memory."""
+    from fq_onnx import data as data_module
+
+    if isinstance(data, str) and data == "digits":
+        reader = data_module.DigitsReader(split="val", limit=limit)
+    else:
+        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+        reader = data_module.open_data(data, data_module.resolve_preprocess(preset, input_shape=shape), limit=limit)
+    xs, ys = [], []
+    for x, y in reader.batches(64):
+        xs.append(np.asarray(x, dtype=np.float32))
+        ys.append(None if y is None else np.asarray(y))
+    if not xs:
+        raise FqOnnxError(f"{data}: no samples")
+    labels = None if any(v is None for v in ys) else np.concatenate(ys)[:limit]
+    return np.concatenate(xs)[:limit], labels
 
 
 # The demo's settings: calibrate on the bundled training split, then let the allocator pick

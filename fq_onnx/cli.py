@@ -147,6 +147,40 @@ def decompress(
 
 
 @app.command()
+def sensitivity(
+    model: Path = typer.Argument(..., help="The original .onnx model."),
+    data: str = typer.Option(..., help="Evaluation data (labelled: top-1 drop; unlabelled: SQNR). 'digits' = bundled."),
+    sparsities: str = typer.Option("0.5,0.7,0.9", help="Comma-separated sparsities to try per layer."),
+    bits: int = typer.Option(5, help="Bits per nonzero weight code."),
+    calib: Optional[str] = typer.Option(None, help="Calibration data: compress as convert --calib does."),
+    calib_size: int = typer.Option(256, help="Calibration samples."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, cifar or none."),
+    limit: int = typer.Option(500, help="Evaluation samples."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+) -> None:
+    """Compress each layer alone at a few sparsities; table sorted by sensitivity."""
+    try:
+        values = [float(v) for v in sparsities.split(",") if v.strip()]
+    except ValueError:
+        raise FqOnnxError(f"--sparsities must be comma-separated numbers, got {sparsities!r}") from None
+    report = api.sensitivity(model, data, sparsities=values, bits=bits, calib=calib, calib_size=calib_size,
+                             preset=preset, limit=limit, progress=_progress("layer"))
+    unit = "top-1 drop (points)" if report.labelled else "output SQNR (dB)"
+    table = Table(title=f"{model}: each layer compressed alone, {unit}", title_justify="left")
+    for column in ["node", "op", "weights"] + [f"s={s:g}" for s in report.sparsities]:
+        table.add_column(column, justify="left" if column in ("node", "op") else "right")
+    for row in report.rows:
+        cells = [row["by_sparsity"][str(s)] for s in report.sparsities]
+        values = [f"{c['drop']:+.2f}" if report.labelled else f"{c['sqnr_db']:.1f}" for c in cells]
+        table.add_row(row["node"], row["op"], f"{row['weights']:,}", *values)
+    out.print(table)
+    if report.baseline_top1 is not None:
+        out.print(f"original top-1 {100 * report.baseline_top1:.2f}% on {limit} samples at most")
+    if json_path:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+@app.command()
 def demo(
     output_dir: Path = typer.Option(Path("fq-onnx-demo"), "-o", "--output-dir", help="Where to write the compressed model."),
     target_ratio: float = typer.Option(api.DEMO_TARGET_RATIO, help="Weights-only compression ratio to allocate for."),

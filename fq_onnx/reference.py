@@ -21,7 +21,7 @@ class ShiftConv(OpRun):
     op_domain = "fq_onnx"
 
     def _run(self, X, W, B=None, kind="conv", auto_pad="NOTSET", dilations=None, group=1,
-             kernel_shape=None, pads=None, strides=None, activation="none", w2=None, rel_error=None, source_op=None):
+             kernel_shape=None, pads=None, strides=None, activation="none", **informational):
         weight = self._weight(W)
         if kind == "dense":
             if X.shape[-1] != weight.shape[1]:

@@ -1,0 +1,81 @@
+"""Per-layer allocation and the sensitivity table."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from fq_onnx import allocate, api
+from fq_onnx.digits import default_model_path, load_digits_split
+from fq_onnx.errors import FqOnnxError
+
+
+def curve(name, fp32, gain, slope):
+    c = allocate.LayerCurve(name, fp32)
+    for s in allocate.SPARSITY_GRID:
+        c.bytes[s] = int(fp32 / 6 * (1 - s) + 20)
+        c.errors[s] = 0.05 + slope * s**2
+    c.gain = gain
+    return c
+
+
+def test_plan_meets_the_budget_and_spares_the_sensitive_layer():
+    curves = [curve("sensitive", 40_000, 10.0, 1.0), curve("robust", 40_000, 0.1, 1.0)]
+    budget = 8_000
+    plan = allocate.plan_for_budget(curves, budget)
+    assert allocate.plan_bytes(curves, plan) <= budget
+    assert plan["sensitive"] < plan["robust"]
+    looser = allocate.plan_for_budget(curves, 12_000)
+    assert allocate.estimated_noise(curves, looser) <= allocate.estimated_noise(curves, plan)
+
+
+def test_target_ratio_on_the_bundled_model(tmp_path):
+    report = api.convert(default_model_path(), tmp_path / "r.onnx", calib="digits", calib_size=128, target_ratio=12)
+    assert report.totals.ratio >= 12
+    allocation = report.settings["allocation"]
+    assert allocation["met"] and len(set(allocation["plan"].values())) > 1  # not uniform
+
+
+def test_max_drop_is_met_on_the_validation_split(tmp_path):
+    from fq_onnx import reference
+
+    out = tmp_path / "m.onnx"
+    report = api.convert(default_model_path(), out, calib="digits", calib_size=128, max_drop=1.5, data="digits")
+    allocation = report.settings["allocation"]
+    assert allocation["met"], allocation["message"]
+    assert report.totals.ratio > 8
+    x, y = load_digits_split("val")
+    logits = reference.run(str(out), {"input": x})[0]
+    original = onnx.load(str(default_model_path()))
+    import onnxruntime as ort
+
+    base = ort.InferenceSession(original.SerializeToString()).run(None, {"input": x})[0]
+    drop = 100 * (np.mean(base.argmax(1) == y) - np.mean(logits.argmax(1) == y))
+    assert drop <= 1.5 + 1e-9
+
+
+def test_impossible_max_drop_still_writes_a_model_and_says_so(tmp_path):
+    out = tmp_path / "m.onnx"
+    report = api.convert(default_model_path(), out, calib="digits", calib_size=64, max_drop=-0.0, data="digits",
+                         bits=3)
+    allocation = report.settings["allocation"]
+    assert out.exists()
+    if not allocation["met"]:
+        assert "cannot be met" in allocation["message"] and "wrote" in allocation["message"]
+
+
+def test_allocation_needs_calibration_and_labels(tmp_path):
+    with pytest.raises(FqOnnxError, match="need calibration data"):
+        api.convert(default_model_path(), tmp_path / "x.onnx", target_ratio=10)
+    with pytest.raises(FqOnnxError, match="needs labelled evaluation data"):
+        api.convert(default_model_path(), tmp_path / "x.onnx", calib="digits", max_drop=1)
+
+
+def test_sensitivity_table_sorted_most_sensitive_first():
+    report = api.sensitivity(default_model_path(), "digits", sparsities=(0.5, 0.9), limit=200)
+    scores = [r["score"] for r in report.rows]
+    assert scores == sorted(scores, reverse=True) and len(report.rows) == 7
+    assert report.rows[0]["node"] == "stem/conv"  # 288 weights feeding everything: the most fragile
+    entry = report.rows[0]["by_sparsity"]["0.9"]
+    assert entry["drop"] > 0 and np.isfinite(entry["sqnr_db"])
