@@ -1,0 +1,178 @@
+// Compiled with -ffp-contract=off (see CMakeLists.txt): compute_levels must round each step.
+#include "decode.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "crc32.h"
+#include "huffman.h"
+
+namespace fq {
+namespace {
+
+uint16_t rd_u16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
+uint32_t rd_u32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+float rd_f32(const uint8_t* p) {
+  const uint32_t u = rd_u32(p);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// 2^e for e in [-126, 127]: a normal float32, built from its exponent field (exact).
+float pow2(int e) {
+  const uint32_t u = uint32_t(e + 127) << 23;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::string fmt_float(float f) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", double(f));
+  return buf;
+}
+
+}  // namespace
+
+std::vector<float> compute_levels(const QuantParams& p) {
+  if (p.mode != 0 && p.mode != 1) throw FormatError("unknown quantizer mode " + std::to_string(p.mode));
+  const int low = p.mode == 0 ? 2 : 3;
+  if (p.bits < low || p.bits > 8) {
+    throw FormatError(std::string(p.mode == 0 ? "shift" : "focused") + " mode needs " +
+                      std::to_string(low) + "..8 bits, got " + std::to_string(p.bits));
+  }
+  if (!std::isfinite(p.alpha) || !(p.alpha > 0)) {
+    throw FormatError("alpha must be finite and positive, got " + fmt_float(p.alpha));
+  }
+  if (!std::isfinite(p.centre0) || !std::isfinite(p.centre1)) {
+    throw FormatError("the centres must be finite");
+  }
+  if (p.mode == 0 && (p.centre0 != 0 || p.centre1 != 0)) {
+    throw FormatError("shift mode has no centres: both must be 0");
+  }
+  const int k = p.mode == 0 ? p.bits - 1 : p.bits - 2;  // exponent bits
+  const int64_t e_max = (int64_t(1) << k) - 1;
+  const int64_t b = p.b;
+  if (-b < -126 || e_max - b > 127) {
+    throw FormatError("exponent offset b=" + std::to_string(p.b) +
+                      " puts level exponents outside [-126, 127]");
+  }
+  const int V = 1 << p.bits;
+  std::vector<float> out(size_t(V), 0.0f);
+  for (int v = 0; v < V; ++v) {
+    const int e = v & int(e_max);
+    const bool negative = (v >> k) & 1;
+    const float t = pow2(int(e - b));
+    float u = negative ? -t : t;
+    if (p.mode == 1) {
+      const float centre = (v >> (k + 1)) ? p.centre1 : p.centre0;
+      u = centre + u;  // one binary32 addition
+    }
+    const float level = p.alpha * u;  // one binary32 multiplication
+    if (!std::isfinite(level)) throw FormatError("a quantization level overflows float32");
+    out[size_t(v)] = level;
+  }
+  return out;
+}
+
+DecodedWeight decode_weight(const uint8_t* data, size_t size) {
+  if (data == nullptr && size != 0) throw FormatError("no data");
+  if (size < 12) {
+    throw FormatError("blob of " + std::to_string(size) + " bytes is too short for a header");
+  }
+  if (std::memcmp(data, "FQW1", 4) != 0) throw FormatError("bad magic, expected 'FQW1'");
+  if (data[4] != 1) {
+    throw FormatError("format version " + std::to_string(data[4]) +
+                      " is not supported (this build reads 1)");
+  }
+  DecodedWeight w;
+  w.params.mode = data[5];
+  w.params.bits = data[6];
+  const int ndim = data[7];
+  w.block = data[8];
+  w.run_max = data[9];
+  if (ndim < 1 || ndim > kMaxNdim) throw FormatError("ndim " + std::to_string(ndim) + " outside 1..8");
+  if (w.block < 1) throw FormatError("block must be >= 1");
+  if (rd_u16(data + 10) != 0) throw FormatError("reserved field is not 0");
+  const size_t h = 12 + 4 * size_t(ndim);
+  if (size < h + 24) throw FormatError("blob ends inside the header");
+  uint64_t n = 1;
+  for (int i = 0; i < ndim; ++i) {
+    const uint32_t d = rd_u32(data + 12 + 4 * i);
+    if (d < 1) throw FormatError("dimension " + std::to_string(i) + " is 0");
+    n *= d;
+    if (n > kMaxElements) throw FormatError("shape exceeds the limit of 2^28 elements");
+    w.dims.push_back(d);
+  }
+  w.elements = n;
+  w.params.alpha = rd_f32(data + h);
+  w.params.centre0 = rd_f32(data + h + 4);
+  w.params.centre1 = rd_f32(data + h + 8);
+  w.params.b = int32_t(rd_u32(data + h + 12));
+  w.tokens = rd_u32(data + h + 16);
+  const uint32_t payload_bytes = rd_u32(data + h + 20);
+  w.levels = compute_levels(w.params);
+  if (w.tokens > n) {
+    throw FormatError(std::to_string(w.tokens) + " tokens for a tensor of " + std::to_string(n) +
+                      " elements");
+  }
+  const uint64_t V = uint64_t(1) << w.params.bits;
+  const uint64_t symbols = uint64_t(w.run_max + 1) * V + 1;
+  const uint64_t table_bytes = (symbols + 1) / 2;
+  const uint64_t expected = uint64_t(h) + 24 + table_bytes + payload_bytes + 4;
+  if (uint64_t(size) != expected) {
+    throw FormatError("blob is " + std::to_string(size) + " bytes but its header declares " +
+                      std::to_string(expected));
+  }
+  if (crc32(data, size - 4) != rd_u32(data + size - 4)) {
+    throw FormatError("CRC-32 mismatch: the compressed tensor is corrupted");
+  }
+
+  const uint8_t* table = data + h + 24;
+  std::vector<uint8_t> lengths(symbols);
+  for (uint64_t s = 0; s < symbols; ++s) {
+    const uint8_t byte = table[s / 2];
+    lengths[s] = (s & 1) ? byte >> 4 : byte & 0x0F;
+  }
+  if ((symbols & 1) && (table[table_bytes - 1] >> 4) != 0) {
+    throw FormatError("unused high nibble of the code length table is not 0");
+  }
+  HuffmanDecoder huffman(lengths);
+
+  // Tokens -> coded elements. T <= 8 * P was checked by the Huffman decoder before any token is
+  // produced, so reserving T entries is bounded by the blob's size.
+  const uint8_t* payload = table + table_bytes;
+  const uint64_t escape = symbols - 1;
+  const uint64_t run_unit = uint64_t(w.run_max) + 1;
+  if (w.tokens <= 8 * uint64_t(payload_bytes)) {
+    w.index.reserve(w.tokens);
+    w.code.reserve(w.tokens);
+  }
+  uint64_t pos = 0;
+  huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t sym) {
+    if (sym == escape) {
+      pos += run_unit;
+      if (pos > n) {
+        throw FormatError("tokens describe " + std::to_string(pos) + " elements but the tensor has " +
+                          std::to_string(n));
+      }
+      return;
+    }
+    pos += sym / V;
+    if (pos >= n) {
+      throw FormatError("tokens describe " + std::to_string(pos + 1) +
+                        " elements but the tensor has " + std::to_string(n));
+    }
+    w.index.push_back(uint32_t(pos));
+    w.code.push_back(uint8_t(sym % V));
+    ++pos;
+  });
+  return w;
+}
+
+}  // namespace fq

@@ -1,0 +1,266 @@
+#include "execute.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace fq {
+
+namespace {
+
+// Column stride 2: one pass over each input row writes both column phases (even and odd
+// columns), instead of two strided gathers.
+void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c) {
+  const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
+  for (int64_t ph = 0; ph < p.sh; ++ph) {
+    const int32_t s0 = p.phase_slot[size_t(ph * 2)], s1 = p.phase_slot[size_t(ph * 2 + 1)];
+    if (s0 < 0 && s1 < 0) continue;  // no tap reads this row phase
+    for (int64_t n = 0; n < p.N; ++n) {
+      const float* src_plane = x + (n * p.C + c) * H * W;
+      float* d0 = s0 >= 0 ? packed + c * p.channel_stride + s0 * p.plane + n * Hq * Wq : nullptr;
+      float* d1 = s1 >= 0 ? packed + c * p.channel_stride + s1 * p.plane + n * Hq * Wq : nullptr;
+      if (n == p.N - 1) {
+        const size_t gap = size_t(p.plane - p.N * Hq * Wq) * sizeof(float);
+        if (d0) std::memset(d0 + Hq * Wq, 0, gap);
+        if (d1) std::memset(d1 + Hq * Wq, 0, gap);
+      }
+      for (int64_t i = 0; i < Hq; ++i) {
+        float* r0 = d0 ? d0 + i * Wq : nullptr;
+        float* r1 = d1 ? d1 + i * Wq : nullptr;
+        const int64_t yy = i * p.sh + ph - p.pad_top;
+        if (yy < 0 || yy >= H) {
+          if (r0) std::memset(r0, 0, size_t(Wq) * sizeof(float));
+          if (r1) std::memset(r1, 0, size_t(Wq) * sizeof(float));
+          continue;
+        }
+        const float* src = src_plane + yy * W;
+        // Packed column j of phase q reads input column 2j + q - pad_left; for j in
+        // [j_lo, j_hi) both columns are inside the row, elsewhere they may be padding.
+        const int64_t pl = p.pad_left;
+        const int64_t j_lo = std::min(Wq, std::max<int64_t>(0, (pl + 1) / 2));
+        const int64_t j_hi = std::max(j_lo, std::min(Wq, (W + pl) / 2));
+        auto edge = [&](int64_t k) {
+          const int64_t a = 2 * k - pl, b = a + 1;
+          if (r0) r0[k] = (a >= 0 && a < W) ? src[a] : 0.0f;
+          if (r1) r1[k] = (b >= 0 && b < W) ? src[b] : 0.0f;
+        };
+        for (int64_t k = 0; k < j_lo; ++k) edge(k);
+        const float* s = src - pl;
+        if (r0 && r1) {
+          for (int64_t k = j_lo; k < j_hi; ++k) {
+            r0[k] = s[2 * k];
+            r1[k] = s[2 * k + 1];
+          }
+        } else if (r0) {
+          for (int64_t k = j_lo; k < j_hi; ++k) r0[k] = s[2 * k];
+        } else {
+          for (int64_t k = j_lo; k < j_hi; ++k) r1[k] = s[2 * k + 1];
+        }
+        for (int64_t k = j_hi; k < Wq; ++k) edge(k);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end) {
+  if (p.dense) {
+    // X is [rows][K]; the kernels want [K][rows] so that consecutive rows are one vector.
+    const int64_t rows = p.W, K = p.C;
+    for (int64_t k = c_begin; k < c_end; ++k) {
+      if (!p.channel_used[size_t(k)]) continue;
+      float* dst = packed + k * p.channel_stride;
+      for (int64_t r = 0; r < rows; ++r) dst[r] = x[r * K + k];
+      std::memset(dst + rows, 0, size_t(p.channel_stride - rows) * sizeof(float));
+    }
+    return;
+  }
+  const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    // Channels no tap reads (sparse depthwise layers have many) are never loaded.
+    if (!p.channel_used[size_t(c)]) continue;
+    if (p.sw == 2 && p.phase_slot.size() == size_t(2 * p.sh)) {
+      pack_channel_sw2(p, x, packed, c);
+      continue;
+    }
+    for (int64_t ph = 0; ph < p.sh; ++ph) {
+      for (int64_t pw = 0; pw < p.sw; ++pw) {
+        const int32_t slot = p.phase_slot[size_t(ph * p.sw + pw)];
+        if (slot < 0) continue;
+        // Columns j of this phase read input column j*sw + pw - pad_left; [j_lo, j_hi) is inside.
+        const int64_t x0 = pw - p.pad_left;
+        int64_t j_lo = x0 >= 0 ? 0 : (-x0 + p.sw - 1) / p.sw;
+        int64_t j_hi = W - x0 <= 0 ? 0 : (W - x0 + p.sw - 1) / p.sw;
+        j_lo = std::min(j_lo, Wq);
+        j_hi = std::max(j_lo, std::min(j_hi, Wq));
+        // Rows i in [i_lo, i_hi) read input rows inside the image.
+        const int64_t y0 = ph - p.pad_top;
+        const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
+        const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
+        // Whole planes are contiguous when rows need neither padding nor a column stride
+        // (1x1 convs, unpadded stride-1 convs): one copy per plane.
+        const bool contiguous = p.sw == 1 && p.sh == 1 && x0 == 0 && Wq == W && j_lo == 0 && j_hi == W;
+        for (int64_t n = 0; n < p.N; ++n) {
+          const float* src_plane = x + (n * p.C + c) * H * W;
+          float* dst_plane = packed + c * p.channel_stride + slot * p.plane + n * Hq * Wq;
+          if (n == p.N - 1) {
+            // The alignment gap after the last image: only garbage pixels read it, but it must
+            // hold ordinary numbers (no NaN or denormal slow paths).
+            std::memset(dst_plane + Hq * Wq, 0, size_t(p.plane - p.N * Hq * Wq) * sizeof(float));
+          }
+          if (contiguous) {
+            std::memset(dst_plane, 0, size_t(i_lo * Wq) * sizeof(float));
+            std::memcpy(dst_plane + i_lo * Wq, src_plane + (i_lo + y0) * W, size_t((i_hi - i_lo) * Wq) * sizeof(float));
+            std::memset(dst_plane + i_hi * Wq, 0, size_t((Hq - i_hi) * Wq) * sizeof(float));
+            continue;
+          }
+          for (int64_t i = 0; i < Hq; ++i) {
+            float* dst = dst_plane + i * Wq;
+            const int64_t yy = i * p.sh + ph - p.pad_top;
+            if (yy < 0 || yy >= H) {
+              std::memset(dst, 0, size_t(Wq) * sizeof(float));
+              continue;
+            }
+            const float* src = src_plane + yy * W + x0;
+            // Plain loops: rows are short (7..112 floats), where library calls cost more
+            // than the copy.
+            for (int64_t j = 0; j < j_lo; ++j) dst[j] = 0.0f;
+            if (p.sw == 1) {
+              for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j];
+            } else {
+              for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j * p.sw];
+            }
+            for (int64_t j = j_hi; j < Wq; ++j) dst[j] = 0.0f;
+          }
+        }
+      }
+    }
+  }
+}
+
+void zero_packed_tail(const Plan& p, float* packed) {
+  const int64_t used = p.C * p.channel_stride;
+  std::memset(packed + used, 0, size_t(p.packed_floats - used) * sizeof(float));
+}
+
+TaskGrid make_task_grid(const Plan& p, const SparseWeight& sw, int64_t target_tasks) {
+  TaskGrid g;
+  const int64_t groups = int64_t(sw.groups.size());
+  target_tasks = std::max<int64_t>(1, target_tasks);
+  // Prefer splitting pixels: every task then streams the same (cached) tap lists. Split the
+  // output channels too when there are too few tiles to keep every thread busy.
+  g.tile_tasks = std::min<int64_t>(p.tiles, target_tasks);
+  g.tiles_per_task = (p.tiles + g.tile_tasks - 1) / std::max<int64_t>(1, g.tile_tasks);
+  g.tile_tasks = (p.tiles + g.tiles_per_task - 1) / g.tiles_per_task;
+  const int64_t want_group_tasks = std::max<int64_t>(1, target_tasks / std::max<int64_t>(1, g.tile_tasks));
+  g.group_tasks = std::max<int64_t>(1, std::min<int64_t>(groups, want_group_tasks));
+  g.groups_per_task = (groups + g.group_tasks - 1) / g.group_tasks;
+  g.group_tasks = groups ? (groups + g.groups_per_task - 1) / g.groups_per_task : 1;
+  return g;
+}
+
+namespace {
+
+// Sums of the current tile for all row groups of a task, [rows][tile]; per thread, so
+// concurrent Run() calls and pool threads never share it.
+float* scratch(size_t floats) {
+  thread_local AlignedFloats buf;
+  return buf.reserve(floats);
+}
+
+// Sub-tile kernel for a group: the widest V <= tile/lanes that the ISA table provides.
+struct SubKernel {
+  TileFn fn;
+  int64_t width;  // floats per call
+};
+
+SubKernel sub_kernel(const KernelTable& kt, int g, int64_t tile) {
+  const int gi = g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0;
+  int vi = 4;
+  while (vi > 0 && (int64_t(1) << vi) * kt.lanes > tile) --vi;
+  while (vi > 0 && kt.fn[gi][vi] == nullptr) --vi;
+  return SubKernel{kt.fn[gi][vi], int64_t(1 << vi) * kt.lanes};
+}
+
+void accumulate_group(const SubKernel& k, const float* in_tile, const int32_t* off, const float* w, size_t n,
+                      float* acc, int64_t tile, int accumulate) {
+  for (int64_t s = 0; s < tile; s += k.width) k.fn(in_tile + s, off, w, n, acc + s, size_t(tile), accumulate);
+}
+
+void store_group(const Plan& p, const RowGroup& rg, const float* acc, int64_t tile_index, const Epilogue& ep,
+                 float* y) {
+  const Segment* seg = p.segments.data() + p.seg_ptr[size_t(tile_index)];
+  const Segment* seg_end = p.segments.data() + p.seg_ptr[size_t(tile_index) + 1];
+  for (int j = 0; j < rg.g; ++j) {
+    const int64_t m = rg.m0 + j;
+    const float b = ep.bias ? ep.bias[m] : 0.0f;
+    const float* a = acc + int64_t(j) * p.tile;
+    float* ym = y + m * p.m_stride;
+    for (const Segment* s = seg; s != seg_end; ++s) {
+      const float* src = a + s->q_local;
+      float* dst = ym + s->out;
+      if (p.p_stride == 1) {
+        for (int32_t i = 0; i < s->len; ++i) dst[i] = std::min(std::max(src[i] + b, ep.lo), ep.hi);
+      } else {
+        for (int32_t i = 0; i < s->len; ++i) dst[i * p.p_stride] = std::min(std::max(src[i] + b, ep.lo), ep.hi);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, const TaskGrid& grid, int64_t task,
+              const float* packed, const Epilogue& ep, float* y) {
+  const int64_t tt = task % grid.tile_tasks, gt = task / grid.tile_tasks;
+  const int64_t t_begin = tt * grid.tiles_per_task, t_end = std::min(p.tiles, t_begin + grid.tiles_per_task);
+  const size_t r_begin = size_t(gt * grid.groups_per_task);
+  const size_t r_end = std::min(sw.groups.size(), r_begin + size_t(grid.groups_per_task));
+  if (r_begin >= r_end || t_begin >= t_end) return;
+  const int64_t K = p.chunks;
+  const int64_t T = p.tile;
+
+  // Row offsets of each group inside the scratch buffer.
+  int64_t rows = 0;
+  for (size_t r = r_begin; r < r_end; ++r) rows += sw.groups[r].g;
+  float* acc_all = scratch(size_t((K == 1 ? 8 : rows) * T));
+
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const float* in_tile = packed + t * T;
+    if (K == 1) {
+      for (size_t r = r_begin; r < r_end; ++r) {
+        const RowGroup& rg = sw.groups[r];
+        const SubKernel k = sub_kernel(kt, rg.g, T);
+        accumulate_group(k, in_tile, p.offsets.data() + rg.tap_begin, sw.weights.data() + rg.w_begin,
+                         rg.tap_end - rg.tap_begin, acc_all, T, 0);
+        store_group(p, rg, acc_all, t, ep, y);
+      }
+      continue;
+    }
+    // Input-channel chunks outermost so that a chunk's rows of this tile stay in L1 while all
+    // row groups use them; partial sums go through the (L1/L2-resident) scratch once per chunk.
+    for (int64_t c = 0; c < K; ++c) {
+      float* acc = acc_all;
+      for (size_t r = r_begin; r < r_end; ++r) {
+        const RowGroup& rg = sw.groups[r];
+        const uint32_t* ptr = &p.chunk_ptr[r * size_t(K + 1)];
+        const uint32_t b = ptr[c], e = ptr[c + 1];
+        if (b != e || c == 0) {
+          const SubKernel k = sub_kernel(kt, rg.g, T);
+          accumulate_group(k, in_tile, p.offsets.data() + b,
+                           sw.weights.data() + rg.w_begin + uint64_t(b - rg.tap_begin) * uint64_t(rg.g), e - b,
+                           acc, T, c > 0);
+        }
+        acc += int64_t(rg.g) * T;
+      }
+    }
+    float* acc = acc_all;
+    for (size_t r = r_begin; r < r_end; ++r) {
+      store_group(p, sw.groups[r], acc, t, ep, y);
+      acc += int64_t(sw.groups[r].g) * T;
+    }
+  }
+}
+
+}  // namespace fq

@@ -1,0 +1,59 @@
+// Running a Plan: input packing and the tile/row-group tasks handed to onnxruntime's intra-op
+// thread pool. Everything here is reentrant; the only scratch is per call or thread_local.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <new>
+
+#include "kernels.h"
+#include "plan.h"
+
+namespace fq {
+
+// A growable float buffer aligned to a cache line (packed planes rely on it).
+class AlignedFloats {
+ public:
+  float* reserve(size_t n) {
+    if (n > size_) {
+      ptr_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64))));
+      size_ = n;
+    }
+    return ptr_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float, Free> ptr_;
+  size_t size_ = 0;
+};
+
+// Packs input channels [c_begin, c_end) of X into the plan's zero-padded, phase-split layout.
+void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end);
+// Zeroes the tail after the last channel (read by the last tile's garbage lanes).
+void zero_packed_tail(const Plan& p, float* packed);
+
+// A grid of tasks: tile blocks x row-group blocks.
+struct TaskGrid {
+  int64_t tiles_per_task = 1, tile_tasks = 1;
+  int64_t groups_per_task = 1, group_tasks = 1;
+  int64_t count() const { return tile_tasks * group_tasks; }
+};
+TaskGrid make_task_grid(const Plan& p, const SparseWeight& sw, int64_t target_tasks);
+
+// Applied in the output store: y = min(max(sum + bias, lo), hi). ReLU is lo = 0, a fused Clip
+// (ReLU6) is [lo, hi]; no activation leaves both infinite.
+struct Epilogue {
+  const float* bias = nullptr;  // [M] or null
+  float lo = -std::numeric_limits<float>::infinity();
+  float hi = std::numeric_limits<float>::infinity();
+};
+
+// Computes the output pixels of one task and stores them (bias and ReLU applied) into y.
+void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, const TaskGrid& grid,
+              int64_t task, const float* packed, const Epilogue& ep, float* y);
+
+}  // namespace fq

@@ -1,0 +1,43 @@
+// Portable path: plain C++ over 8-float "vectors" (the compiler maps them to whatever the
+// baseline ISA offers). Used on CPUs without AVX2+FMA and forced in tests (FQ_ONNX_KERNEL=scalar).
+#include "kernels.h"
+
+namespace fq {
+namespace {
+
+struct Scalar8 {
+  static constexpr int kLanes = 8;
+  struct Reg {
+    float f[8];
+  };
+  static Reg zero() { return Reg{{0, 0, 0, 0, 0, 0, 0, 0}}; }
+  static Reg set1(float x) { return Reg{{x, x, x, x, x, x, x, x}}; }
+  static Reg load(const float* p) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = p[i];
+    return r;
+  }
+  static void store(float* p, const Reg& r) {
+    for (int i = 0; i < 8; ++i) p[i] = r.f[i];
+  }
+  static Reg add(const Reg& a, const Reg& b) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] + b.f[i];
+    return r;
+  }
+  static Reg fma(const Reg& a, const Reg& b, const Reg& c) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] * b.f[i] + c.f[i];
+    return r;
+  }
+};
+
+#include "kernel_impl.h"
+
+const KernelTable kTable = make_table<Scalar8, 8>("scalar");
+
+}  // namespace
+
+const KernelTable* kernels_scalar() { return &kTable; }
+
+}  // namespace fq

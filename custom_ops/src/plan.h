@@ -1,0 +1,101 @@
+// From decoded weights to what the microkernels consume.
+//
+// SparseWeight (once per kernel, shape independent): the nonzeros regrouped into row groups of
+// g in {1, 2, 4, 8} output channels that share one tap list. A group of g rows stores the union
+// of their taps with g weights per tap (zeros where a row lacks the tap); it is chosen when that
+// is cheaper than g separate lists under the microkernel cost model, which makes blocked masks
+// (--block G) one load per G FMAs and turns dense layers into a register-blocked direct conv.
+//
+// Plan (once per input shape, cached): the packed-input geometry, every tap's constant offset
+// into the packed input, tiles, input-channel chunks and the output segments of each tile.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "decode.h"
+
+namespace fq {
+
+struct RowGroup {
+  int32_t m0 = 0;            // first output channel
+  int32_t g = 1;             // number of output channels (1, 2, 4 or 8)
+  int32_t conv_group = 0;    // which Conv group the rows belong to
+  uint32_t tap_begin = 0;    // range in SparseWeight::taps
+  uint32_t tap_end = 0;
+  uint64_t w_begin = 0;      // (tap_end - tap_begin) * g weights from here, tap-major
+};
+
+struct SparseWeight {
+  int64_t M = 0;             // output channels / features
+  int64_t Cg = 0;            // input channels per group (dense: K)
+  int64_t kh = 1, kw = 1;    // kernel extent (dense: 1 x 1)
+  int64_t group = 1;
+  uint64_t nonzeros = 0;     // coded elements with a nonzero level
+  uint64_t stored_taps = 0;  // sum over groups of taps (what the kernels iterate)
+  uint64_t stored_macs = 0;  // sum over groups of taps * g (FMAs per output pixel)
+  std::vector<RowGroup> groups;
+  std::vector<uint32_t> taps;  // c_local * kh * kw + ky * kw + kx, increasing within a group
+  std::vector<float> weights;
+};
+
+// Cost of one tap per output vector for a group of g rows, relative to g = 1 (measured; see
+// docs/PERFORMANCE.md). Index by log2(g).
+struct GroupCosts {
+  double c[4] = {1.0, 1.35, 2.1, 3.9};
+};
+
+// Builds the row groups. `max_group` limits g (1 disables grouping, for tests).
+SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
+                                 int64_t group, int max_group = 8, const GroupCosts& costs = GroupCosts());
+
+// One contiguous run of valid output pixels inside a tile.
+struct Segment {
+  int32_t q_local;   // first pixel, relative to the tile start
+  int32_t len;
+  int64_t out;       // offset of that pixel in Y for output channel 0
+};
+
+// Alignment of packed planes, in floats (one 64-byte cache line).
+constexpr int64_t kAlign = 16;
+
+struct Plan {
+  // Packed input: for every input channel c and used stride phase, N planes of Hq x Wq floats,
+  // zero padded, so that output pixel q = n*Hq*Wq + oh*Wq + ow reads tap t at q + offsets[t].
+  bool dense = false;
+  int64_t N = 0, C = 0, H = 0, W = 0;   // input (dense: N = 1, C = K, H = 1, W = rows)
+  int64_t OH = 0, OW = 0;
+  int64_t Hq = 0, Wq = 0;
+  int64_t sh = 1, sw = 1, pad_top = 0, pad_left = 0;
+  std::vector<int32_t> phase_slot;      // (ph * sw + pw) -> packed slot, -1 if unused
+  int64_t phases_used = 0;
+  int64_t plane = 0;                    // N * Hq * Wq
+  int64_t channel_stride = 0;           // phases_used * plane
+  int64_t packed_floats = 0;            // including the zero tail the last tile may read
+  std::vector<uint8_t> channel_used;    // per input channel: does any tap read it? (skip packing)
+
+  // Output: Y[m * m_stride + pixel_offset + i * p_stride].
+  int64_t m_stride = 0, p_stride = 1;
+  std::vector<int64_t> out_shape;
+
+  // Work decomposition.
+  int64_t Q = 0;          // virtual pixels (garbage ones included) that cover all outputs
+  int64_t tile = 0;       // floats per tile (a multiple of the kernel's lanes)
+  int64_t tiles = 0;
+  int64_t chunks = 1;     // input-channel chunks per tile
+  int64_t chunk_channels = 0;
+  std::vector<int32_t> offsets;         // per tap of SparseWeight::taps
+  std::vector<uint32_t> chunk_ptr;      // per group: chunks + 1 indices into taps
+  std::vector<Segment> segments;        // of all tiles, tile-major
+  std::vector<uint32_t> seg_ptr;        // tiles + 1
+};
+
+// Geometry of a conv for input shape x_shape. Throws std::invalid_argument when the input does
+// not fit, std::length_error when the packed input would exceed 2^31 floats.
+Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWeightShape& ws,
+                    const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes);
+
+// Dense kind: X [..., K] -> Y [..., M].
+Plan make_dense_plan(const SparseWeight& sw, const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes);
+
+}  // namespace fq

@@ -1,0 +1,360 @@
+#include "shiftconv_op.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "cpu_features.h"
+#include "decode.h"
+#include "execute.h"
+
+namespace fq {
+namespace {
+
+// Optional attributes through the C API: a missing attribute is a non-OK status, not an error.
+bool attr_string(const OrtKernelInfo* info, const char* name, std::string* out) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  std::string s(size, '\0');
+  Ort::ThrowOnError(api.KernelInfoGetAttribute_string(info, name, &s[0], &size));
+  s.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  *out = s;
+  return true;
+}
+
+bool attr_float(const OrtKernelInfo* info, const char* name, float* out) {
+  const OrtApi& api = Ort::GetApi();
+  OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, out);
+  if (st) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+
+bool attr_int(const OrtKernelInfo* info, const char* name, int64_t* out) {
+  const OrtApi& api = Ort::GetApi();
+  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, out);
+  if (st) {
+    api.ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+
+std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (st) {
+    api.ReleaseStatus(st);
+    return {};
+  }
+  std::vector<int64_t> v(size);
+  if (size) Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
+  return v;
+}
+
+std::string shape_str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Pack buffer of the calling thread, reused across runs (no page faults per call). The `busy`
+// flag makes a nested use on the same thread take a fresh allocation instead of sharing.
+struct PackBuffer {
+  AlignedFloats data;
+  bool busy = false;
+};
+
+class PackLease {
+ public:
+  explicit PackLease(size_t floats) {
+    thread_local PackBuffer tls;
+    if (!tls.busy) {
+      owner_ = &tls;
+      tls.busy = true;
+      ptr_ = tls.data.reserve(floats);
+    } else {
+      ptr_ = own_.reserve(floats);
+    }
+  }
+  ~PackLease() {
+    if (owner_) owner_->busy = false;
+  }
+  float* get() { return ptr_; }
+
+ private:
+  PackBuffer* owner_ = nullptr;
+  AlignedFloats own_;
+  float* ptr_ = nullptr;
+};
+
+struct PackJob {
+  const Plan* plan;
+  const float* x;
+  float* packed;
+  int64_t per_task;
+};
+
+struct ComputeJob {
+  const Plan* plan;
+  const SparseWeight* weight;
+  const KernelTable* kernels;
+  TaskGrid grid;
+  const float* packed;
+  Epilogue epilogue;
+  float* y;
+};
+
+// Enough tasks to balance a few threads; small enough that per-task overhead stays invisible.
+constexpr int64_t kTargetTasks = 32;
+// Below these sizes a single thread is faster than a round trip through the thread pool.
+constexpr int64_t kInlinePackFloats = 64 * 1024;
+constexpr double kInlineWork = 16 * 1024;
+
+}  // namespace
+
+ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice) {
+  Ort::ConstKernelInfo ki(info);
+  name_ = ki.GetNodeName();
+  const std::string where = "ShiftConv node '" + name_ + "': ";
+  try {
+    std::string kind = "conv", activation = "none", auto_pad;
+    attr_string(info, "kind", &kind);
+    attr_string(info, "activation", &activation);
+    if (kind != "conv" && kind != "dense") throw std::invalid_argument("unknown kind '" + kind + "' (conv or dense)");
+    dense_ = kind == "dense";
+    if (activation == "relu") {
+      act_lo_ = 0.0f;
+    } else if (activation == "clip") {
+      // A fused Clip (ReLU6 in MobileNets): [clip_min, clip_max], each optional.
+      float v = 0;
+      if (attr_float(info, "clip_min", &v)) act_lo_ = v;
+      if (attr_float(info, "clip_max", &v)) act_hi_ = v;
+      if (!(act_lo_ <= act_hi_)) throw std::invalid_argument("clip_min must not exceed clip_max");
+    } else if (activation != "none") {
+      throw std::invalid_argument("unknown activation '" + activation + "' (none, relu or clip)");
+    }
+    if (!dense_) {
+      if (attr_string(info, "auto_pad", &auto_pad)) attrs_.auto_pad = parse_auto_pad(auto_pad);
+      attrs_.kernel_shape = attr_ints(info, "kernel_shape");
+      attrs_.strides = attr_ints(info, "strides");
+      attrs_.pads = attr_ints(info, "pads");
+      attrs_.dilations = attr_ints(info, "dilations");
+      attr_int(info, "group", &attrs_.group);
+      if (attrs_.auto_pad != AutoPad::kNotSet && !attrs_.pads.empty()) {
+        throw std::invalid_argument("pads and auto_pad cannot both be given");
+      }
+    }
+
+    // The weight: a uint8 1-D constant initializer, decoded once here.
+    int is_constant = 0;
+    Ort::ConstValue wv = ki.GetTensorConstantInput(1, &is_constant);
+    if (!is_constant || wv == nullptr) {
+      throw std::invalid_argument("input 1 (W) must be a constant initializer holding the compressed weight");
+    }
+    auto wt = wv.GetTensorTypeAndShapeInfo();
+    if (wt.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || wt.GetShape().size() != 1) {
+      throw std::invalid_argument("input 1 (W) must be a 1-D uint8 tensor");
+    }
+    const size_t nbytes = wt.GetElementCount();
+    DecodedWeight dw;
+    try {
+      dw = decode_weight(nbytes ? wv.GetTensorData<uint8_t>() : nullptr, nbytes);
+    } catch (const FormatError& e) {
+      throw std::invalid_argument(std::string("invalid compressed weight (docs/FORMAT.md): ") + e.what());
+    }
+
+    int64_t M, Cg, kh = 1, kw = 1, group = 1;
+    if (dense_) {
+      if (dw.dims.size() != 2) {
+        throw std::invalid_argument("a dense weight must have rank 2 [M, K], the blob has rank " +
+                                    std::to_string(dw.dims.size()));
+      }
+      M = dw.dims[0];
+      Cg = dw.dims[1];
+    } else {
+      wshape_ = conv_weight_shape(attrs_, dw.dims);
+      M = wshape_.M;
+      Cg = wshape_.Cg;
+      kh = wshape_.kh;
+      kw = wshape_.kw;
+      group = wshape_.group;
+    }
+
+    // Bias: constant (checked now) or a runtime input (checked per run).
+    if (ki.GetInputCount() > 2) {
+      int bias_constant = 0;
+      Ort::ConstValue bv = ki.GetTensorConstantInput(2, &bias_constant);
+      if (bias_constant && bv != nullptr) {
+        auto bt = bv.GetTensorTypeAndShapeInfo();
+        if (bt.GetShape().size() != 1 || int64_t(bt.GetElementCount()) != M) {
+          throw std::invalid_argument("bias B has shape " + shape_str(bt.GetShape()) + ", expected [" +
+                                      std::to_string(M) + "]");
+        }
+        const float* b = bv.GetTensorData<float>();
+        bias_.assign(b, b + M);
+      } else if (!ki.GetInputName(2).empty()) {
+        bias_at_run_ = true;
+      }
+    }
+
+    std::string choice = kernel_choice.empty() ? kernel_choice_from_env() : kernel_choice;
+    kernels_ = select_kernels(choice);
+    int max_group = 8;
+    if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
+    if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
+    // 8-vector tiles: 16 (AVX-512 only) measured no better overall (docs/PERFORMANCE.md).
+    max_vectors_ = std::min(kernels_->max_vectors, 8);
+    if (const char* v = std::getenv("FQ_ONNX_TILE_VECTORS")) {
+      max_vectors_ = std::max(1, std::min(kernels_->max_vectors, std::atoi(v)));
+    }
+    weight_ = build_sparse_weight(dw, M, Cg, kh, kw, group, max_group);
+  } catch (const Ort::Exception& e) {
+    throw std::runtime_error(where + e.what());
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error(where + "out of memory while decoding the weight");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(where + e.what());
+  }
+}
+
+std::shared_ptr<const Plan> ShiftConvKernel::plan_for(const std::vector<int64_t>& x_shape) {
+  {
+    std::lock_guard<std::mutex> lock(plans_mutex_);
+    for (auto& entry : plans_) {
+      if (entry.first == x_shape) return entry.second;
+    }
+  }
+  // Built outside the lock: two threads may build the same plan once; both are identical.
+  auto plan = std::make_shared<const Plan>(
+      dense_ ? make_dense_plan(weight_, x_shape, kernels_->lanes, max_vectors_, chunk_bytes_)
+             : make_conv_plan(weight_, attrs_, wshape_, x_shape, kernels_->lanes, max_vectors_, chunk_bytes_));
+  std::lock_guard<std::mutex> lock(plans_mutex_);
+  if (plans_.size() >= 8) plans_.erase(plans_.begin());  // a few shapes at most in practice
+  plans_.emplace_back(x_shape, plan);
+  return plan;
+}
+
+void ShiftConvKernel::compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  Ort::ConstValue xv = ctx.GetInput(0);
+  const std::vector<int64_t> x_shape = xv.GetTensorTypeAndShapeInfo().GetShape();
+
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  if (bias_at_run_) {
+    Ort::ConstValue bv = ctx.GetInput(2);
+    if (bv != nullptr) {
+      auto bt = bv.GetTensorTypeAndShapeInfo();
+      if (bt.GetShape().size() != 1 || int64_t(bt.GetElementCount()) != weight_.M) {
+        throw std::invalid_argument("bias B has shape " + shape_str(bt.GetShape()) + ", expected [" +
+                                    std::to_string(weight_.M) + "]");
+      }
+      bias = bv.GetTensorData<float>();
+    }
+  }
+
+  // Empty inputs produce empty outputs without a plan.
+  int64_t elements = 1;
+  for (int64_t d : x_shape) elements *= d;
+  if (elements == 0) {
+    std::vector<int64_t> out_shape;
+    if (dense_) {
+      if (x_shape.empty() || x_shape.back() != weight_.Cg) {
+        throw std::invalid_argument("input X " + shape_str(x_shape) + " does not end in K = " + std::to_string(weight_.Cg));
+      }
+      out_shape.assign(x_shape.begin(), x_shape.end() - 1);
+      out_shape.push_back(weight_.M);
+    } else {
+      if (x_shape.size() != size_t(wshape_.spatial) + 2 || x_shape[0] != 0) {
+        throw std::invalid_argument("input X " + shape_str(x_shape) + " has an empty spatial or channel axis");
+      }
+      std::vector<int64_t> probe = x_shape;
+      probe[0] = 1;
+      const ConvShape cs = conv_shape(attrs_, wshape_, probe);
+      out_shape = {0, weight_.M};
+      if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
+      out_shape.push_back(cs.OW);
+    }
+    ctx.GetOutput(0, out_shape);
+    return;
+  }
+
+  const std::shared_ptr<const Plan> plan = plan_for(x_shape);
+  Ort::UnownedValue yv = ctx.GetOutput(0, plan->out_shape);
+  float* y = yv.GetTensorMutableData<float>();
+  const float* x = xv.GetTensorData<float>();
+
+  PackLease lease(size_t(plan->packed_floats));
+  float* packed = lease.get();
+  zero_packed_tail(*plan, packed);
+  if (plan->C * plan->channel_stride < kInlinePackFloats) {
+    pack_input(*plan, x, packed, 0, plan->C);
+  } else {
+    PackJob pack{plan.get(), x, packed, 0};
+    const int64_t pack_tasks = std::min<int64_t>(plan->C, 16);
+    pack.per_task = (plan->C + pack_tasks - 1) / pack_tasks;
+    ctx.ParallelFor(
+        [](void* data, size_t i) {
+          const PackJob& j = *static_cast<const PackJob*>(data);
+          const int64_t c0 = int64_t(i) * j.per_task;
+          pack_input(*j.plan, j.x, j.packed, c0, std::min(j.plan->C, c0 + j.per_task));
+        },
+        size_t((plan->C + pack.per_task - 1) / pack.per_task), 0, &pack);
+  }
+
+  // FMA-vector count: below a few microseconds of work, waking the pool costs more than it saves.
+  const double work = double(weight_.stored_macs) * double(plan->tiles) * double(plan->tile / kernels_->lanes);
+  const bool inline_run = work < kInlineWork;
+  ComputeJob job{plan.get(), &weight_, kernels_, make_task_grid(*plan, weight_, inline_run ? 1 : kTargetTasks),
+                 packed, Epilogue{bias, act_lo_, act_hi_}, y};
+  if (inline_run) {
+    run_task(*job.plan, *job.weight, *job.kernels, job.grid, 0, job.packed, job.epilogue, job.y);
+  } else {
+    ctx.ParallelFor(
+        [](void* data, size_t i) {
+          const ComputeJob& j = *static_cast<const ComputeJob*>(data);
+          run_task(*j.plan, *j.weight, *j.kernels, j.grid, int64_t(i), j.packed, j.epilogue, j.y);
+        },
+        size_t(job.grid.count()), 0, &job);
+  }
+}
+
+OrtStatusPtr ShiftConvKernel::ComputeV2(OrtKernelContext* context) {
+  // No exception may cross into onnxruntime: every failure becomes an error status.
+  try {
+    compute(context);
+    return nullptr;
+  } catch (const std::invalid_argument& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, ("ShiftConv node '" + name_ + "': " + e.what()).c_str());
+  } catch (const std::bad_alloc&) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, ("ShiftConv node '" + name_ + "': out of memory").c_str());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, ("ShiftConv node '" + name_ + "': " + e.what()).c_str());
+  }
+}
+
+ShiftConvOp::ShiftConvOp(std::string kernel_choice) : kernel_choice_(std::move(kernel_choice)) {
+  // Declare the API version whose OrtCustomOp layout we fill in, not the headers' (which may be
+  // newer than the runtime).
+  OrtCustomOp::version = kOrtApiVersion;
+}
+
+OrtStatusPtr ShiftConvOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const {
+  try {
+    *op_kernel = new ShiftConvKernel(info, kernel_choice_);
+    return nullptr;
+  } catch (const std::exception& e) {
+    *op_kernel = nullptr;
+    return api.CreateStatus(ORT_INVALID_GRAPH, e.what());
+  }
+}
+
+}  // namespace fq

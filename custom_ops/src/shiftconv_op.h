@@ -1,0 +1,65 @@
+// The fq_onnx.ShiftConv custom op (docs/SHIFTCONV.md): onnxruntime glue around the decoder
+// (decode.h), the planner (plan.h) and the kernels (execute.h).
+#pragma once
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "kernels.h"
+#include "ort_api.h"
+#include "plan.h"
+
+namespace fq {
+
+class ShiftConvKernel {
+ public:
+  // Decodes and validates the weight once. Throws std::exception with a message naming the node.
+  ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  void compute(OrtKernelContext* context);
+  std::shared_ptr<const Plan> plan_for(const std::vector<int64_t>& x_shape);
+
+  std::string name_;
+  bool dense_ = false;
+  float act_lo_ = -std::numeric_limits<float>::infinity();  // activation as a clamp
+  float act_hi_ = std::numeric_limits<float>::infinity();
+  ConvAttrs attrs_;
+  ConvWeightShape wshape_;
+  SparseWeight weight_;
+  std::vector<float> bias_;      // constant bias, or empty
+  bool bias_at_run_ = false;     // bias is an input that is not a constant initializer
+  const KernelTable* kernels_ = nullptr;
+  int64_t chunk_bytes_ = 32 * 1024;
+  int max_vectors_ = 8;  // widest tile in vectors (FQ_ONNX_TILE_VECTORS)
+
+  std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
+  std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;
+};
+
+struct ShiftConvOp : Ort::CustomOpBase<ShiftConvOp, ShiftConvKernel, /*WithStatus=*/true> {
+  // kernel_choice: "" (use FQ_ONNX_KERNEL or auto), "auto", "scalar", "avx2", "avx512".
+  explicit ShiftConvOp(std::string kernel_choice);
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
+  const char* GetName() const { return "ShiftConv"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  std::string kernel_choice_;
+};
+
+}  // namespace fq
