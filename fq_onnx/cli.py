@@ -147,6 +147,43 @@ def decompress(
 
 
 @app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="The model to measure (usually the compressed one)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="The original model to compare against."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Validation data: .npz with x/y, image folder (class sub-folders, <synset>_* files or a labels file), .npy file/folder, or file.py:reader. Default: the bundled digits split."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset: imagenet, cifar or none (default: uint8 data / 255, nothing else)."),
+    size: Optional[str] = typer.Option(None, help="Resize: short side (256) or HxW (224x224)."),
+    crop: Optional[str] = typer.Option(None, help="Centre crop: 224 or HxW."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std to divide by, e.g. 0.229,0.224,0.225."),
+    layout: Optional[str] = typer.Option(None, help="Model input layout nchw or nhwc (default: read from the model)."),
+    scale: Optional[float] = typer.Option(None, help="Divide raw values by this (default: 255 for uint8 data, else 1)."),
+    labels: Optional[Path] = typer.Option(None, help="Labels file for an image folder ('<file> <label>' lines)."),
+    label_offset: Optional[int] = typer.Option(None, help="Added to the labels (default: 1 for 1001-class models, else 0)."),
+    output_name: Optional[str] = typer.Option(None, help="Model output holding the logits (default: the first)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Evaluation batch size."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only N samples, spread evenly over the data (every k-th)."),
+    random_inputs: Optional[int] = typer.Option(None, help="Label-free mode: N seeded random inputs instead of --data."),
+    seed: int = typer.Option(0, help="Seed of --random-inputs."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    latency_runs: int = typer.Option(20, help="Timed runs per batch size and model (0 skips latency)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (one subprocess per model)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every number as JSON."),
+) -> None:
+    """Accuracy, agreement, SQNR, size, latency and memory of MODEL, side by side with --reference."""
+    from fq_onnx.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(model, reference, data, preset=preset, size=size, crop=crop, mean=mean, std=std,
+                          layout=layout, scale=scale, labels=labels, label_offset=label_offset,
+                          output_name=output_name, batch_size=batch_size, limit=limit,
+                          random_inputs=random_inputs, seed=seed, threads=threads,
+                          latency_runs=latency_runs, memory=memory, progress=err.is_terminal)
+    out.print(result.to_table(), markup=False, highlight=False, soft_wrap=True)
+    if json_path:
+        result.to_json(json_path)
+
+
+@app.command()
 def sensitivity(
     model: Path = typer.Argument(..., help="The original .onnx model."),
     data: str = typer.Option(..., help="Evaluation data (labelled: top-1 drop; unlabelled: SQNR). 'digits' = bundled."),

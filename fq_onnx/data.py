@@ -65,6 +65,7 @@ __all__ = [
     "center_crop",
     "parse_hw",
     "parse_floats",
+    "subset_indices",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -195,15 +196,6 @@ class Preprocess:
         return ", ".join(parts)
 
     # ---- the numerics ---------------------------------------------------------------------
-    def spatial(self, img: np.ndarray, *, auto_fit: bool) -> np.ndarray:
-        """Resize + crop one HWC image (numpy path); ``auto_fit`` fits it to the model size."""
-        size, crop = self._size_crop(img.shape[:2], auto_fit)
-        if size is not None:
-            img = resize_bilinear(img, _resized_hw(img.shape[:2], size))
-        if crop is not None:
-            img = center_crop(img, crop)
-        return img
-
     def _size_crop(self, hw, auto_fit: bool):
         size, crop = self.size, self.crop
         mh, mw = self.model_hw
@@ -308,12 +300,10 @@ def resolve_preprocess(
 
 
 def _guess_layout(shape: Sequence[int | None]) -> str:
-    c_first, c_last = shape[1], shape[3]
-    if c_first in (1, 3, 4) and c_last not in (1, 3, 4):
-        return "nchw"
-    if c_last in (1, 3, 4) and c_first not in (1, 3, 4):
-        return "nhwc"
-    return "nchw"
+    """NCHW unless the last axis looks more like channels than axis 1 (3 > 1 > 4 > other)."""
+    rank = {3: 0, 1: 1, 4: 2}
+    first, last = rank.get(shape[1], 9), rank.get(shape[3], 9)
+    return "nhwc" if last < first else "nchw"
 
 
 def parse_hw(value: Any, what: str = "size") -> int | tuple[int, int]:
@@ -478,11 +468,18 @@ class ArrayReader(Reader):
             raise DataError(f"{source}: 'x' must be numeric, got dtype {x.dtype}")
         self.source = source
         self.preprocess = preprocess or Preprocess()
-        n = len(x) if limit is None else min(len(x), int(limit))
-        self.y = None if y is None else _labels_array(y, len(x), source)[:n]
-        self.x = x[:n]
+        total = len(x)
+        y = None if y is None else _labels_array(y, total, source)
+        index = subset_indices(total, limit)
+        self.x = x if index is None else x[index]
+        self.y = None if y is None or index is None else y[index]
+        if index is None:
+            self.y = y
+        n = len(self.x)
+        of = "" if n == total else f" of {total}, evenly spaced"
+        self.description = (f"{source} ({n} samples{of}"
+                            f"{'' if self.y is not None else ', unlabelled'})")
         self.data_layout = data_layout or self._detect_layout()
-        self.description = f"{source} ({n} samples{'' if self.y is not None else ', unlabelled'})"
 
     @property
     def labelled(self) -> bool:
@@ -628,8 +625,6 @@ class NpyReader(ArrayReader):
                                 f"{files[0]}'s {_fmt_shape(arrays[0].shape[1:])}")
             arrays.append(a)
             total += len(a)
-            if limit is not None and total >= limit:
-                break
         x = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         src = f"{path} ({len(files)} .npy files)" if path.is_dir() else str(path)
         super().__init__(x, None, preprocess=p, source=src, limit=limit)
@@ -717,9 +712,11 @@ class ImageFolderReader(Reader):
         self.preprocess = preprocess or Preprocess()
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.notes: list[str] = []
+        self._fit_noted = False
         items, how = self._index(labels)
-        if limit is not None:
-            items = items[: int(limit)]
+        index = subset_indices(len(items), limit)
+        if index is not None:
+            items = [items[i] for i in index]
         if not items:
             raise DataError(f"{self.root}: no images found (looked for "
                             f"{', '.join(IMAGE_EXTENSIONS)})")
@@ -774,7 +771,6 @@ class ImageFolderReader(Reader):
     def _from_labels_file(self, lf: Path):
         if not lf.is_file():
             raise DataError(f"{lf}: labels file not found")
-        base = lf.parent if lf.parent.resolve() == self.root.resolve() else self.root
         try:
             text = lf.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
@@ -792,8 +788,11 @@ class ImageFolderReader(Reader):
             if len(parts) < 2:
                 raise DataError(f"{lf}:{lineno}: expected '<file> <label>', got {line!r}")
             rows.append((lineno, parts[0], parts[-1]))
-        if rows and not _is_int(rows[0][2]) and all(_is_int(r[2]) for r in rows[1:]) and len(rows) > 1:
-            rows = rows[1:]  # header line
+        base_dir = lf.parent if lf.parent.resolve() == self.root.resolve() else self.root
+        if len(rows) > 1 and not (base_dir / rows[0][1]).is_file() and (
+                (base_dir / rows[1][1]).is_file()
+                or (not _is_int(rows[0][2]) and all(_is_int(r[2]) for r in rows[1:]))):
+            rows = rows[1:]  # a header line such as "file,label"
         if not rows:
             raise DataError(f"{lf}: labels file has no entries")
         if all(_is_int(r[2]) for r in rows):
@@ -805,9 +804,9 @@ class ImageFolderReader(Reader):
             how = f"{len(names)} class names from {lf.name} (sorted)"
         items = []
         for lineno, name, lab in rows:
-            f = (base / name)
+            f = base_dir / name
             if not f.is_file():
-                raise DataError(f"{lf}:{lineno}: image {name!r} not found in {base}")
+                raise DataError(f"{lf}:{lineno}: image {name!r} not found in {base_dir}")
             items.append((f, int(lab) if mapping is None else mapping[lab]))
         return items, how
 
@@ -818,6 +817,11 @@ class ImageFolderReader(Reader):
             with Image.open(f) as im:
                 im = im.convert("L" if p.model_channels == 1 else "RGB")
                 size, crop = p._size_crop((im.height, im.width), auto_fit=True)
+                if size is not None and p.size is None and not self._fit_noted:
+                    self._fit_noted = True
+                    self.notes.append(
+                        f"images were resized (short side) and centre-cropped to the model input "
+                        f"{_fmt_hw(crop)} because no --size/--crop/--preset was given")
                 if size is not None:
                     h, w = _resized_hw((im.height, im.width), size)
                     im = im.resize((w, h), Image.BILINEAR)
@@ -850,6 +854,19 @@ class ImageFolderReader(Reader):
                 p.check(x, f"{self.root}")
                 y = None if chunk[0][1] is None else np.array([lab for _, lab in chunk], np.int64)
                 yield x, y
+
+
+def subset_indices(total: int, limit: int | None) -> np.ndarray | None:
+    """Indices of ``limit`` samples spread evenly over ``total`` (every k-th), or ``None`` for all.
+
+    Built-in readers apply ``limit`` this way so that a quick look at data sorted by class (an
+    image folder, most test-set files) still sees every class.
+    """
+    if limit is None or int(limit) >= total:
+        return None
+    if int(limit) < 1:
+        raise DataError(f"limit must be a positive integer, got {limit}")
+    return (np.arange(int(limit), dtype=np.int64) * total) // int(limit)
 
 
 def _is_image(f: Path) -> bool:

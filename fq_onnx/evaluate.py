@@ -80,7 +80,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def paired_difference_ci(new_correct: np.ndarray, ref_correct: np.ndarray,
@@ -357,7 +359,7 @@ class EvaluationResult:
             rows.append(("output SQNR", "", "", sq))
             rows.append(("max |output difference|", "", "", f"{c.max_abs_diff:.4g}"))
         pair("file size", _bytes, lambda s: s.file_bytes,
-             f"{c.file_ratio:.2f}x smaller" if c else "")
+             _ratio_text(c.file_ratio, "x smaller") if c else "")
         pair("weights (stored)", _bytes, lambda s: s.weights_stored_bytes,
              _ratio_text(m.weights_ratio, "x smaller (weights only)"))
         pair("weight sparsity", pct, lambda s: s.weight_sparsity)
@@ -376,8 +378,14 @@ class EvaluationResult:
             lines.append("(no labels and no reference: only size and speed were measured)")
         for note in self.notes:
             lines.append(f"note: {note}")
-        lines.append("latency: median [p10-p90] of run() wall time; peak memory: RSS high-water "
-                     "mark above the baseline, fresh subprocess per model")
+        foot = []
+        if m.latency_batch1 is not None:
+            foot.append("latency: median [p10-p90] of run() wall time")
+        if m.memory is not None:
+            foot.append("peak memory: RSS high-water mark above the baseline while creating the "
+                        "session and running one batch, in a fresh subprocess per model")
+        if foot:
+            lines.append("; ".join(foot))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -407,7 +415,9 @@ def _diff_text(d: PairedDifference | None) -> str:
 
 
 def _ratio_text(v: float | None, unit: str) -> str:
-    return "" if v is None else f"{v:.2f}{unit}"
+    if v is None:
+        return ""
+    return "same" if abs(v - 1) < 0.005 else f"{v:.2f}{unit}"
 
 
 def _speed_text(ratio: float | None) -> str:
@@ -550,15 +560,32 @@ def _all_tensors(graph):
                 yield from _all_tensors(g)
 
 
+def _uses_custom_ops(path: str) -> bool:
+    """Does the model have nodes outside the standard ONNX domains (e.g. ``fq_onnx.ShiftConv``)?"""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:
+        return True
+    standard = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+    return any(n.domain not in standard for n in model.graph.node) or any(
+        f.domain not in standard for f in model.functions)
+
+
 def _make_session(path: str, threads: int | None):
+    """A session through :func:`fq_onnx.runtime.session` (ShiftConv registered). A plain model
+    still runs when the custom-op library is not built; a compressed one cannot."""
+    from fq_onnx.runtime import LibraryNotFoundError, session
+
     try:
-        from fq_onnx.runtime import session
-    except ModuleNotFoundError as e:  # runtime helper not built into this checkout yet
-        if e.name != "fq_onnx.runtime":
-            raise
-        session = _plain_session
-    try:
-        return session(path, threads=threads)
+        try:
+            return session(path, threads=threads)
+        except LibraryNotFoundError as e:
+            if _uses_custom_ops(path):
+                raise EvaluateError(f"{path}: this compressed model needs the fq-onnx custom-op "
+                                    f"library: {e}") from None
+            return _plain_session(path, threads)
     except FqOnnxError:
         raise
     except Exception as e:
@@ -570,6 +597,7 @@ def _plain_session(path: str, threads: int | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -652,16 +680,7 @@ def hwm():
     return r if sys.platform == "darwin" else r * 1024
 import numpy as np
 import onnxruntime
-try:
-    from fq_onnx.runtime import session
-except ModuleNotFoundError as e:
-    if e.name != "fq_onnx.runtime":
-        raise
-    def session(p, threads=None):
-        so = onnxruntime.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        return onnxruntime.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+from fq_onnx.evaluate import _make_session as session
 x = np.zeros(shape, dtype=dtype)
 method = "VmHWM reset via /proc/self/clear_refs"
 try:
@@ -683,7 +702,10 @@ def _measure_memory(path: str, io: _IO, batch: int, threads: int | None,
     shape = [batch if i == 0 else (d if d is not None else 1) for i, d in enumerate(io.input_shape)]
     cmd = [sys.executable, "-c", _MEMORY_CHILD, str(path), io.input_name, json.dumps(shape),
            io.input_dtype, "none" if threads is None else str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[1])  # import the same fq_onnx as this process
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"memory subprocess failed: {tail[0]}")
@@ -772,7 +794,7 @@ def evaluate(
     scale: float | None = None,
     labels: str | os.PathLike | None = None,
     label_offset: int | None = None,
-    output: str | None = None,
+    output_name: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     limit: int | None = None,
     random_inputs: int | None = None,
@@ -802,9 +824,11 @@ def evaluate(
         labels: labels file for an image folder (default: ``labels.txt``/``.csv`` inside it).
         label_offset: added to the data's labels to get the model's class index; default 1 for
             models with 1001 outputs (class 0 = background), else 0.
-        output: name of the output holding the logits (default: the first).
+        output_name: name of the output holding the logits (default: the first).
         batch_size: evaluation batch size (a model with a fixed batch dimension uses its own).
-        limit: evaluate only the first ``limit`` samples.
+        limit: evaluate only ``limit`` samples, spread evenly over the data by the built-in
+            readers (so class-sorted data keeps every class); the first ``limit`` of a
+            user's reader.
         random_inputs: label-free mode on this many seeded random inputs (instead of ``data``).
         seed: seed of the random inputs.
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
@@ -816,6 +840,8 @@ def evaluate(
     """
     t_start = time.perf_counter()
     notes: list[str] = []
+    if threads is not None and int(threads) < 1:
+        raise EvaluateError(f"threads must be a positive integer, got {threads}")
     if batch_size is None or int(batch_size) < 1:
         raise EvaluateError(f"batch size must be a positive integer, got {batch_size}")
     batch_size = int(batch_size)
@@ -824,8 +850,8 @@ def evaluate(
     model_path = _check_model_path(model, "model")
     ref_path = _check_model_path(reference, "reference model") if reference is not None else None
 
-    io = model_io(model_path, output)
-    ref_io = model_io(ref_path, output) if ref_path is not None else None
+    io = model_io(model_path, output_name)
+    ref_io = model_io(ref_path, output_name) if ref_path is not None else None
     if ref_io is not None:
         if not _compatible(io.input_shape, ref_io.input_shape):
             raise EvaluateError(
@@ -849,7 +875,6 @@ def evaluate(
         input_shape=io.input_shape, dtype=io.input_dtype)
     reader = data_mod.open_data(data, pre, limit=limit, labels=labels,
                                 random_inputs=random_inputs, seed=seed)
-    notes += list(getattr(reader, "notes", []))
     total = data_mod.num_samples(reader)
     if limit is not None and total is not None:
         total = min(total, int(limit))
@@ -917,8 +942,17 @@ def evaluate(
                 num_classes = int(np.prod(out.shape[1:])) if out.ndim >= 2 else 1
                 offset = _resolve_offset(label_offset, num_classes, labelled, notes)
             logits = {k: v.reshape(len(v), -1) for k, v in outs.items()}
+            if "reference" in outs and outs["reference"].shape != out.shape:
+                raise EvaluateError(
+                    f"{ref_path}: reference output {ref_io.output_name!r} has shape "
+                    f"{list(outs['reference'].shape)} but {model_path}'s {io.output_name!r} has "
+                    f"{list(out.shape)} for the same batch")
             if labelled:
-                yb = np.asarray(yb, dtype=np.int64) + offset
+                yb = np.asarray(yb, dtype=np.int64).reshape(-1)
+                if len(yb) != len(xb):
+                    raise DataError(f"{data_mod.reader_description(reader)}: a batch has "
+                                    f"{len(xb)} inputs but {len(yb)} labels")
+                yb = yb + offset
                 bad = (yb < 0) | (yb >= num_classes)
                 if bad.any():
                     raise DataError(
@@ -940,6 +974,7 @@ def evaluate(
                 break
         if n == 0:
             raise DataError(f"{data_mod.reader_description(reader)}: no samples")
+        notes += [note for note in getattr(reader, "notes", []) if note not in notes]
         bar.update(task, visible=False)
         labelled = bool(labelled)
         if not labelled and ref_path is None:
@@ -956,6 +991,13 @@ def evaluate(
                 if num_classes and num_classes > 5:
                     c5 = np.concatenate(corr[key][5])
                     st.correct5, st.top5 = int(c5.sum()), float(c5.mean())
+        base = ref_stats if ref_stats is not None else stats
+        if labelled and num_classes and num_classes > 2 and n >= 50 and base.top1 is not None \
+                and base.top1 < 2.0 / num_classes:
+            who = "the reference" if ref_stats is not None else "the model"
+            notes.append(f"top-1 of {who} ({100 * base.top1:.1f}%) is near chance for "
+                         f"{num_classes} classes: check the preprocessing (--preset, --mean/--std, "
+                         f"--layout), the label order and --label-offset")
         if ref_stats is not None:
             comparison = Comparison(agreement=agree / n, agree=agree, n=n,
                                     sqnr_db=_sqnr(sig, noise), max_abs_diff=max_abs,
