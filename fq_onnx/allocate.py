@@ -49,7 +49,7 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
         for sparsity in grid:
             result = compress_layer(target.weight, target.bias, sparsity, options, stats[target.node.name])
-            curve.bytes[sparsity] = len(fmt.encode(result.layer.codes, result.layer.params, block=options.block))
+            curve.bytes[sparsity] = len(result.layer.encode(options.block))
             curve.errors[sparsity] = result.output_error
             curve.results[sparsity] = result
         curves.append(curve)
@@ -65,7 +65,7 @@ def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer], block: int)
         result = layers.get(target.node.name)
         if result is not None:
             target.bias = result.bias
-            blob = fmt.encode(result.layer.codes, result.layer.params, block=block)
+            blob = result.layer.encode(block)
             target.replace(work, blob, {}, fuse_relu=False)
     rewrite.to_plain(work)
     return gs.export_onnx(work).SerializeToString()

@@ -119,6 +119,7 @@ def convert(
     seed: int = 0,
     pow2_centres: bool = True,
     assign: str = "argmax",
+    per_channel: bool = True,
     fuse_relu: bool = True,
     calib=None,
     calib_size: int = 256,
@@ -138,7 +139,9 @@ def convert(
     ``sparsity`` is the fraction of each layer's weights pruned (overridden per node name by
     ``sparsity_file``); ``bits`` counts the bits of one nonzero code; ``w_sep`` is the
     Wasserstein threshold above which a layer uses focused quantization; ``block`` makes G
-    consecutive output channels share one mask. ``progress(layer_name, done, total)`` is called
+    consecutive output channels share one mask; ``per_channel`` stores one scale per output
+    channel (one level set per layer) instead of the paper's one per layer.
+    ``progress(layer_name, done, total)`` is called
     after each layer. The same inputs and seed give a byte-identical output file.
 
     Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
@@ -156,7 +159,7 @@ def convert(
     """
     _check_options(sparsity, bits, w_sep, block, assign)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
-                             bias_correction)
+                             bias_correction, per_channel)
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
@@ -204,7 +207,7 @@ def convert(
             target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
         layer = result.layer
         target.bias = result.bias
-        blob = fmt.encode(layer.codes, layer.params, block=block)
+        blob = layer.encode(block)
         info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
                 "source_op": target.node.op}
         if result.output_error is not None:
@@ -223,7 +226,7 @@ def convert(
 
     settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits, "w_sep": w_sep,
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
-                "assign": assign, "fuse_relu": fuse_relu, "prune_method": options.prune_method,
+                "assign": assign, "per_channel": per_channel, "fuse_relu": fuse_relu, "prune_method": options.prune_method,
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
                 "sequential": bool(workdir and sequential),
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
@@ -236,7 +239,7 @@ def convert(
 
 
 def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
-                   bias_correction) -> LayerOptions:
+                   bias_correction, per_channel=True) -> LayerOptions:
     calibrated = calib is not None
     prune_method = prune_method or ("obs" if calibrated else "magnitude")
     rounding = rounding or ("gptq" if calibrated else "nearest")
@@ -247,7 +250,8 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
         raise FqOnnxError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if not calibrated and (prune_method != "magnitude" or rounding != "nearest" or bias_correction):
         raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
-    return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction)
+    return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction,
+                        per_channel)
 
 
 def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data, preset,

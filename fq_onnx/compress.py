@@ -30,6 +30,7 @@ class LayerOptions:
     prune_method: str = "magnitude"
     rounding: str = "nearest"
     bias_correction: bool = False
+    per_channel: bool = True
 
 
 @dataclass
@@ -49,7 +50,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
-                               options.seed)
+                               options.seed, options.per_channel)
         return CompressedLayer(layer, bias, None)
 
     groups = stats.gram.shape[0]
@@ -64,23 +65,35 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     else:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         updated = np.where(keep, w64, 0.0)
-    # 2. the level set, fitted on the weights that survive
-    levels = focus.fit_levels(updated[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
+    # 2. the level set, fitted on the weights that survive (each row normalised by its RMS)
+    scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
+    normalised = updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1))
+    levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
     # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
     if options.rounding == "gptq":
         table = fmt.levels(levels.params).astype(np.float64)
+        group_rows = weight.shape[0] // groups
 
-        def rounder(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            codes = levels.codes(values, "nearest")
-            return codes, table[codes]
+        def rounder_for(group: int):
+            row_scale = scales[group * group_rows : (group + 1) * group_rows]
+
+            def rounder(values: np.ndarray, rows_in_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                s = row_scale[rows_in_group]
+                codes = levels.codes(values / s, "nearest")
+                return codes, table[codes] * s
+
+            return rounder
 
         keep_rows = keep.reshape(rows.shape)
-        rounded = [reconstruct.reconstruct(rows[g], hessians[g], keep=keep_rows[g], rounder=rounder)
+        rounded = [reconstruct.reconstruct(rows[g], hessians[g], keep=keep_rows[g], rounder=rounder_for(g))
                    for g in range(groups)]
         codes = np.stack([r[2] for r in rounded]).reshape(weight.shape)[keep]
     else:
-        codes = levels.codes(updated[keep], options.assign, np.random.default_rng(options.seed))
-    layer = focus.finish(w64, keep, levels, codes)
+        codes = levels.codes(normalised[keep], options.assign, np.random.default_rng(options.seed))
+    layer = focus.finish(w64, keep, levels, codes, focus.fitted_alphas(levels, scales) if options.per_channel else None)
+    if options.per_channel:  # the scale of each row that fits the layer's output best
+        alphas = focus.refine_alphas(w64, layer.codes, layer.params, layer.alphas, metric=hessians)
+        layer = focus.finish(w64, keep, levels, codes, alphas)
     # 4. bias correction: restore each output's mean over the calibration inputs
     approx = layer.dequantized().astype(np.float64).reshape(rows.shape)
     if options.bias_correction:

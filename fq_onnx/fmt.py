@@ -25,7 +25,7 @@ MAX_NDIM = 8
 RUN_MAX_CHOICES = (0, 1, 3, 7, 15, 31, 63)
 
 _PREFIX = struct.Struct("<4sBBBBBBH")  # magic, version, mode, bits, ndim, block, run_max, reserved
-_PARAMS = struct.Struct("<fffiII")  # alpha, centre0, centre1, b, tokens, payload bytes
+_PARAMS = struct.Struct("<ffiII")  # centre0, centre1, b, tokens, payload bytes (after the scales)
 _CRC = struct.Struct("<I")
 
 
@@ -55,7 +55,10 @@ class QuantParams:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded tensor: its parameters, shape, and codes (int16, -1 where pruned)."""
+    """A decoded tensor: parameters, shape, codes (int16, -1 where pruned) and scales.
+
+    ``alphas`` holds one float32 scale, or one per output row; ``params.alpha`` is the first.
+    """
 
     params: QuantParams
     shape: tuple[int, ...]
@@ -63,6 +66,7 @@ class Decoded:
     block: int
     run_max: int
     tokens: int
+    alphas: np.ndarray
 
     @property
     def nonzeros(self) -> int:
@@ -106,14 +110,30 @@ def levels(params: QuantParams) -> np.ndarray:
     return out
 
 
-def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int | None = None) -> bytes:
+def row_alphas(alphas, params: QuantParams, rows: int) -> np.ndarray:
+    """The scales as stored: ``[params.alpha]``, or ``alphas`` (one per row) checked."""
+    if alphas is None:
+        return np.array([params.alpha], dtype=np.float32)
+    alphas = np.asarray(alphas, dtype=np.float32).reshape(-1)
+    if alphas.size != rows:
+        raise FormatError(f"{alphas.size} scales for a tensor of {rows} rows: give one per row")
+    for alpha in np.unique(alphas):
+        check_params(QuantParams(params.mode, params.bits, float(alpha), params.centre0, params.centre1, params.b))
+        levels(QuantParams(params.mode, params.bits, float(alpha), params.centre0, params.centre1, params.b))
+    return alphas
+
+
+def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int | None = None,
+           alphas: np.ndarray | None = None) -> bytes:
     """Serialize a tensor of codes (-1 = pruned zero) with its parameters into one blob.
 
+    ``alphas`` gives one scale per output row (axis 0) instead of ``params.alpha``.
     ``run_max`` fixes the longest zero run per token; by default every choice in
     RUN_MAX_CHOICES is tried and the smallest blob wins.
     """
     codes = np.asarray(codes)
     check_params(params)
+    scales = row_alphas(alphas, params, codes.shape[0] if codes.ndim else 1)
     if not 1 <= codes.ndim <= MAX_NDIM or codes.size == 0 or codes.size > MAX_ELEMENTS:
         raise FormatError(f"cannot store a tensor of shape {codes.shape}")
     if codes.min() < -1 or codes.max() >= params.value_count:
@@ -136,7 +156,8 @@ def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int 
     table = _pack_nibbles(lengths)
     head = _PREFIX.pack(MAGIC, VERSION, params.mode, params.bits, codes.ndim, block, r, 0)
     head += struct.pack(f"<{codes.ndim}I", *codes.shape)
-    head += _PARAMS.pack(params.alpha, params.centre0, params.centre1, params.b, symbols.size, len(payload))
+    head += struct.pack("<I", scales.size) + scales.astype("<f4").tobytes()
+    head += _PARAMS.pack(params.centre0, params.centre1, params.b, symbols.size, len(payload))
     body = head + table + payload
     return body + _CRC.pack(zlib.crc32(body))
 
@@ -163,6 +184,7 @@ class Header:
     """Everything before the code table, plus the blob's section sizes (bytes)."""
 
     params: QuantParams
+    alphas: np.ndarray
     shape: tuple[int, ...]
     block: int
     run_max: int
@@ -191,10 +213,12 @@ def read_header(blob: bytes) -> Header:
     if block < 1 or reserved != 0:
         raise FormatError("block must be >= 1 and the reserved field 0")
     offset = _PREFIX.size
-    if len(blob) < offset + 4 * ndim + _PARAMS.size:
+    if len(blob) < offset + 4 * ndim + 4:
         raise FormatError("blob ends inside the header")
     shape = struct.unpack_from(f"<{ndim}I", blob, offset)
     offset += 4 * ndim
+    (scale_count,) = struct.unpack_from("<I", blob, offset)
+    offset += 4
     size = 1
     for dim in shape:
         if dim < 1:
@@ -202,10 +226,19 @@ def read_header(blob: bytes) -> Header:
         size *= dim
         if size > MAX_ELEMENTS:
             raise FormatError(f"shape {shape} exceeds the limit of {MAX_ELEMENTS} elements")
-    alpha, c0, c1, b, tokens, payload_bytes = _PARAMS.unpack_from(blob, offset)
+    if scale_count not in (1, shape[0]):
+        raise FormatError(f"{scale_count} scales for {shape[0]} rows: must be 1 or one per row")
+    if len(blob) < offset + 4 * scale_count + _PARAMS.size:
+        raise FormatError("blob ends inside the scales or the header")
+    alphas = np.frombuffer(blob, dtype="<f4", count=scale_count, offset=offset).astype(np.float32)
+    offset += 4 * scale_count
+    c0, c1, b, tokens, payload_bytes = _PARAMS.unpack_from(blob, offset)
     offset += _PARAMS.size
-    params = QuantParams(mode, bits, alpha, c0, c1, b)
+    params = QuantParams(mode, bits, float(alphas[0]), c0, c1, b)
     check_params(params)
+    levels(params)
+    if scale_count > 1:
+        row_alphas(alphas, params, shape[0])
     if tokens > size:
         raise FormatError(f"{tokens} tokens for a tensor of {size} elements")
     table_bytes = (codec.alphabet_size(params.value_count, run_max) + 1) // 2
@@ -215,7 +248,7 @@ def read_header(blob: bytes) -> Header:
     (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
     if crc != zlib.crc32(blob[: -_CRC.size]):
         raise FormatError("CRC-32 mismatch: the compressed tensor is corrupted")
-    return Header(params, tuple(shape), block, run_max, tokens, payload_bytes, offset, table_bytes)
+    return Header(params, alphas, tuple(shape), block, run_max, tokens, payload_bytes, offset, table_bytes)
 
 
 def decode(blob: bytes) -> Decoded:
@@ -233,16 +266,26 @@ def decode(blob: bytes) -> Decoded:
         codes = codec.detokenize(symbols, params.value_count, header.run_max, header.size)
     except codec.CodecError as exc:
         raise FormatError(str(exc)) from None
-    return Decoded(params, header.shape, codes.reshape(header.shape), header.block, header.run_max, header.tokens)
+    return Decoded(params, header.shape, codes.reshape(header.shape), header.block, header.run_max, header.tokens,
+                   header.alphas)
 
 
-def dequantize_codes(codes: np.ndarray, params: QuantParams) -> np.ndarray:
-    """Float32 weights of a code array (-1 -> +0.0)."""
-    table = np.append(levels(params), np.float32(0.0))
-    return table[np.where(codes < 0, params.value_count, codes)]
+def unit_levels(params: QuantParams) -> np.ndarray:
+    """``u(v)``: the float32 levels before the scale multiplication (FORMAT.md, step 2)."""
+    return levels(QuantParams(params.mode, params.bits, 1.0, params.centre0, params.centre1, params.b))
+
+
+def dequantize_codes(codes: np.ndarray, params: QuantParams, alphas: np.ndarray | None = None) -> np.ndarray:
+    """Float32 weights of a code array (-1 -> +0.0), with one scale or one per row."""
+    if alphas is None or np.asarray(alphas).size == 1:
+        table = np.append(levels(params), np.float32(0.0))
+        return table[np.where(codes < 0, params.value_count, codes)]
+    u = np.append(unit_levels(params), np.float32(0.0))[np.where(codes < 0, params.value_count, codes)]
+    scales = np.asarray(alphas, dtype=np.float32).reshape((-1,) + (1,) * (codes.ndim - 1))
+    return (scales * u).astype(np.float32)
 
 
 def dequantize(blob: bytes) -> np.ndarray:
     """Decode a blob to its float32 weight tensor, bit for bit as FORMAT.md defines."""
     decoded = decode(blob)
-    return dequantize_codes(decoded.codes, decoded.params)
+    return dequantize_codes(decoded.codes, decoded.params, decoded.alphas)

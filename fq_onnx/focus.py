@@ -40,13 +40,18 @@ class QuantizedLayer:
     params: fmt.QuantParams
     mixture: Mixture | None
     rel_error: float  # ||W - W_hat|| / ||W|| over the whole tensor, pruned weights included
+    alphas: np.ndarray | None = None  # float32 scale per output row, or None: params.alpha
 
     @property
     def mode_name(self) -> str:
         return fmt.MODE_NAMES[self.params.mode]
 
     def dequantized(self) -> np.ndarray:
-        return fmt.dequantize_codes(self.codes, self.params)
+        return fmt.dequantize_codes(self.codes, self.params, self.alphas)
+
+    def encode(self, block: int = 1) -> bytes:
+        """The blob of docs/FORMAT.md for this layer."""
+        return fmt.encode(self.codes, self.params, block=block, alphas=self.alphas)
 
 
 def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
@@ -196,6 +201,19 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
     return LevelSet(params, mixture, fitted if focused else None)
 
 
+def row_scales(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Per output row (axis 0): RMS of its kept weights (1 for a row with none).
+
+    Dividing each row by it puts channels of very different ranges (typical after folding
+    BatchNorm) on one level set; the row's stored scale is then ``alpha * rms``.
+    """
+    rows = weight.shape[0]
+    w = np.where(keep, weight, 0.0).reshape(rows, -1)
+    count = keep.reshape(rows, -1).sum(axis=1)
+    rms = np.sqrt((w**2).sum(axis=1) / np.maximum(count, 1))
+    return np.where(rms > 0, rms, 1.0)
+
+
 def quantize(
     weight: np.ndarray,
     keep: np.ndarray,
@@ -204,26 +222,73 @@ def quantize(
     pow2_centres: bool = True,
     assign: str = "argmax",
     seed: int = 0,
+    per_channel: bool = True,
 ) -> QuantizedLayer:
     """Quantize the kept weights of ``weight`` (``keep`` is the pruning mask) to ``bits`` bits.
 
     ``assign`` picks each weight's mixture component in focused mode: ``argmax`` of the
     posterior (default), ``sample`` from it (as the paper does while training), or ``nearest``
-    (the component whose level is closest; lowest error).
+    (the component whose level is closest; lowest error). ``per_channel`` gives every output
+    row its own scale (the level set is shared, fitted on the rows normalised by their RMS).
     """
     if assign not in ASSIGNMENTS:
         raise ValueError(f"assign must be one of {ASSIGNMENTS}, got {assign!r}")
     weight64 = weight.astype(np.float64)
-    levels = fit_levels(weight64[keep], bits, w_sep, pow2_centres, seed)
-    return finish(weight64, keep, levels, levels.codes(weight64[keep], assign, np.random.default_rng(seed)))
+    scales = row_scales(weight64, keep) if per_channel else None
+    normalised = weight64 / _broadcast(scales, weight64.ndim) if per_channel else weight64
+    levels = fit_levels(normalised[keep], bits, w_sep, pow2_centres, seed)
+    codes = levels.codes(normalised[keep], assign, np.random.default_rng(seed))
+    if not per_channel:
+        return finish(weight64, keep, levels, codes)
+    coded = finish(weight64, keep, levels, codes, fitted_alphas(levels, scales))
+    return finish(weight64, keep, levels, codes, refine_alphas(weight64, coded.codes, levels.params, coded.alphas))
 
 
-def finish(weight: np.ndarray, keep: np.ndarray, levels: LevelSet, kept_codes: np.ndarray) -> QuantizedLayer:
-    """Assemble the code tensor (-1 where pruned) and measure its error against ``weight``."""
+def _broadcast(scales: np.ndarray, ndim: int) -> np.ndarray:
+    return scales.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def finish(weight: np.ndarray, keep: np.ndarray, levels: LevelSet, kept_codes: np.ndarray,
+           alphas: np.ndarray | None = None) -> QuantizedLayer:
+    """Assemble the code tensor (-1 where pruned) and measure its error against ``weight``.
+
+    ``alphas`` are the per-row scales to store (None: the single ``levels.params.alpha``).
+    """
     codes = np.full(weight.shape, -1, dtype=np.int16)
     codes[keep] = kept_codes
-    layer = QuantizedLayer(codes, levels.params, levels.mixture, 0.0)
-    return QuantizedLayer(codes, levels.params, levels.mixture, _rel_error(weight, layer.dequantized()))
+    layer = QuantizedLayer(codes, levels.params, levels.mixture, 0.0, alphas)
+    return QuantizedLayer(codes, levels.params, levels.mixture, _rel_error(weight, layer.dequantized()), alphas)
+
+
+def fitted_alphas(levels: LevelSet, scales: np.ndarray) -> np.ndarray:
+    """Per-row scales of a level set fitted on rows divided by ``scales``."""
+    return (levels.params.alpha * np.asarray(scales, np.float64)).astype(np.float32)
+
+
+def refine_alphas(weight: np.ndarray, codes: np.ndarray, params: fmt.QuantParams, alphas: np.ndarray,
+                  metric: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares scale per row for fixed codes: ``argmin_a |w - a u|`` (or in ``metric`` H).
+
+    ``metric`` (``[groups, K, K]``, rows split evenly over the groups, or None) measures the
+    error as ``d H d^T``: on the layer's output over calibration inputs instead of the weights.
+    """
+    rows = weight.shape[0]
+    u = fmt.dequantize_codes(codes, params, np.ones(rows, np.float32)).reshape(rows, -1).astype(np.float64)
+    w = weight.reshape(rows, -1)
+    if metric is None:
+        num, den = (w * u).sum(axis=1), (u * u).sum(axis=1)
+    else:
+        groups = metric.shape[0]
+        hu = np.einsum("gmk,gkl->gml", u.reshape(groups, rows // groups, -1), metric).reshape(rows, -1)
+        num, den = (w * hu).sum(axis=1), (u * hu).sum(axis=1)
+    best = np.where((den > 0) & (num > 0), num / np.where(den > 0, den, 1.0), alphas)
+    best = best.astype(np.float32)
+    ok = np.isfinite(best) & (best > 0)
+    try:
+        fmt.row_alphas(np.where(ok, best, alphas), params, rows)
+        return np.where(ok, best, alphas).astype(np.float32)
+    except fmt.FormatError:  # a refined scale would make a level overflow: keep the fitted ones
+        return alphas
 
 
 def _rel_error(weight: np.ndarray, approx: np.ndarray) -> float:

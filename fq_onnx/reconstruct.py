@@ -15,8 +15,8 @@ import numpy as np
 COLUMN_BLOCK = 128  # columns whose pruning mask is chosen together
 DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse well conditioned
 
-# Rounds a column of kept weights: values -> (codes, dequantized values).
-Rounder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# Rounds a column's kept weights: (values, their row indices) -> (codes, dequantized values).
+Rounder = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def inverse_hessian_factor(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +80,7 @@ def reconstruct(
             column = w1[:, j]
             q = np.where(keep1[:, j], column, 0.0)
             if rounder is not None and keep1[:, j].any():
-                c, v = rounder(column[keep1[:, j]])
+                c, v = rounder(column[keep1[:, j]], np.flatnonzero(keep1[:, j]))
                 q[keep1[:, j]] = v
                 codes[keep1[:, j], i1 + j] = c
             err = (column - q) / f1[j, j]

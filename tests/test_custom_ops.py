@@ -3,7 +3,8 @@
 Every model here is one ShiftConv node built with onnx.helper around a blob from fmt.encode.
 Checks: outputs equal fq_onnx.reference (and onnxruntime's own Conv/MatMul on the dequantized
 weights) within float rounding for every op variant, batch 1 and >1, 1 and 2 threads, each CPU
-path; decoded weights bit-identical to fmt.dequantize; every corruption is a clean error.
+path; one scale per tensor (A = 1) and one per output row (A = dims[0]); decoded weights
+bit-identical to fmt.dequantize; every corruption is a clean error.
 """
 
 from __future__ import annotations
@@ -65,8 +66,21 @@ def random_codes(rng, shape, sparsity: float, bits: int, block: int = 1) -> np.n
     return codes
 
 
-def make_blob(rng, shape, sparsity=0.7, mode=1, bits=5, block=1) -> bytes:
-    return fmt.encode(random_codes(rng, shape, sparsity, bits, block), random_params(rng, mode, bits), block=block)
+def row_scales(rng, params: fmt.QuantParams, rows: int) -> np.ndarray:
+    """One scale per output row, spread over four orders of magnitude below params.alpha."""
+    return (params.alpha * rng.uniform(0.5, 1.0, rows) * 10.0 ** rng.uniform(-4, 0, rows)).astype(np.float32)
+
+
+def make_blob(rng, shape, sparsity=0.7, mode=1, bits=5, block=1, per_row=False) -> bytes:
+    """A blob of random codes; per_row stores one scale per output row (A = dims[0])."""
+    params = random_params(rng, mode, bits)
+    alphas = row_scales(rng, params, shape[0]) if per_row else None
+    return fmt.encode(random_codes(rng, shape, sparsity, bits, block), params, block=block, alphas=alphas)
+
+
+def scale_count(blob: bytes) -> int:
+    """A, the number of scales stored in a blob."""
+    return struct.unpack_from("<I", blob, 12 + 4 * blob[7])[0]
 
 
 def shiftconv_model(blob: bytes, x_shape, bias=None, bias_as_input=False, weight_as_input=False,
@@ -186,7 +200,8 @@ def test_conv_matches_reference(case, batch):
     rng = np.random.default_rng(zlib.crc32(f"{case}-{batch}".encode()))
     x_rest, w_shape, attrs = CONV_CASES[case]
     x_shape = (batch,) + x_rest
-    blob = make_blob(rng, w_shape, sparsity=0.6, mode=int(rng.integers(0, 2)))
+    blob = make_blob(rng, w_shape, sparsity=0.6, mode=int(rng.integers(0, 2)), per_row=batch == 3)
+    assert scale_count(blob) == (w_shape[0] if batch == 3 else 1)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
     weight = fmt.dequantize(blob)
@@ -204,7 +219,7 @@ def test_conv_matches_onnxruntime_conv(case):
     rng = np.random.default_rng(7)
     x_rest, w_shape, attrs = CONV_CASES[case]
     x_shape = (2,) + x_rest
-    blob = make_blob(rng, w_shape, sparsity=0.5, block=2)
+    blob = make_blob(rng, w_shape, sparsity=0.5, block=2, per_row=len(case) % 2 == 0)
     weight = fmt.dequantize(blob)
     x = rng.standard_normal(x_shape).astype(np.float32)
     if attrs.get("auto_pad", "NOTSET").startswith("SAME") and any(d != 1 for d in attrs.get("dilations", [1])):
@@ -223,7 +238,7 @@ def test_fused_clip_matches_onnxruntime_clip(kind):
         x_shape, w_shape, attrs = (2, 8, 9, 9), (16, 8, 3, 3), dict(pads=[1, 1, 1, 1])
     else:
         x_shape, w_shape, attrs = (5, 24), (10, 24), {}
-    blob = make_blob(rng, w_shape, sparsity=0.5)
+    blob = make_blob(rng, w_shape, sparsity=0.5, per_row=kind == "dense")
     weight = fmt.dequantize(blob)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
     x = (rng.standard_normal(x_shape) * 4).astype(np.float32)
@@ -244,8 +259,8 @@ def test_fused_clip_matches_onnxruntime_clip(kind):
 def test_dense_matches_reference_and_matmul(case):
     rng = np.random.default_rng(11)
     x_shape, w_shape = DENSE_CASES[case]
-    for sparsity, block in ((0.8, 1), (0.5, 4), (0.0, 1)):
-        blob = make_blob(rng, w_shape, sparsity=sparsity, block=block, mode=0, bits=4)
+    for sparsity, block, per_row in ((0.8, 1, False), (0.5, 4, True), (0.0, 1, False), (0.0, 1, True)):
+        blob = make_blob(rng, w_shape, sparsity=sparsity, block=block, mode=0, bits=4, per_row=per_row)
         weight = fmt.dequantize(blob)
         bias = rng.standard_normal(w_shape[0]).astype(np.float32)
         x = rng.standard_normal(x_shape).astype(np.float32)
@@ -280,7 +295,7 @@ def test_random_shapes_match_reference():
         w_shape = (mg * group, cg, *k)
         bits = int(rng.integers(3, 9))
         blob = make_blob(rng, w_shape, sparsity=float(rng.uniform(0, 0.95)), mode=int(rng.integers(0, 2)),
-                         bits=bits, block=int(rng.choice([1, 2, 4, 8])))
+                         bits=bits, block=int(rng.choice([1, 2, 4, 8])), per_row=trial % 3 == 0)
         weight = fmt.dequantize(blob)
         attrs = dict(strides=s, dilations=d, pads=pads, group=group)
         bias = rng.standard_normal(w_shape[0]).astype(np.float32) if rng.random() < 0.7 else None
@@ -297,8 +312,8 @@ def test_sparsity_extremes_and_blocks():
     rng = np.random.default_rng(5)
     x_shape = (2, 24, 10, 10)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    for sparsity, block in ((1.0, 1), (0.0, 1), (0.9, 4), (0.9, 8), (0.5, 3), (0.95, 16)):
-        blob = make_blob(rng, (32, 24, 3, 3), sparsity=sparsity, block=block)
+    for i, (sparsity, block) in enumerate(((1.0, 1), (0.0, 1), (0.9, 4), (0.9, 8), (0.5, 3), (0.95, 16))):
+        blob = make_blob(rng, (32, 24, 3, 3), sparsity=sparsity, block=block, per_row=i % 2 == 1)
         model = shiftconv_model(blob, x_shape, bias=np.ones(32, np.float32), pads=[1, 1, 1, 1])
         ref = reference.run(model, {"X": x})[0]
         for kernel in KERNELS:
@@ -321,22 +336,75 @@ LEVEL_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("params", LEVEL_SETTINGS, ids=lambda p: f"m{p.mode}b{p.bits}")
-def test_dense_identity_returns_exact_weights(params):
+def exact_row_scales(params: fmt.QuantParams, rows: int) -> np.ndarray:
+    """Per-row scales from 1e-3 to 1e3 times params.alpha (not powers of two: real roundings)."""
+    factors = np.array([1.0, 1e-3, 7.3, 1e3, 0.37, 1e-2, 123.4], np.float32)[np.arange(rows) % 7]
+    return (np.float32(params.alpha) * factors).astype(np.float32)
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["A1", "Arows"])
+@pytest.mark.parametrize("params", LEVEL_SETTINGS, ids=lambda p: f"m{p.mode}b{p.bits}b{p.b}")
+def test_dense_identity_returns_exact_weights(params, per_row):
     rng = np.random.default_rng(params.bits)
     m, k = 37, 2 * params.value_count + 3
     codes = rng.integers(0, params.value_count, size=(m, k))
-    codes[:, : params.value_count] = np.arange(params.value_count)  # every level appears
+    codes[:, : params.value_count] = np.arange(params.value_count)  # every level appears in every row
     codes[rng.random((m, k)) < 0.3] = -1
-    blob = fmt.encode(codes, params)
+    alphas = exact_row_scales(params, m) if per_row else None
+    blob = fmt.encode(codes, params, alphas=alphas)
+    assert scale_count(blob) == (m if per_row else 1)
     weight = fmt.dequantize(blob)
+    if per_row:
+        # The Python decoder's per-row levels: alpha[r] * u(v), one float32 multiplication.
+        decoded = fmt.decode(blob)
+        np.testing.assert_array_equal(decoded.alphas, alphas)
+        u = fmt.unit_levels(params)
+        expected = np.where(codes < 0, np.float32(0), alphas[:, None] * u[np.maximum(codes, 0)])
+        assert weight.tobytes() == expected.astype(np.float32).tobytes()
     model = shiftconv_model(blob, (k, k), kind="dense")
     eye = np.eye(k, dtype=np.float32)
     for kernel in KERNELS:
         y = run_shiftconv(model, eye, threads=2, kernel=kernel)
-        # y = I @ W^T; +-0 levels come back as +0, which compares equal.
+        # y = I @ W^T bit for bit; +-0 levels come back as +0 (compared as values), every other
+        # weight with its exact bits.
         np.testing.assert_array_equal(y, weight.T)
-        assert y.tobytes() == (weight.T + np.float32(0)).tobytes() or np.array_equal(y, weight.T)
+        nonzero = weight.T != 0
+        assert y[nonzero].tobytes() == weight.T[nonzero].tobytes()
+
+
+def test_per_row_scales_equal_to_one_scale_give_identical_outputs():
+    """A = dims[0] with every row's scale equal to alpha decodes exactly like A = 1."""
+    rng = np.random.default_rng(13)
+    params = fmt.QuantParams(mode=1, bits=5, alpha=0.0371, centre0=-0.8, centre1=1.3, b=2)
+    codes = random_codes(rng, (12, 20), 0.4, 5)
+    one = fmt.encode(codes, params)
+    rows = fmt.encode(codes, params, alphas=np.full(12, params.alpha, np.float32))
+    assert scale_count(one) == 1 and scale_count(rows) == 12 and len(rows) == len(one) + 4 * 11
+    x = rng.standard_normal((6, 20)).astype(np.float32)
+    for kernel in KERNELS:
+        a = run_shiftconv(shiftconv_model(one, x.shape, kind="dense"), x, kernel=kernel)
+        b = run_shiftconv(shiftconv_model(rows, x.shape, kind="dense"), x, kernel=kernel)
+        assert a.tobytes() == b.tobytes()
+
+
+def test_per_row_scales_of_very_different_magnitudes():
+    """Rows scaled from 1e-6 to 1e4: each output channel keeps its own relative precision."""
+    rng = np.random.default_rng(14)
+    params = fmt.QuantParams(mode=0, bits=6, alpha=1.0, b=20)
+    m, c = 11, 5
+    alphas = (10.0 ** np.linspace(-6, 4, m)).astype(np.float32)
+    blob = fmt.encode(random_codes(rng, (m, c, 3, 3), 0.3, 6), params, alphas=alphas)
+    weight = fmt.dequantize(blob)
+    x = rng.standard_normal((2, c, 7, 7)).astype(np.float32)
+    model = shiftconv_model(blob, x.shape, pads=[1, 1, 1, 1])
+    expected = ort.InferenceSession(ort_equivalent(weight, x.shape, None, "conv", pads=[1, 1, 1, 1])
+                                    .SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    for kernel in KERNELS:
+        y = run_shiftconv(model, x, threads=2, kernel=kernel)
+        for r in range(m):  # per channel, no absolute floor: a global tolerance would hide small rows
+            scale = float(np.abs(x).max()) * float(np.abs(weight[r]).sum())
+            err = float(np.abs(y[:, r].astype(np.float64) - expected[:, r]).max())
+            assert 0 < scale and err <= 1e-5 * scale, (r, err, scale)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -344,7 +412,7 @@ def test_conv_delta_returns_exact_kernels(k):
     """An impulse in channel c of image c reads back W[:, c] (flipped) from the output."""
     rng = np.random.default_rng(k)
     c, m = 6, 9
-    blob = make_blob(rng, (m, c, k, k), sparsity=0.4, mode=1, bits=6)
+    blob = make_blob(rng, (m, c, k, k), sparsity=0.4, mode=1, bits=6, per_row=k != 1)
     weight = fmt.dequantize(blob)
     x = np.zeros((c, c, k, k), np.float32)
     for i in range(c):
@@ -448,14 +516,25 @@ def _base_blob():
     return fmt.encode(codes, params, run_max=3)
 
 
+def _per_row_blob():
+    """dims[0] = 5 rows, A = 5 scales from 1e-3 to 10."""
+    rng = np.random.default_rng(15)
+    codes = random_codes(rng, (5, 4, 3, 3), 0.5, 5)
+    params = fmt.QuantParams(mode=1, bits=5, alpha=0.1, centre0=-1.0, centre1=1.0, b=2)
+    return fmt.encode(codes, params, run_max=1, alphas=np.array([0.1, 1e-3, 10.0, 0.37, 2.5], np.float32))
+
+
 def _layout(blob: bytes):
+    """Offsets per FORMAT.md: h (A), a (centre0; the scales are h+4 .. a), table, payload."""
     ndim = blob[7]
     h = 12 + 4 * ndim
+    (count,) = struct.unpack_from("<I", blob, h)
+    a = h + 4 + 4 * count
     bits, run_max = blob[6], blob[9]
     symbols = (run_max + 1) * (1 << bits) + 1
-    table = h + 24
+    table = a + 20
     payload = table + (symbols + 1) // 2
-    return h, table, payload, symbols
+    return h, a, table, payload, symbols
 
 
 def _set(blob: bytes, offset: int, fmt_char: str, value) -> bytes:
@@ -466,7 +545,8 @@ def _set(blob: bytes, offset: int, fmt_char: str, value) -> bytes:
 
 def corruptions():
     blob = _base_blob()
-    h, table, payload, symbols = _layout(blob)
+    h, a, table, payload, symbols = _layout(blob)
+    assert a == h + 8
     n_table = payload - table
     cases = {
         "empty": (b"", "too short"),
@@ -485,16 +565,22 @@ def corruptions():
         "reserved": (_fix_crc(_set(blob, 10, "H", 1)), "reserved"),
         "dim-zero": (_fix_crc(_set(blob, 12, "I", 0)), "dimension"),
         "absurd-dims": (_fix_crc(_set(_set(blob, 12, "I", 1 << 20), 16, "I", 1 << 20)), r"2\^28"),
-        "alpha-nan": (_fix_crc(_set(blob, h, "f", float("nan"))), "alpha"),
-        "alpha-inf": (_fix_crc(_set(blob, h, "f", float("inf"))), "alpha"),
-        "alpha-negative": (_fix_crc(_set(blob, h, "f", -0.1)), "alpha"),
-        "centre-inf": (_fix_crc(_set(blob, h + 4, "f", float("-inf"))), "centres"),
-        "b-range": (_fix_crc(_set(blob, h + 12, "i", 200)), "exponent offset"),
-        "b-int-min": (_fix_crc(_set(blob, h + 12, "i", -(2**31))), "exponent offset"),
-        "level-overflow": (_fix_crc(_set(_set(blob, h, "f", 3e38), h + 12, "i", -100)), "overflows"),
-        "tokens-above-elements": (_fix_crc(_set(blob, h + 16, "I", 10**6)), "tokens for a tensor"),
-        "absurd-payload-size": (_fix_crc(_set(blob, h + 20, "I", 2**32 - 1)), "bytes but its header declares"),
-        "tokens-beyond-payload": (_fix_crc(_set(blob, h + 16, "I", 288)), "ends|cannot fit|matches no code|tensor has"),
+        "alpha-nan": (_fix_crc(_set(blob, h + 4, "f", float("nan"))), "alpha"),
+        "alpha-inf": (_fix_crc(_set(blob, h + 4, "f", float("inf"))), "alpha"),
+        "alpha-negative": (_fix_crc(_set(blob, h + 4, "f", -0.1)), "alpha"),
+        "alpha-zero": (_fix_crc(_set(blob, h + 4, "f", 0.0)), "alpha"),
+        "A-zero": (_fix_crc(_set(blob, h, "I", 0)), "scale count A=0 must be 1 or dims"),
+        "A-2-of-8": (_fix_crc(_set(blob, h, "I", 2)), "scale count A=2 must be 1 or dims"),
+        "A-huge": (_fix_crc(_set(blob, h, "I", 2**32 - 1)), "scale count A=4294967295"),
+        # A = dims[0] = 8 but the blob holds one scale: the rest of the header is misread.
+        "A-8-one-scale": (_fix_crc(_set(blob, h, "I", 8)), "."),
+        "centre-inf": (_fix_crc(_set(blob, a, "f", float("-inf"))), "centres"),
+        "b-range": (_fix_crc(_set(blob, a + 8, "i", 200)), "exponent offset"),
+        "b-int-min": (_fix_crc(_set(blob, a + 8, "i", -(2**31))), "exponent offset"),
+        "level-overflow": (_fix_crc(_set(_set(blob, h + 4, "f", 3e38), a + 8, "i", -100)), "overflows"),
+        "tokens-above-elements": (_fix_crc(_set(blob, a + 12, "I", 10**6)), "tokens for a tensor"),
+        "absurd-payload-size": (_fix_crc(_set(blob, a + 16, "I", 2**32 - 1)), "bytes but its header declares"),
+        "tokens-beyond-payload": (_fix_crc(_set(blob, a + 12, "I", 288)), "ends|cannot fit|matches no code|tensor has"),
         "oversubscribed": (_fix_crc(blob[:table] + bytes([0x11]) * (n_table - 1) + bytes([0x01]) + blob[payload:]),
                            "over-subscribed"),
         # Nibbles cannot exceed 15; all-15 lengths form a valid but incomplete table.
@@ -504,19 +590,49 @@ def corruptions():
         "incomplete-table-bad-bits": (
             _fix_crc(blob[:table] + bytes([0x01]) + bytes(n_table - 1) + bytes([0xFF]) * (len(blob) - payload - 4)
                      + blob[-4:]), "matches no code"),
-        "too-few-tokens": (_fix_crc(_set(blob, h + 16, "I", struct.unpack_from("<I", blob, h + 16)[0] // 2)),
+        "too-few-tokens": (_fix_crc(_set(blob, a + 12, "I", struct.unpack_from("<I", blob, a + 12)[0] // 2)),
                            "longer than its tokens|padding|tensor has"),
     }
     # Escapes running past the end: a single used symbol, the escape, with one-bit codes.
     esc = _fix_crc(blob[:table] + bytes(n_table - 1) + bytes([0x01 if symbols % 2 else 0x10]) + b"\0" * 200
                    + blob[-4:])
-    esc = _fix_crc(_set(_set(esc, h + 16, "I", 288), h + 20, "I", 200)[: payload + 200] + b"\0\0\0\0")
+    esc = _fix_crc(_set(_set(esc, a + 12, "I", 288), a + 16, "I", 200)[: payload + 200] + b"\0\0\0\0")
     cases["escape-past-end"] = (esc, "elements but the tensor has")
     # Unused high nibble of the last table byte.
     if symbols % 2:
         b = bytearray(blob)
         b[payload - 1] |= 0x10
         cases["high-nibble"] = (_fix_crc(bytes(b)), "nibble|over-subscribed")
+
+    # One scale per row (A = dims[0] = 5).
+    rows = _per_row_blob()
+    h, a, table, payload, symbols = _layout(rows)
+    assert struct.unpack_from("<I", rows, h)[0] == 5 and a == h + 4 + 20
+    cases.update({
+        "rows-A-zero": (_fix_crc(_set(rows, h, "I", 0)), "scale count A=0 must be 1 or dims"),
+        "rows-A-2-of-5": (_fix_crc(_set(rows, h, "I", 2)), r"scale count A=2 must be 1 or dims\[0\]=5"),
+        "rows-A-6-of-5": (_fix_crc(_set(rows, h, "I", 6)), "scale count A=6 must be 1 or dims"),
+        "rows-A-huge": (_fix_crc(_set(rows, h, "I", 2**32 - 1)), "scale count A=4294967295"),
+        # A huge and equal to dims[0] (2^24 rows of 4 elements): refused by the blob's length
+        # before 64 MB of scales are read or allocated.
+        "rows-A-huge-matching-dims": (
+            _fix_crc(_set(_set(_set(_set(_set(rows, 12, "I", 1 << 24), 16, "I", 4), 20, "I", 1), 24, "I", 1),
+                          h, "I", 1 << 24)), "ends inside the scales"),
+        # A = 1 on a blob holding five scales: the other scales are read as the later fields.
+        "rows-A-1": (_fix_crc(_set(rows, h, "I", 1)), "."),
+        "rows-alpha-nan": (_fix_crc(_set(rows, h + 4 + 4 * 3, "f", float("nan"))), r"alpha\[3\]"),
+        "rows-alpha-negative": (_fix_crc(_set(rows, h + 4 + 4 * 1, "f", -1e-3)), r"alpha\[1\]"),
+        "rows-alpha-zero": (_fix_crc(_set(rows, h + 4 + 4 * 4, "f", 0.0)), r"alpha\[4\]"),
+        "rows-alpha-minus-zero": (_fix_crc(_set(rows, h + 4, "f", -0.0)), r"alpha\[0\]"),
+        "rows-alpha-inf": (_fix_crc(_set(rows, h + 4 + 4 * 2, "f", float("inf"))), r"alpha\[2\]"),
+        # Row 2's scale alone makes its levels overflow (the first row's are fine).
+        "rows-level-overflow": (_fix_crc(_set(rows, h + 4 + 4 * 2, "f", 3e37)), "overflows"),
+        "rows-truncated-scales": (rows[: h + 4 + 4 * 2], "ends inside the scales"),
+        "rows-truncated-scales-crc": (_fix_crc(rows[: h + 4 + 4 * 3 + 4]), "ends inside the scales"),
+        "rows-one-scale-removed": (_fix_crc(rows[: h + 4 + 4 * 4] + rows[a:]), "."),
+        "rows-truncated": (rows[:-5], "bytes but its header declares"),
+        "rows-crc": (rows[:-1] + bytes([rows[-1] ^ 1]), "CRC-32"),
+    })
     return cases
 
 
@@ -563,9 +679,10 @@ def test_bias_length_and_non_constant_weight_fail_cleanly():
         runtime.session(shiftconv_model(conv3d, (1, 2, 4, 4, 4)))
 
 
-def test_random_corruption_never_crashes():
+@pytest.mark.parametrize("per_row", [False, True], ids=["A1", "Arows"])
+def test_random_corruption_never_crashes(per_row):
     """Byte flips anywhere, with the checksum recomputed so the deeper checks are reached."""
-    base = _base_blob()
+    base = _per_row_blob() if per_row else _base_blob()
     rng = np.random.default_rng(12)
     failures = 0
     for _ in range(300):

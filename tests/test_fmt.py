@@ -70,7 +70,7 @@ def test_flipping_any_byte_never_decodes_silently():
 
 def test_absurd_declared_size_is_rejected_before_allocating():
     head = struct.pack("<4sBBBBBBH", b"FQW1", 1, 0, 5, 2, 1, 0, 0) + struct.pack("<2I", 65536, 65536)
-    head += struct.pack("<fffiII", 1.0, 0.0, 0.0, 15, 0, 0)
+    head += struct.pack("<IfffiII", 1, 1.0, 0.0, 0.0, 15, 0, 0)
     with pytest.raises(fmt.FormatError, match="exceeds the limit"):
         fmt.decode(with_crc(head + bytes(17)))
 
@@ -91,3 +91,38 @@ def test_exponent_offset_range_is_checked():
         fmt.levels(fmt.QuantParams(fmt.MODE_SHIFT, 8, 1.0, 0.0, 0.0, 127))
     with pytest.raises(fmt.FormatError, match="finite"):
         fmt.levels(fmt.QuantParams(fmt.MODE_FOCUSED, 5, float("nan"), 0.0, 0.0, 7))
+
+
+def test_per_row_scales_round_trip_and_dequantize_exactly():
+    params = fmt.QuantParams(fmt.MODE_FOCUSED, 5, 1.0, -2.0, 1.0, 7)
+    rng = np.random.default_rng(4)
+    codes = np.where(rng.random((5, 3, 3)) < 0.6, rng.integers(0, 32, (5, 3, 3)), -1)
+    alphas = np.array([1e-3, 0.5, 7.0, 2.0**-20, 123.0], dtype=np.float32)
+    blob = fmt.encode(codes, params, alphas=alphas)
+    decoded = fmt.decode(blob)
+    assert np.array_equal(decoded.alphas, alphas) and np.array_equal(decoded.codes, codes)
+    w = fmt.dequantize(blob)
+    for r in range(5):
+        table = fmt.levels(fmt.QuantParams(params.mode, 5, float(alphas[r]), -2.0, 1.0, 7))
+        kept = codes[r] >= 0
+        assert np.array_equal(w[r][kept], table[codes[r][kept]]) and np.all(w[r][~kept] == 0)
+
+
+def test_bad_scale_fields_are_rejected():
+    params = fmt.QuantParams(fmt.MODE_SHIFT, 4, 1.0, 0.0, 0.0, 7)
+    codes = np.array([[0, -1], [3, 4], [-1, 1]])
+    with pytest.raises(fmt.FormatError, match="one per row"):
+        fmt.encode(codes, params, alphas=np.ones(2, np.float32))
+    with pytest.raises(fmt.FormatError, match="finite and positive"):
+        fmt.encode(codes, params, alphas=np.array([1.0, -1.0, 1.0], np.float32))
+    blob = bytearray(fmt.encode(codes, params, alphas=np.array([1.0, 2.0, 3.0], np.float32)))
+    scale_count_at = 12 + 4 * 2
+    for count in (0, 2, 10**9):
+        bad = bytearray(blob[:-4])
+        bad[scale_count_at:scale_count_at + 4] = struct.pack("<I", count)
+        with pytest.raises(fmt.FormatError):
+            fmt.decode(with_crc(bytes(bad)))
+    bad = bytearray(blob[:-4])
+    bad[scale_count_at + 8:scale_count_at + 12] = struct.pack("<f", float("nan"))
+    with pytest.raises(fmt.FormatError, match="finite"):
+        fmt.decode(with_crc(bytes(bad)))

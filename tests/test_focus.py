@@ -30,7 +30,11 @@ def test_nonzeros_on_level_set_and_pruned_exactly_zero(bits, pow2, assign):
     dq = layer.dequantized()
     assert np.all(dq[~keep] == 0)
     assert np.all(layer.codes[~keep] == -1) and np.all(layer.codes[keep] >= 0)
-    assert np.all(np.isin(dq[keep], fmt.levels(layer.params)))
+    for row in range(w.shape[0]):
+        scale = float(layer.alphas[row]) if layer.alphas is not None else layer.params.alpha
+        p = layer.params
+        table = fmt.levels(fmt.QuantParams(p.mode, p.bits, scale, p.centre0, p.centre1, p.b))
+        assert np.all(np.isin(dq[row][keep[row]], table))
     if layer.mode_name == "FQ" and pow2:
         for centre in (layer.params.centre0, layer.params.centre1):
             assert np.log2(abs(centre)) == np.round(np.log2(abs(centre)))
@@ -81,3 +85,16 @@ def test_all_zero_layer():
     w = np.zeros((4, 4), np.float32)
     layer = focus.quantize(w, prune.magnitude_mask(w, 0.5))
     assert np.all(layer.codes == -1) and layer.rel_error == 0.0
+
+
+def test_per_channel_scales_handle_rows_of_very_different_range():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8, 3, 3)) * np.logspace(-3, 0, 16)[:, None, None, None]
+    keep = prune.magnitude_mask(w / np.abs(w).reshape(16, -1).max(1)[:, None, None, None], 0.5)
+    per_row = focus.quantize(w, keep, bits=5)
+    per_layer = focus.quantize(w, keep, bits=5, per_channel=False)
+    def row_error(q):
+        return max(np.linalg.norm((w - q.dequantized())[r][keep[r]]) / np.linalg.norm(w[r][keep[r]]) for r in range(16))
+
+    assert row_error(per_row) < 0.3 < row_error(per_layer)
+    assert per_row.alphas.shape == (16,) and per_layer.alphas is None

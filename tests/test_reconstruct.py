@@ -24,7 +24,7 @@ def correlated_layer(seed=0, rows=48, cols=96, samples=4000):
 def rounder_for(levels: focus.LevelSet):
     table = fmt.levels(levels.params).astype(np.float64)
 
-    def rounder(values):
+    def rounder(values, rows):
         codes = levels.codes(values, "nearest")
         return codes, table[codes]
 

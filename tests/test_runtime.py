@@ -11,11 +11,13 @@ from onnx import TensorProto, helper, numpy_helper
 from fq_onnx import fmt, reference, runtime
 
 
-def _tiny_model() -> onnx.ModelProto:
+def _tiny_model(per_row: bool = False) -> onnx.ModelProto:
+    """One ShiftConv; per_row stores one scale per output channel (A = dims[0] = 4)."""
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 16, size=(4, 3, 3, 3))
     codes[rng.random(codes.shape) < 0.5] = -1
-    blob = fmt.encode(codes, fmt.QuantParams(mode=0, bits=4, alpha=0.1, b=2))
+    alphas = np.array([0.1, 1e-3, 25.0, 0.7], np.float32) if per_row else None
+    blob = fmt.encode(codes, fmt.QuantParams(mode=0, bits=4, alpha=0.1, b=2), alphas=alphas)
     node = helper.make_node("ShiftConv", ["X", "W"], ["Y"], domain="fq_onnx", name="sc", pads=[1, 1, 1, 1])
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3, 5, 5])],
@@ -47,15 +49,20 @@ def test_missing_library_message(monkeypatch, tmp_path):
         runtime.library_path()
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["A1", "Arows"])
 @pytest.mark.parametrize("form", ["path", "bytes", "proto", "pathlike"])
-def test_session_accepts_every_model_form(form, tmp_path):
-    model = _tiny_model()
+def test_session_accepts_every_model_form(form, per_row, tmp_path):
+    model = _tiny_model(per_row)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     arg = {"path": str(path), "bytes": model.SerializeToString(), "proto": model, "pathlike": path}[form]
     sess = runtime.session(arg, threads=1)
     x = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
-    np.testing.assert_allclose(sess.run(None, {"X": x})[0], reference.run(model, {"X": x})[0], rtol=1e-5, atol=1e-5)
+    y = sess.run(None, {"X": x})[0]
+    ref = reference.run(model, {"X": x})[0]
+    # Per channel, relative to the channel's magnitude (the per-row scales span 1e-3 .. 25).
+    for c in range(y.shape[1]):
+        np.testing.assert_allclose(y[:, c], ref[:, c], rtol=1e-5, atol=1e-5 * float(np.abs(ref[:, c]).max()))
 
 
 def test_session_options_are_applied():

@@ -39,15 +39,18 @@ std::string fmt_float(float f) {
 
 }  // namespace
 
-std::vector<float> compute_levels(const QuantParams& p) {
+static void check_alpha(float alpha, const std::string& what) {
+  if (!std::isfinite(alpha) || !(alpha > 0)) {
+    throw FormatError(what + " must be finite and positive, got " + fmt_float(alpha));
+  }
+}
+
+std::vector<float> compute_units(const QuantParams& p) {
   if (p.mode != 0 && p.mode != 1) throw FormatError("unknown quantizer mode " + std::to_string(p.mode));
   const int low = p.mode == 0 ? 2 : 3;
   if (p.bits < low || p.bits > 8) {
     throw FormatError(std::string(p.mode == 0 ? "shift" : "focused") + " mode needs " +
                       std::to_string(low) + "..8 bits, got " + std::to_string(p.bits));
-  }
-  if (!std::isfinite(p.alpha) || !(p.alpha > 0)) {
-    throw FormatError("alpha must be finite and positive, got " + fmt_float(p.alpha));
   }
   if (!std::isfinite(p.centre0) || !std::isfinite(p.centre1)) {
     throw FormatError("the centres must be finite");
@@ -71,13 +74,40 @@ std::vector<float> compute_levels(const QuantParams& p) {
     float u = negative ? -t : t;
     if (p.mode == 1) {
       const float centre = (v >> (k + 1)) ? p.centre1 : p.centre0;
-      u = centre + u;  // one binary32 addition
+      u = centre + u;  // one binary32 addition (finite: |centre|, t < 2^128 can at most overflow)
     }
-    const float level = p.alpha * u;  // one binary32 multiplication
-    if (!std::isfinite(level)) throw FormatError("a quantization level overflows float32");
-    out[size_t(v)] = level;
+    if (!std::isfinite(u)) throw FormatError("a quantization level overflows float32");
+    out[size_t(v)] = u;
   }
   return out;
+}
+
+namespace {
+
+// Every level alpha * u(v) finite for every scale. Rounding to nearest is monotone in the exact
+// product, so |fl(alpha * u)| <= |fl(alpha_max * u)|: checking the largest scale checks them all
+// (in O(V), not O(A * V), for up to 2^28 rows).
+void check_levels_finite(const std::vector<float>& units, const std::vector<float>& alphas) {
+  float amax = 0;
+  for (float a : alphas) amax = a > amax ? a : amax;
+  for (float u : units) {
+    const float level = amax * u;  // one binary32 multiplication
+    if (!std::isfinite(level)) throw FormatError("a quantization level overflows float32");
+  }
+}
+
+}  // namespace
+
+std::vector<float> compute_levels(const QuantParams& p) {
+  std::vector<float> out = compute_units(p);
+  check_alpha(p.alpha, "alpha");
+  check_levels_finite(out, {p.alpha});
+  for (float& u : out) u = p.alpha * u;  // one binary32 multiplication
+  return out;
+}
+
+float DecodedWeight::level(uint64_t row, uint32_t c) const {
+  return alphas[alphas.size() == 1 ? 0 : size_t(row)] * units[c];  // one binary32 multiplication
 }
 
 DecodedWeight decode_weight(const uint8_t* data, size_t size) {
@@ -100,7 +130,7 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   if (w.block < 1) throw FormatError("block must be >= 1");
   if (rd_u16(data + 10) != 0) throw FormatError("reserved field is not 0");
   const size_t h = 12 + 4 * size_t(ndim);
-  if (size < h + 24) throw FormatError("blob ends inside the header");
+  if (size < h + 4) throw FormatError("blob ends inside the header");
   uint64_t n = 1;
   for (int i = 0; i < ndim; ++i) {
     const uint32_t d = rd_u32(data + 12 + 4 * i);
@@ -110,13 +140,28 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
     w.dims.push_back(d);
   }
   w.elements = n;
-  w.params.alpha = rd_f32(data + h);
-  w.params.centre0 = rd_f32(data + h + 4);
-  w.params.centre1 = rd_f32(data + h + 8);
-  w.params.b = int32_t(rd_u32(data + h + 12));
-  w.tokens = rd_u32(data + h + 16);
-  const uint32_t payload_bytes = rd_u32(data + h + 20);
-  w.levels = compute_levels(w.params);
+  // The scales: A is checked against dims[0] and the blob's length before anything is read or
+  // allocated for them (A <= dims[0] <= 2^28, and 4 * A bytes are really there).
+  const uint32_t A = rd_u32(data + h);
+  if (A != 1 && A != w.dims[0]) {
+    throw FormatError("scale count A=" + std::to_string(A) + " must be 1 or dims[0]=" +
+                      std::to_string(w.dims[0]) + " (one per row)");
+  }
+  const uint64_t a = uint64_t(h) + 4 + 4 * uint64_t(A);
+  if (uint64_t(size) < a + 20) throw FormatError("blob ends inside the scales or the header");
+  w.alphas.resize(A);
+  for (uint32_t r = 0; r < A; ++r) {
+    w.alphas[r] = rd_f32(data + h + 4 + 4 * size_t(r));
+    check_alpha(w.alphas[r], A == 1 ? std::string("alpha") : "alpha[" + std::to_string(r) + "]");
+  }
+  w.params.alpha = w.alphas[0];
+  w.params.centre0 = rd_f32(data + a);
+  w.params.centre1 = rd_f32(data + a + 4);
+  w.params.b = int32_t(rd_u32(data + a + 8));
+  w.tokens = rd_u32(data + a + 12);
+  const uint32_t payload_bytes = rd_u32(data + a + 16);
+  w.units = compute_units(w.params);
+  check_levels_finite(w.units, w.alphas);
   if (w.tokens > n) {
     throw FormatError(std::to_string(w.tokens) + " tokens for a tensor of " + std::to_string(n) +
                       " elements");
@@ -124,7 +169,7 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   const uint64_t V = uint64_t(1) << w.params.bits;
   const uint64_t symbols = uint64_t(w.run_max + 1) * V + 1;
   const uint64_t table_bytes = (symbols + 1) / 2;
-  const uint64_t expected = uint64_t(h) + 24 + table_bytes + payload_bytes + 4;
+  const uint64_t expected = a + 20 + table_bytes + payload_bytes + 4;
   if (uint64_t(size) != expected) {
     throw FormatError("blob is " + std::to_string(size) + " bytes but its header declares " +
                       std::to_string(expected));
@@ -133,7 +178,7 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
     throw FormatError("CRC-32 mismatch: the compressed tensor is corrupted");
   }
 
-  const uint8_t* table = data + h + 24;
+  const uint8_t* table = data + a + 20;
   std::vector<uint8_t> lengths(symbols);
   for (uint64_t s = 0; s < symbols; ++s) {
     const uint8_t byte = table[s / 2];

@@ -14,7 +14,8 @@ constexpr int kMaxNdim = 8;
 struct QuantParams {
   int mode = 0;  // 0 shift, 1 focused
   int bits = 0;  // bits per nonzero code
-  float alpha = 0, centre0 = 0, centre1 = 0;
+  float alpha = 0;  // compute_levels' scale; in DecodedWeight the first scale, alphas[0]
+  float centre0 = 0, centre1 = 0;
   int32_t b = 0;  // exponent offset
 };
 
@@ -27,13 +28,25 @@ struct DecodedWeight {
   int block = 1;    // declared mask-sharing block (informational, never trusted)
   int run_max = 0;  // R
   uint32_t tokens = 0;
-  std::vector<float> levels;     // float32 value of every code, 2^bits entries
+  // The scales: one for the tensor (A = 1) or one per row (A = dims[0]), each finite and > 0.
+  std::vector<float> alphas;
+  // u(v) of every code (2^bits entries): the float32 level before the scale multiplication.
+  std::vector<float> units;
   std::vector<uint32_t> index;   // flat row-major index of every coded element, increasing
   std::vector<uint8_t> code;     // its code
+
+  // Level of `code` in row `row` (row = flat index / (elements / dims[0])): alpha[row] * u(code),
+  // one float32 multiplication, bit-exact with fmt.dequantize. decode_weight has checked that it
+  // is finite for every row and code.
+  float level(uint64_t row, uint32_t code) const;
 };
 
-// Float32 level of every code, evaluated step by step without FMA (bit-exact with fmt.levels).
-// Throws FormatError for parameters a decoder must reject.
+// u(v) of every code: t = 2^(e-b), u = centre_c + (sign ? -t : t), step by step without FMA.
+// Checks mode, bits, centres and b (everything but the scale). Throws FormatError.
+std::vector<float> compute_units(const QuantParams& params);
+
+// Float32 level of every code for the single scale params.alpha, evaluated step by step without
+// FMA (bit-exact with fmt.levels). Throws FormatError for parameters a decoder must reject.
 std::vector<float> compute_levels(const QuantParams& params);
 
 // Decodes and fully validates a blob (magic, version, fields, length, CRC-32, code table,

@@ -132,6 +132,8 @@ SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, 
   sw.group = group;
   const uint64_t row_len = uint64_t(Cg * kh * kw);
   if (uint64_t(M) * row_len != w.elements) throw std::invalid_argument("weight shape mismatch");
+  // Row m of the kernel is row m of the blob (dims[0] = M): it selects the scale alpha[m].
+  if (w.dims.empty() || uint64_t(M) != w.dims[0]) throw std::invalid_argument("weight rows mismatch");
 
   // Nonzeros in row-major order split into rows (the decoder yields increasing indices).
   std::vector<uint32_t> taps;
@@ -140,9 +142,9 @@ SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, 
   taps.reserve(w.index.size());
   vals.reserve(w.index.size());
   for (size_t i = 0; i < w.index.size(); ++i) {
-    const float v = w.levels[w.code[i]];
-    if (v == 0.0f) continue;  // a level that is exactly +-0 contributes nothing
     const uint64_t m = w.index[i] / row_len;
+    const float v = w.level(m, w.code[i]);  // alpha[m] * u(code), bit-exact with fmt.dequantize
+    if (v == 0.0f) continue;  // a level that is exactly +-0 contributes nothing
     taps.push_back(uint32_t(w.index[i] - m * row_len));
     vals.push_back(v);
     ++row_start[size_t(m) + 1];

@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   dw.dims = {uint32_t(M), uint32_t(C), uint32_t(K), uint32_t(K)};
   dw.elements = uint64_t(M * C * K * K);
   dw.params.bits = 5;
-  dw.levels.assign(32, 0.5f);
+  dw.alphas.assign(1, 1.0f);
+  dw.units.assign(32, 0.5f);
   const int64_t row = C * K * K;
   std::vector<char> mask(size_t((M + block - 1) / block * row));
   for (auto& m : mask) m = u(rng) >= sparsity;
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
         dw.index.push_back(uint32_t(m * row + i));
         dw.code.push_back(uint8_t(rng() % 32));
       }
-  for (size_t i = 0; i < 32; ++i) dw.levels[i] = float(i) / 32 - 0.5f + 0.01f;
+  for (size_t i = 0; i < 32; ++i) dw.units[i] = float(i) / 32 - 0.5f + 0.01f;
 
   ConvAttrs attrs;
   attrs.strides = {S, S};
