@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ASSETS = REPO.parent / "shared" / "assets"
-DEFAULT_SETTINGS = "5:0.5,5:0.7,5:0.85,7:0.5,7:0.7,7:0.85"
+DEFAULT_SETTINGS = "5:0.5:plain,5:0.5,7:0.5,5:0.7,5:r8:w0,5:r12:w0"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,18 +64,41 @@ PAPER = [
 
 
 def parse_settings(text: str) -> list[dict]:
-    """``"5:0.5,7:0.7:4"`` -> [{bits: 5, sparsity: 0.5, block: 1}, {bits: 7, ..., block: 4}]."""
+    """Comma-separated settings ``bits:amount[:option...]``.
+
+    ``amount`` is a uniform sparsity (``0.7``) or a target weights-only ratio (``r12``, chosen
+    per layer by the allocator). Options: an integer block size (``4``), ``plain`` (no
+    calibration: magnitude pruning and nearest rounding), ``w<x>`` (``--w-sep x``; ``w0`` makes
+    every layer focused), ``perlayer`` (one scale per layer, as in the paper).
+    """
+    usage = "use bits:amount[:option...], e.g. 5:0.7, 5:r12:w0, 5:0.5:plain, 5:0.9:4"
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
-        if len(parts) not in (2, 3):
-            raise SystemExit(f"bad setting {item!r}: use bits:sparsity[:block], e.g. 5:0.7 or 5:0.9:4")
+        if len(parts) < 2:
+            raise SystemExit(f"bad setting {item!r}: {usage}")
+        setting = {"name": item, "bits": 0, "sparsity": None, "target_ratio": None, "block": 1,
+                   "calibrated": True, "w_sep": 2.0, "per_channel": True}
         try:
-            bits, sparsity = int(parts[0]), float(parts[1])
-            block = int(parts[2]) if len(parts) == 3 else 1
+            setting["bits"] = int(parts[0])
+            if parts[1].startswith("r"):
+                setting["target_ratio"] = float(parts[1][1:])
+            else:
+                setting["sparsity"] = float(parts[1])
+            for option in parts[2:]:
+                if option == "plain":
+                    setting["calibrated"] = False
+                elif option == "perlayer":
+                    setting["per_channel"] = False
+                elif option.startswith("w"):
+                    setting["w_sep"] = float(option[1:])
+                else:
+                    setting["block"] = int(option)
         except ValueError:
-            raise SystemExit(f"bad setting {item!r}: use bits:sparsity[:block], e.g. 5:0.7") from None
-        out.append({"bits": bits, "sparsity": sparsity, "block": block})
+            raise SystemExit(f"bad setting {item!r}: {usage}") from None
+        if setting["target_ratio"] is not None and not setting["calibrated"]:
+            raise SystemExit(f"bad setting {item!r}: a target ratio needs calibration (drop 'plain')")
+        out.append(setting)
     if not out:
         raise SystemExit("no settings given")
     return out
@@ -168,14 +191,15 @@ def run(args) -> int:
                          f"{total - args.calib} evaluated" if calib is not None else
                          f"all {total} evaluated, no calibration")
         for s in settings:
-            tag = f"{key}_b{s['bits']}_s{s['sparsity']:g}_g{s['block']}"
+            tag = f"{key}_" + s["name"].replace(":", "_")
             compressed = work / f"{tag}.onnx"
             t0 = time.perf_counter()
-            report = api.convert(model, compressed, sparsity=s["sparsity"], bits=s["bits"],
-                                 block=s["block"], seed=args.seed,
-                                 **({} if calib is None else dict(calib=str(calib),
-                                                                  calib_size=args.calib,
-                                                                  preset="cifar")))
+            calibration = {} if calib is None or not s["calibrated"] else dict(
+                calib=str(calib), calib_size=args.calib, preset="cifar", target_ratio=s["target_ratio"])
+            report = api.convert(model, compressed, sparsity=s["sparsity"] or 0.0, bits=s["bits"],
+                                 block=s["block"], seed=args.seed, w_sep=s["w_sep"],
+                                 per_channel=s["per_channel"], **calibration)
+            s = {**s, "sparsity": report.totals.sparsity}
             convert_s = time.perf_counter() - t0
             print(f"[{tag}] converted in {convert_s:.1f} s: {report.summary()}", flush=True)
             result = evaluate(compressed, model, data, limit=args.limit, scale=255.0, mean=IMAGENET_MEAN,
@@ -217,7 +241,14 @@ def _loadavg() -> float | None:
 
 def _method(settings: dict) -> str:
     text = f"{settings.get('prune_method', 'magnitude')} + {settings.get('rounding', 'nearest')}"
-    return text + (" + bias corr." if settings.get("bias_correction") else "")
+    text += " + bias corr." if settings.get("bias_correction") else ""
+    text += ", per-channel scales" if settings.get("per_channel") else ", per-layer scale"
+    if settings.get("w_sep", 2.0) != 2.0:
+        text += f", w_sep {settings['w_sep']:g}"
+    allocation = settings.get("allocation")
+    if allocation:
+        text += f", allocated for {allocation['target']}"
+    return text
 
 
 def _cpu_name() -> str:
@@ -243,7 +274,7 @@ def _lat(v) -> str:
 
 
 def table_rows(rows: list[dict]) -> list[str]:
-    head = ("| model | baseline top-1 | baseline top-5 | compressed top-1 | compressed top-5 | "
+    head = ("| model | setting | baseline top-1 | baseline top-5 | compressed top-1 | compressed top-5 | "
             "Δ top-1 (95% CI), pp | sparsity | bits | block | weights-only CR | file CR | "
             "latency ratio b1 | latency ratio bN | agreement | SQNR dB |")
     lines = [head, "|" + "|".join(["---"] + ["---:"] * (head.count("|") - 2)) + "|"]
@@ -258,7 +289,7 @@ def table_rows(rows: list[dict]) -> list[str]:
         sp = m["weight_sparsity"]
         sp_text = "-" if sp is None else f"{100 * sp:.1f}%"
         lines.append(
-            f"| {row['title']} | {_pct(ref['top1'])} | {_pct(ref['top5'])} | {_pct(m['top1'])} | "
+            f"| {row['title']} | `{row.get('name', '-')}` | {_pct(ref['top1'])} | {_pct(ref['top5'])} | {_pct(m['top1'])} | "
             f"{_pct(m['top5'])} | {delta} | "
             f"{sp_text} | "
             f"{row['bits']} | {row['block']} | {_x(m['weights_ratio'])} | {_x(c['file_ratio'])} | "

@@ -66,7 +66,7 @@ def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer], block: int)
         if result is not None:
             target.bias = result.bias
             blob = result.layer.encode(block)
-            target.replace(work, blob, {}, fuse_relu=False)
+            target.replace(work, blob, {}, fuse_activation=False)
     rewrite.to_plain(work)
     return gs.export_onnx(work).SerializeToString()
 

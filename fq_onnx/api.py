@@ -120,7 +120,7 @@ def convert(
     pow2_centres: bool = True,
     assign: str = "argmax",
     per_channel: bool = True,
-    fuse_relu: bool = True,
+    fuse_activation: bool = True,
     calib=None,
     calib_size: int = 256,
     preset: str | None = None,
@@ -212,7 +212,7 @@ def convert(
                 "source_op": target.node.op}
         if result.output_error is not None:
             info["out_error"] = result.output_error
-        shift = target.replace(graph, blob, info, fuse_relu)
+        shift = target.replace(graph, blob, info, fuse_activation)
         rows.append(shiftconv_row(shift))
         if progress:
             progress(name, index + 1, len(targets))
@@ -226,7 +226,7 @@ def convert(
 
     settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits, "w_sep": w_sep,
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
-                "assign": assign, "per_channel": per_channel, "fuse_relu": fuse_relu, "prune_method": options.prune_method,
+                "assign": assign, "per_channel": per_channel, "fuse_activation": fuse_activation, "prune_method": options.prune_method,
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
                 "sequential": bool(workdir and sequential),
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,

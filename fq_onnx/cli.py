@@ -87,7 +87,7 @@ def convert(
     pow2_centres: bool = typer.Option(True, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
     assign: str = typer.Option("argmax", help="Component assignment: argmax, sample or nearest."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-layer", help="One scale per output channel, or one per layer (the paper)."),
-    fuse_relu: bool = typer.Option(True, "--fuse-relu/--no-fuse-relu", help="Fuse a following Relu into ShiftConv."),
+    fuse_activation: bool = typer.Option(True, "--fuse-activation/--no-fuse-activation", help="Fuse a following Relu or Clip into ShiftConv."),
     calib: Optional[str] = typer.Option(None, help="Calibration data (npz, image folder, .npy; 'digits' = bundled train split)."),
     calib_size: int = typer.Option(256, help="Calibration samples to use."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing of the calibration data: imagenet, cifar or none."),
@@ -106,7 +106,7 @@ def convert(
     """Compress MODEL into OUTPUT: prune, focus-quantize, Huffman-code, rewrite to ShiftConv."""
     report = api.convert(model, output, sparsity=sparsity, sparsity_file=sparsity_file, bits=bits, w_sep=w_sep,
                          block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
-                         per_channel=per_channel, fuse_relu=fuse_relu, calib=calib, calib_size=calib_size, preset=preset,
+                         per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
                          sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
                          eval_size=eval_size, progress=None if quiet else _progress("compressing"))

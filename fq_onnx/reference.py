@@ -21,7 +21,8 @@ class ShiftConv(OpRun):
     op_domain = "fq_onnx"
 
     def _run(self, X, W, B=None, kind="conv", auto_pad="NOTSET", dilations=None, group=1,
-             kernel_shape=None, pads=None, strides=None, activation="none", **informational):
+             kernel_shape=None, pads=None, strides=None, activation="none", clip_min=None, clip_max=None,
+             **informational):
         weight = self._weight(W)
         if kind == "dense":
             if X.shape[-1] != weight.shape[1]:
@@ -37,6 +38,8 @@ class ShiftConv(OpRun):
             raise ValueError(f"ShiftConv {self.onnx_node.name}: unknown kind {kind!r}")
         if activation == "relu":
             y = np.maximum(y, 0)
+        elif activation == "clip":
+            y = np.clip(y, -np.inf if clip_min is None else clip_min, np.inf if clip_max is None else clip_max)
         elif activation not in (None, "none"):
             raise ValueError(f"ShiftConv {self.onnx_node.name}: unknown activation {activation!r}")
         return (y.astype(np.float32),)

@@ -35,7 +35,8 @@ class Target:
     attrs: dict = field(default_factory=dict)
     transpose_input: bool = False
 
-    def replace(self, graph: gs.Graph, blob: bytes, info: dict, fuse_relu: bool) -> gs.Node:
+    def replace(self, graph: gs.Graph, blob: bytes, info: dict, fuse_activation: bool) -> gs.Node:
+        """Put a ShiftConv in the node's place (fusing a following Relu/Clip when ``fuse_activation``)."""
         """Put a ShiftConv in the node's place; ``info`` adds informational attributes."""
         node = self.node
         data = node.inputs[0]
@@ -47,13 +48,15 @@ class Target:
         if self.bias is not None:
             inputs.append(gs.Constant(f"{node.name}/fq_bias", self.bias.astype(np.float32)))
         attrs = {"kind": self.kind, **self.attrs, **info, "activation": "none"}
+        # a following Relu or Clip is applied in the kernel's output store
         outputs = list(node.outputs)
-        relu = _single_relu_consumer(graph, outputs[0]) if fuse_relu else None
-        if relu is not None:
-            attrs["activation"] = "relu"
-            outputs = list(relu.outputs)
-            relu.outputs = []
-            relu.inputs = []
+        fused = _fusable_activation(graph, outputs[0]) if fuse_activation else None
+        if fused is not None:
+            follower, activation = fused
+            attrs.update(activation)
+            outputs = list(follower.outputs)
+            follower.outputs = []
+            follower.inputs = []
         node.outputs = []
         node.inputs = []
         shift = gs.Node(OP_TYPE, node.name, attrs, inputs, outputs, domain=DOMAIN)
@@ -61,11 +64,28 @@ class Target:
         return shift
 
 
-def _single_relu_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+def _fusable_activation(graph: gs.Graph, tensor: gs.Tensor) -> tuple[gs.Node, dict] | None:
+    """The Relu, or Clip with constant bounds, that alone consumes ``tensor``, and its attributes."""
     if len(tensor.outputs) != 1 or any(tensor is out for out in graph.outputs):
         return None
     consumer = tensor.outputs[0]
-    return consumer if consumer.op == "Relu" and consumer.inputs[0] is tensor else None
+    if not consumer.inputs or consumer.inputs[0] is not tensor:
+        return None
+    if consumer.op == "Relu":
+        return consumer, {"activation": "relu"}
+    if consumer.op == "Clip":
+        bounds = {}
+        for index, key in ((1, "clip_min"), (2, "clip_max")):
+            if len(consumer.inputs) > index and consumer.inputs[index].name:
+                value = constant_value(consumer.inputs[index])
+                if value is None or value.size != 1:
+                    return None
+                bounds[key] = float(value.reshape(()))
+        for key in ("min", "max"):  # Clip-6 and older keep the bounds in attributes
+            if key in consumer.attrs:
+                bounds[f"clip_{key}"] = float(consumer.attrs[key])
+        return consumer, {"activation": "clip", **bounds}
+    return None
 
 
 def _float_weight(value: np.ndarray | None) -> str | None:
@@ -155,7 +175,8 @@ def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
     x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
     outputs = list(node.outputs)
     node.inputs, node.outputs = [], []
-    relu = node.attrs.get("activation", "none") == "relu"
+    activation = node.attrs.get("activation", "none")
+    relu = activation in ("relu", "clip")
     result = gs.Variable(f"{name}/linear_out", dtype=np.float32) if relu else outputs[0]
     if node.attrs.get("kind", "conv") == "conv":
         attrs = {k: node.attrs[k] for k in CONV_ATTRS if k in node.attrs}
@@ -166,8 +187,12 @@ def _plain_node(graph: gs.Graph, node: gs.Node, weight: np.ndarray) -> None:
         graph.nodes.append(gs.Node("MatMul", name, {}, [x, gs.Constant(f"{name}/weight", np.ascontiguousarray(weight.T))], [product]))
         if bias is not None:
             graph.nodes.append(gs.Node("Add", f"{name}/bias_add", {}, [product, bias], [result]))
-    if relu:
+    if activation == "relu":
         graph.nodes.append(gs.Node("Relu", f"{name}/relu", {}, [result], outputs))
+    elif activation == "clip":
+        bounds = [gs.Constant(f"{name}/clip_{k}", np.array(node.attrs.get(f"clip_{k}", default), np.float32))
+                  for k, default in (("min", -np.inf), ("max", np.inf))]
+        graph.nodes.append(gs.Node("Clip", f"{name}/clip", {}, [result, *bounds], outputs))
 
 
 REWRITERS = {"Conv": match_conv, "Gemm": match_gemm, "MatMul": match_matmul}

@@ -198,3 +198,31 @@ def test_bundled_model_converts_and_keeps_accuracy_at_low_sparsity(tmp_path):
     logits = reference.run(str(tmp_path / "d.onnx"), {"input": x})[0]
     original = ort.InferenceSession(str(default_model_path())).run(None, {"input": x})[0]
     assert np.mean(logits.argmax(1) == y) >= np.mean(original.argmax(1) == y) - 0.03
+
+
+@pytest.mark.parametrize("clip_bounds", [(0.0, 6.0), (None, 1.0), (-1.0, None)])
+def test_following_clip_is_fused(tmp_path, rng, clip_bounds):
+    from onnx import TensorProto, helper
+
+    model = conv_model((1, 4, 6, 6), (5, 4, 3, 3), rng, pads=[1, 1, 1, 1])
+    graph = model.graph
+    graph.node[-1].input[0] = "clipped"  # out: Identity(clipped)
+    names = []
+    for key, value in zip(("lo", "hi"), clip_bounds):
+        if value is None:
+            names.append("")
+        else:
+            graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), key))
+            names.append(key)
+    while names and names[-1] == "":
+        names.pop()
+    clip = helper.make_node("Clip", ["c", *names], ["clipped"], name="clip")
+    graph.node.insert(len(graph.node) - 1, clip)
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32) * 3
+    _, got, original = check_conversion(tmp_path, model, x, sparsity=0.0, bits=7)
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [n.op_type for n in out.graph.node] == ["ShiftConv", "Identity"]
+    if clip_bounds[0] is not None:
+        assert got.min() >= clip_bounds[0]
+    if clip_bounds[1] is not None:
+        assert got.max() <= clip_bounds[1]
