@@ -26,8 +26,23 @@ def magnitude_mask(weight: np.ndarray, sparsity: float, block: int = 1) -> np.nd
     scores = padded.reshape(groups, block, -1).sum(axis=1) / group_sizes[:, None]
     keep_count = int(round((1.0 - sparsity) * scores.size))
     keep_count = min(max(keep_count, 1), scores.size)
-    order = np.argsort(-scores.ravel(), kind="stable")
-    keep = np.zeros(scores.size, dtype=bool)
-    keep[order[:keep_count]] = True
+    keep = _top_k(scores.ravel(), keep_count)
     keep = keep.reshape(groups, 1, -1).repeat(block, axis=1).reshape(groups * block, -1)[:rows]
     return keep.reshape(weight.shape) & (weight != 0)
+
+
+def _top_k(scores: np.ndarray, count: int) -> np.ndarray:
+    """Mask of the ``count`` largest scores; among equal scores the earlier positions win.
+
+    A partition instead of a full sort: large layers are pruned in linear time.
+    """
+    keep = np.zeros(scores.size, dtype=bool)
+    if count >= scores.size:
+        keep[:] = True
+        return keep
+    threshold = np.partition(scores, scores.size - count)[scores.size - count]
+    above = scores > threshold
+    ties = np.flatnonzero(scores == threshold)[: count - int(above.sum())]
+    keep[above] = True
+    keep[ties] = True
+    return keep
