@@ -216,4 +216,20 @@ def find_targets(graph: gs.Graph, exclude: tuple[str, ...] = ()) -> tuple[list[T
             skipped.append((node.name, node.op, result))
         else:
             targets.append(result)
+    skipped.extend(_inside_subgraphs(graph))
     return targets, skipped
+
+
+def _inside_subgraphs(graph: gs.Graph, owner: str = "") -> list[tuple[str, str, str]]:
+    """Weight ops inside If/Loop/Scan bodies: listed, not compressed (control flow is kept)."""
+    found = []
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            bodies = value if isinstance(value, list) else [value]
+            for body in bodies:
+                if isinstance(body, gs.Graph):
+                    where = f"{owner}{node.op} {node.name}"
+                    found += [(n.name, n.op, f"inside the body of {where} (control flow is left as it is)")
+                              for n in body.nodes if n.op in REWRITERS]
+                    found += _inside_subgraphs(body, f"{where} > ")
+    return found
