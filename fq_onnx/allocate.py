@@ -23,6 +23,7 @@ from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
 GAIN_SAMPLES = 128  # calibration inputs used to measure the gains
+FLOAT = -1.0  # the plan entry of a layer left uncompressed (float32 weights, no error)
 
 
 @dataclass
@@ -42,8 +43,13 @@ class LayerCurve:
 
 
 def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], options: LayerOptions,
-                 grid=SPARSITY_GRID, progress: Callable[[str, int, int], None] | None = None) -> list[LayerCurve]:
-    """Compress every layer alone at every grid sparsity; record bytes and output error."""
+                 grid=SPARSITY_GRID, progress: Callable[[str, int, int], None] | None = None,
+                 keep_float: bool = True) -> list[LayerCurve]:
+    """Compress every layer alone at every grid sparsity; record bytes and output error.
+
+    With ``keep_float`` leaving a layer uncompressed (``FLOAT``: 4 bytes a weight, no error)
+    is one more choice, which the search takes for fragile layers that weigh little.
+    """
     curves = []
     for index, target in enumerate(targets):
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
@@ -52,6 +58,8 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
             curve.bytes[sparsity] = len(result.layer.encode(options.block))
             curve.errors[sparsity] = result.output_error
             curve.results[sparsity] = result
+        if keep_float:
+            curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
         curves.append(curve)
         if progress:
             progress(target.node.name, index + 1, len(targets))
@@ -90,7 +98,8 @@ def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[L
     reference = run_model(gs.export_onnx(graph).SerializeToString(), inputs)
     for index, (target, curve) in enumerate(zip(targets, curves)):
         name = target.node.name
-        probe = max((s for s in curve.errors if s <= GAIN_PROBE_SPARSITY), default=min(curve.errors))
+        probe = max((s for s in curve.errors if FLOAT < s <= GAIN_PROBE_SPARSITY),
+                    default=min(s for s in curve.errors if s != FLOAT))
         out = run_model(plain_model(graph, {name: curve.results[probe]}, block), inputs)
         error = max(curve.errors[probe], 1e-6)
         curve.gain = noise(reference, out) / error**2
@@ -152,7 +161,8 @@ class Allocation:
     message: str
 
     def to_dict(self) -> dict:
-        return {"plan": self.plan, "target": self.target, "met": self.met, "message": self.message,
+        plan = {name: "float" if s == FLOAT else s for name, s in self.plan.items()}
+        return {"plan": plan, "target": self.target, "met": self.met, "message": self.message,
                 "trials": [t.__dict__ for t in self.trials]}
 
 

@@ -132,6 +132,7 @@ def convert(
     max_drop: float | None = None,
     data=None,
     eval_size: int = 1000,
+    keep_float: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
@@ -156,6 +157,7 @@ def convert(
     estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
     top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
     Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
+    With ``keep_float`` the allocator may leave a fragile layer that weighs little uncompressed.
     """
     _check_options(sparsity, bits, w_sep, block, assign)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
@@ -192,7 +194,7 @@ def convert(
     allocation = None
     if target_ratio is not None or max_drop is not None:
         allocation = _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data,
-                               preset, eval_size, progress)
+                               preset, eval_size, keep_float, progress)
         per_layer = dict(allocation.plan)
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
@@ -203,6 +205,8 @@ def convert(
             current = graph.copy()
             rewrite.to_plain(current)
             layer_stats = collect(current, [target])[name]
+        if allocation and allocation.results[name] is None:
+            continue  # the allocator keeps this layer in float
         result = allocation.results[name] if allocation else compress_layer(
             target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
         layer = result.layer
@@ -255,7 +259,7 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
 
 
 def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data, preset,
-              eval_size, progress) -> allocate.Allocation:
+              eval_size, keep_float, progress) -> allocate.Allocation:
     """Measure every layer's trade-off curve and gain, then search the per-layer sparsity."""
     if not stats:
         raise FqOnnxError("--target-ratio and --max-drop need calibration data (--calib)")
@@ -272,7 +276,7 @@ def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max
         evaluation = _arrays(model, data, preset, eval_size)
         if evaluation[1] is None:
             raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
-    curves = allocate.layer_curves(targets, stats, options,
+    curves = allocate.layer_curves(targets, stats, options, keep_float=keep_float,
                                    progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
     excluded = graph.copy()

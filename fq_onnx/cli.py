@@ -100,6 +100,7 @@ def convert(
     max_drop: Optional[float] = typer.Option(None, help="Largest ratio with top-1 drop <= this many points on --data (needs --calib)."),
     data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
     eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
+    keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
 ) -> None:
@@ -109,7 +110,7 @@ def convert(
                          per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
                          sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
-                         eval_size=eval_size, progress=None if quiet else _progress("compressing"))
+                         eval_size=eval_size, keep_float=keep_float, progress=None if quiet else _progress("compressing"))
     allocation = report.settings.get("allocation")
     if allocation:
         for trial in allocation["trials"]:

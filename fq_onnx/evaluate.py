@@ -700,12 +700,14 @@ print(json.dumps({"before": before, "after_session": after_session, "peak": peak
 def _measure_memory(path: str, io: _IO, batch: int, threads: int | None,
                     timeout: float = 900.0) -> MemoryStats:
     shape = [batch if i == 0 else (d if d is not None else 1) for i, d in enumerate(io.input_shape)]
-    cmd = [sys.executable, "-c", _MEMORY_CHILD, str(path), io.input_name, json.dumps(shape),
+    cmd = [sys.executable, "-c", _MEMORY_CHILD, str(Path(path).resolve()), io.input_name, json.dumps(shape),
            io.input_dtype, "none" if threads is None else str(threads)]
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[1])  # import the same fq_onnx as this process
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    # `python -c` puts the working directory first on sys.path: run from pkg_root so a source
+    # checkout in the caller's directory cannot shadow the installed package.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=pkg_root)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"memory subprocess failed: {tail[0]}")
