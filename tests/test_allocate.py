@@ -79,3 +79,11 @@ def test_sensitivity_table_sorted_most_sensitive_first():
     assert report.rows[0]["node"] == "stem/conv"  # 288 weights feeding everything: the most fragile
     entry = report.rows[0]["by_sparsity"]["0.9"]
     assert entry["drop"] > 0 and np.isfinite(entry["sqnr_db"])
+
+
+def test_a_fragile_small_layer_can_stay_float():
+    fragile = curve("first", 1_000, 1000.0, 1.0)
+    fragile.bytes[allocate.FLOAT], fragile.errors[allocate.FLOAT] = 1_000, 0.0
+    big = curve("big", 400_000, 0.1, 1.0)
+    plan = allocate.plan_for_budget([fragile, big], 30_000)
+    assert plan["first"] == allocate.FLOAT and plan["big"] > 0
