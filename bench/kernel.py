@@ -432,6 +432,8 @@ def bench_layers(args, out):
     rows = []
     settings = [(s, b) for s in args.sparsities for b in args.blocks]
     for name, c_in, c_out, size, k, stride in LAYERS[: (2 if args.quick else None)]:
+        if args.only and not any(o in name for o in args.only):
+            continue
         for batch in args.batches:
             for sparsity, block in settings:
                 orig, comp = layer_pair(c_in, c_out, size, k, stride, sparsity, block)
@@ -463,6 +465,8 @@ def bench_models(args, out):
     settings = [(s, b) for s in args.model_sparsities for b in args.blocks]
     with tempfile.TemporaryDirectory() as tmp:
         for name, factory in whole_models(args)[: (1 if args.quick else None)]:
+            if args.only and not any(o in name for o in args.only):
+                continue
             for sparsity, block in settings:
                 orig, comp = factory(sparsity, block)
                 po, pc = Path(tmp) / "orig.onnx", Path(tmp) / "comp.onnx"
@@ -529,6 +533,8 @@ def main(argv=None):
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
     p.add_argument("--model-sparsities", type=float, nargs="+", default=[0.8, 0.85, 0.9])
     p.add_argument("--blocks", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--only", type=str, nargs="+", default=None,
+                   help="run only layers / models whose name contains one of these strings")
     p.add_argument("--markdown", type=str, default=None, help="also write the tables as markdown here")
     args = p.parse_args(argv)
     if args.quick:

@@ -307,6 +307,56 @@ def test_random_shapes_match_reference():
         assert_close(y, ref, x, weight)
 
 
+@pytest.mark.parametrize("mode", ["auto", "rows", "flat", "0"])
+def test_depthwise_direct_path_matches_reference(mode, monkeypatch):
+    """Depthwise convs run unpacked (kernel DepthwiseArgs): strides 1-3, dilation, asymmetric
+    pads, 1-D, rows wider than a vector and rows with all-padding taps, every CPU path, with the
+    per-row and the flat (AVX-512) kernels forced by FQ_ONNX_DEPTHWISE and the packed path."""
+    if mode != "auto":
+        monkeypatch.setenv("FQ_ONNX_DEPTHWISE", mode)
+    rng = np.random.default_rng(99)
+    for trial in range(24):
+        spatial = 1 if trial % 5 == 4 else 2
+        c = int(rng.integers(1, 9))
+        k = [int(rng.integers(1, 6)) for _ in range(spatial)]
+        s = [int(rng.integers(1, 4)) for _ in range(spatial)]
+        d = [int(rng.integers(1, 3)) for _ in range(spatial)]
+        size = [int(rng.integers(dk * (kk - 1) + 1, dk * (kk - 1) + 40)) for kk, dk in zip(k, d)]
+        pads = [int(rng.integers(0, 4)) for _ in range(2 * spatial)]
+        batch = int(rng.integers(1, 4))
+        x_shape = (batch, c, *size)
+        blob = make_blob(rng, (c, 1, *k), sparsity=float(rng.uniform(0, 0.9)), mode=int(rng.integers(0, 2)),
+                         per_row=trial % 2 == 0)
+        weight = fmt.dequantize(blob)
+        bias = rng.standard_normal(c).astype(np.float32) if trial % 3 else None
+        activation = ("none", "relu")[trial % 2]
+        model = shiftconv_model(blob, x_shape, bias=bias, activation=activation, strides=s, dilations=d,
+                                pads=pads, group=c)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            y = run_shiftconv(model, x, threads=1 + trial % 2, kernel=kernel)
+            assert_close(y, ref, x, weight)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_few_row_dense_matvec_matches_reference(rows):
+    """Dense inputs of at most 2 rows use sparse_matvec (inline, and split over threads when
+    large); 3 rows take the tiled path. Grouped (block) and unstructured masks."""
+    rng = np.random.default_rng(40 + rows)
+    for w_shape, sparsity, block in (((40, 24), 0.6, 1), ((520, 1024), 0.5, 1), ((512, 600), 0.7, 4)):
+        blob = make_blob(rng, w_shape, sparsity=sparsity, block=block, per_row=block == 4)
+        weight = fmt.dequantize(blob)
+        x_shape = (rows, w_shape[1])
+        bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+        model = shiftconv_model(blob, x_shape, bias=bias, kind="dense", activation="relu")
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            for threads in (1, 2):
+                assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), ref, x, weight)
+
+
 def test_sparsity_extremes_and_blocks():
     """All-zero, fully dense and block-structured weights (the grouped and dense paths)."""
     rng = np.random.default_rng(5)

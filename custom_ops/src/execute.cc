@@ -10,7 +10,7 @@ namespace {
 
 // Column stride 2: one pass over each input row writes both column phases (even and odd
 // columns), instead of two strided gathers.
-void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c) {
+void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, DeinterleaveFn deinterleave) {
   const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
   for (int64_t ph = 0; ph < p.sh; ++ph) {
     const int32_t s0 = p.phase_slot[size_t(ph * 2)], s1 = p.phase_slot[size_t(ph * 2 + 1)];
@@ -46,7 +46,9 @@ void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c) {
         };
         for (int64_t k = 0; k < j_lo; ++k) edge(k);
         const float* s = src - pl;
-        if (r0 && r1) {
+        if (deinterleave) {
+          if (j_hi > j_lo) deinterleave(s + 2 * j_lo, r0 ? r0 + j_lo : nullptr, r1 ? r1 + j_lo : nullptr, j_hi - j_lo);
+        } else if (r0 && r1) {
           for (int64_t k = j_lo; k < j_hi; ++k) {
             r0[k] = s[2 * k];
             r1[k] = s[2 * k + 1];
@@ -64,7 +66,8 @@ void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c) {
 
 }  // namespace
 
-void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end) {
+void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end,
+                const KernelTable* kt) {
   if (p.dense) {
     // X is [rows][K]; the kernels want [K][rows] so that consecutive rows are one vector.
     const int64_t rows = p.W, K = p.C;
@@ -81,7 +84,7 @@ void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, i
     // Channels no tap reads (sparse depthwise layers have many) are never loaded.
     if (!p.channel_used[size_t(c)]) continue;
     if (p.sw == 2 && p.phase_slot.size() == size_t(2 * p.sh)) {
-      pack_channel_sw2(p, x, packed, c);
+      pack_channel_sw2(p, x, packed, c, kt ? kt->deinterleave : nullptr);
       continue;
     }
     for (int64_t ph = 0; ph < p.sh; ++ph) {
@@ -169,27 +172,41 @@ float* scratch(size_t floats) {
   return buf.reserve(floats);
 }
 
-// Sub-tile kernel for a group: the widest V <= tile/lanes that the ISA table provides.
-struct SubKernel {
-  TileFn fn;
-  int64_t width;  // floats per call
+// A tile of a group's rows as near-equal sub-tiles of at most the widest V the ISA table has
+// for g rows (a 14-vector tile of 4 rows runs as 5 + 5 + 4 vectors).
+struct TileSplit {
+  TileFn fn[17];
+  int64_t width[17];  // floats per call
+  int n = 0;
 };
 
-SubKernel sub_kernel(const KernelTable& kt, int g, int64_t tile) {
+TileSplit split_tile(const KernelTable& kt, int g, int64_t tile) {
   const int gi = g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0;
-  int vi = 4;
-  while (vi > 0 && (int64_t(1) << vi) * kt.lanes > tile) --vi;
-  while (vi > 0 && kt.fn[gi][vi] == nullptr) --vi;
-  return SubKernel{kt.fn[gi][vi], int64_t(1 << vi) * kt.lanes};
+  const int64_t vectors = tile / kt.lanes;
+  int64_t vmax = std::min<int64_t>(16, vectors);
+  while (vmax > 1 && kt.fn[gi][vmax] == nullptr) --vmax;
+  TileSplit sp;
+  sp.n = int((vectors + vmax - 1) / vmax);
+  const int64_t base = vectors / sp.n, extra = vectors % sp.n;
+  for (int i = 0; i < sp.n; ++i) {
+    const int64_t v = base + (i < extra ? 1 : 0);
+    sp.fn[i] = kt.fn[gi][v];
+    sp.width[i] = v * kt.lanes;
+  }
+  return sp;
 }
 
-void accumulate_group(const SubKernel& k, const float* in_tile, const int32_t* off, const float* w, size_t n,
+void accumulate_group(const TileSplit& k, const float* in_tile, const int32_t* off, const float* w, size_t n,
                       float* acc, int64_t tile, int accumulate) {
-  for (int64_t s = 0; s < tile; s += k.width) k.fn(in_tile + s, off, w, n, acc + s, size_t(tile), accumulate);
+  int64_t s = 0;
+  for (int i = 0; i < k.n; ++i) {
+    k.fn[i](in_tile + s, off, w, n, acc + s, size_t(tile), accumulate);
+    s += k.width[i];
+  }
 }
 
 void store_group(const Plan& p, const RowGroup& rg, const float* acc, int64_t tile_index, const Epilogue& ep,
-                 float* y) {
+                 StoreFn store, float* y) {
   const Segment* seg = p.segments.data() + p.seg_ptr[size_t(tile_index)];
   const Segment* seg_end = p.segments.data() + p.seg_ptr[size_t(tile_index) + 1];
   for (int j = 0; j < rg.g; ++j) {
@@ -201,7 +218,7 @@ void store_group(const Plan& p, const RowGroup& rg, const float* acc, int64_t ti
       const float* src = a + s->q_local;
       float* dst = ym + s->out;
       if (p.p_stride == 1) {
-        for (int32_t i = 0; i < s->len; ++i) dst[i] = std::min(std::max(src[i] + b, ep.lo), ep.hi);
+        store(src, dst, s->len, b, ep.lo, ep.hi);
       } else {
         for (int32_t i = 0; i < s->len; ++i) dst[i * p.p_stride] = std::min(std::max(src[i] + b, ep.lo), ep.hi);
       }
@@ -225,16 +242,17 @@ void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, cons
   int64_t rows = 0;
   for (size_t r = r_begin; r < r_end; ++r) rows += sw.groups[r].g;
   float* acc_all = scratch(size_t((K == 1 ? 8 : rows) * T));
+  const TileSplit splits[4] = {split_tile(kt, 1, T), split_tile(kt, 2, T), split_tile(kt, 4, T), split_tile(kt, 8, T)};
+  auto split_for = [&](int g) -> const TileSplit& { return splits[g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0]; };
 
   for (int64_t t = t_begin; t < t_end; ++t) {
     const float* in_tile = packed + t * T;
     if (K == 1) {
       for (size_t r = r_begin; r < r_end; ++r) {
         const RowGroup& rg = sw.groups[r];
-        const SubKernel k = sub_kernel(kt, rg.g, T);
-        accumulate_group(k, in_tile, p.offsets.data() + rg.tap_begin, sw.weights.data() + rg.w_begin,
+        accumulate_group(split_for(rg.g), in_tile, p.offsets.data() + rg.tap_begin, sw.weights.data() + rg.w_begin,
                          rg.tap_end - rg.tap_begin, acc_all, T, 0);
-        store_group(p, rg, acc_all, t, ep, y);
+        store_group(p, rg, acc_all, t, ep, kt.store, y);
       }
       continue;
     }
@@ -247,8 +265,7 @@ void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, cons
         const uint32_t* ptr = &p.chunk_ptr[r * size_t(K + 1)];
         const uint32_t b = ptr[c], e = ptr[c + 1];
         if (b != e || c == 0) {
-          const SubKernel k = sub_kernel(kt, rg.g, T);
-          accumulate_group(k, in_tile, p.offsets.data() + b,
+          accumulate_group(split_for(rg.g), in_tile, p.offsets.data() + b,
                            sw.weights.data() + rg.w_begin + uint64_t(b - rg.tap_begin) * uint64_t(rg.g), e - b,
                            acc, T, c > 0);
         }
@@ -257,8 +274,47 @@ void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, cons
     }
     float* acc = acc_all;
     for (size_t r = r_begin; r < r_end; ++r) {
-      store_group(p, sw.groups[r], acc, t, ep, y);
+      store_group(p, sw.groups[r], acc, t, ep, kt.store, y);
       acc += int64_t(sw.groups[r].g) * T;
+    }
+  }
+}
+
+void sparse_matvec(const SparseWeight& sw, const float* x, int64_t rows, size_t r_begin, size_t r_end,
+                   const Epilogue& ep, float* y) {
+  const int64_t K = sw.Cg, M = sw.M;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * K;
+    float* yr = y + r * M;
+    for (size_t gi = r_begin; gi < r_end; ++gi) {
+      const RowGroup& rg = sw.groups[gi];
+      const uint32_t* tap = sw.taps.data() + rg.tap_begin;
+      const float* w = sw.weights.data() + rg.w_begin;
+      const size_t n = rg.tap_end - rg.tap_begin;
+      float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (rg.g == 1) {
+        // Four independent chains: the taps' gathers of x overlap.
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        size_t t = 0;
+        for (; t + 4 <= n; t += 4) {
+          s0 += w[t] * xr[tap[t]];
+          s1 += w[t + 1] * xr[tap[t + 1]];
+          s2 += w[t + 2] * xr[tap[t + 2]];
+          s3 += w[t + 3] * xr[tap[t + 3]];
+        }
+        for (; t < n; ++t) s0 += w[t] * xr[tap[t]];
+        sum[0] = (s0 + s1) + (s2 + s3);
+      } else {
+        for (size_t t = 0; t < n; ++t) {
+          const float xv = xr[tap[t]];
+          for (int j = 0; j < rg.g; ++j) sum[j] += w[t * size_t(rg.g) + size_t(j)] * xv;
+        }
+      }
+      for (int j = 0; j < rg.g; ++j) {
+        const int64_t m = rg.m0 + j;
+        const float v = sum[j] + (ep.bias ? ep.bias[m] : 0.0f);
+        yr[m] = std::min(std::max(v, ep.lo), ep.hi);
+      }
     }
   }
 }

@@ -32,7 +32,9 @@ class AlignedFloats {
 };
 
 // Packs input channels [c_begin, c_end) of X into the plan's zero-padded, phase-split layout.
-void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end);
+// `kt` (optional) supplies the ISA's row deinterleave for column stride 2.
+void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end,
+                const KernelTable* kt = nullptr);
 // Zeroes the tail after the last channel (read by the last tile's garbage lanes).
 void zero_packed_tail(const Plan& p, float* packed);
 
@@ -55,5 +57,11 @@ struct Epilogue {
 // Computes the output pixels of one task and stores them (bias and ReLU applied) into y.
 void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, const TaskGrid& grid,
               int64_t task, const float* packed, const Epilogue& ep, float* y);
+
+// Dense kind with few rows (a batch-1 Gemm): X [rows][K] times the sparse rows directly, one
+// output per (row, output feature), for the row groups [r_begin, r_end) of sw. A tile of
+// vectors would be mostly padding there.
+void sparse_matvec(const SparseWeight& sw, const float* x, int64_t rows, size_t r_begin, size_t r_end,
+                   const Epilogue& ep, float* y);
 
 }  // namespace fq

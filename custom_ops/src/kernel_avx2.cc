@@ -2,12 +2,15 @@
 // entered only after cpu_features.cc confirmed both.
 #include <immintrin.h>
 
+#include <utility>
+
 #include "kernels.h"
 
 namespace fq {
 namespace {
 
 struct Avx2 {
+  static constexpr int kRegs = 16;
   static constexpr int kLanes = 8;
   using Reg = __m256;
   static Reg zero() { return _mm256_setzero_ps(); }
@@ -16,6 +19,40 @@ struct Avx2 {
   static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.
+  // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
+  static Reg load_lanes(const float* p, int64_t stride, int lo, int hi) {
+    if (stride == 1 && lo == 0 && hi == kLanes) return load(p);
+    alignas(64) float t[kLanes] = {};
+    for (int i = lo; i < hi; ++i) t[i] = p[i * stride];
+    return load(t);
+  }
+  static constexpr DepthwiseFn depthwise_flat = nullptr;
+  static void store_run(const float* src, float* dst, int64_t len, float b, float lo, float hi) {
+    const __m256 vb = _mm256_set1_ps(b), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+      const __m256 x = _mm256_add_ps(_mm256_loadu_ps(src + i), vb);
+      _mm256_storeu_ps(dst + i, _mm256_min_ps(vhi, _mm256_max_ps(vlo, x)));
+    }
+    for (; i < len; ++i) {
+      const float x = src[i] + b;
+      const float y = x < lo ? lo : x;
+      dst[i] = hi < y ? hi : y;
+    }
+  }
+  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) {
+    if (r0 && r1) {
+      for (int64_t k = 0; k < n; ++k) {
+        r0[k] = s[2 * k];
+        r1[k] = s[2 * k + 1];
+      }
+    } else if (r0) {
+      for (int64_t k = 0; k < n; ++k) r0[k] = s[2 * k];
+    } else if (r1) {
+      for (int64_t k = 0; k < n; ++k) r1[k] = s[2 * k + 1];
+    }
+  }
 };
 
 #include "kernel_impl.h"

@@ -44,17 +44,95 @@ void tile_kernel(const float* in, const int32_t* off, const float* w, size_t n, 
   }
 }
 
-// Fills table->fn for the (g, V) pairs with g * V <= max_acc accumulators.
+// Depthwise plane (kernels.h: DepthwiseArgs). Each vector of output pixels keeps its sum in a
+// register over the (few) taps; lanes whose input column is padding load zero.
+// SW > 0: the column stride as a constant (no divisions in the inner loop); SW = 0: a.sw.
+// Up to R vectors of one output row are summed at once (independent FMA chains) while the
+// taps stream by; lanes whose input column is padding load zero.
+template <class VT, int SW>
+void depthwise_plane_sw(const DepthwiseArgs& a) {
+  constexpr int L = VT::kLanes;
+  constexpr int R = 8;
+  const int64_t sw = SW > 0 ? SW : a.sw;
+  alignas(64) float tmp[R * L];
+  for (int64_t oh = 0; oh < a.OH; ++oh) {
+    float* yrow = a.y + oh * a.OW;
+    for (int64_t o0 = 0; o0 < a.OW; o0 += R * L) {
+      const int64_t cnt = a.OW - o0 < R * L ? a.OW - o0 : R * L;
+      const int64_t nv = (cnt + L - 1) / L;
+      typename VT::Reg acc[R];
+      for (int v = 0; v < R; ++v) acc[v] = VT::zero();
+      for (size_t t = 0; t < a.n; ++t) {
+        const int64_t iy = oh * a.sh + a.dy[t] - a.pad_top;
+        if (iy < 0 || iy >= a.H) continue;
+        // Output columns [ow_lo, ow_hi) of this tap read inside the row.
+        const int64_t c0 = a.dx[t] - a.pad_left;  // input column of output column 0
+        const int64_t ow_lo = c0 < 0 ? (-c0 + sw - 1) / sw : 0;
+        const int64_t ow_hi = a.W - 1 - c0 < 0 ? 0 : (a.W - 1 - c0) / sw + 1;
+        const typename VT::Reg wb = VT::set1(a.w[t]);
+        const float* row = a.x + iy * a.W + c0;
+        for (int v = 0; v < R; ++v) {
+          if (v >= nv) break;
+          const int64_t p0 = o0 + v * L;
+          const float* src = row + p0 * sw;
+          if (p0 >= ow_lo && p0 + L <= ow_hi) {
+            acc[v] = VT::fma(wb, VT::load_lanes(src, sw, 0, L), acc[v]);
+            continue;
+          }
+          const int64_t lo = ow_lo - p0 > 0 ? ow_lo - p0 : 0;
+          const int64_t c = cnt - v * L < L ? cnt - v * L : L;
+          const int64_t hi = ow_hi - p0 < c ? ow_hi - p0 : c;
+          if (lo >= hi) continue;
+          acc[v] = VT::fma(wb, VT::load_lanes(src, sw, int(lo), int(hi)), acc[v]);
+        }
+      }
+      for (int v = 0; v < R; ++v) {
+        if (v >= nv) break;
+        VT::store(tmp + v * L, acc[v]);
+      }
+      VT::store_run(tmp, yrow + o0, cnt, a.b, a.lo, a.hi);
+    }
+  }
+}
+
+template <class VT>
+void depthwise_plane(const DepthwiseArgs& a) {
+  if (a.sw == 1) {
+    depthwise_plane_sw<VT, 1>(a);
+  } else if (a.sw == 2) {
+    depthwise_plane_sw<VT, 2>(a);
+  } else {
+    depthwise_plane_sw<VT, 0>(a);
+  }
+}
+
+template <class VT, int G, int V, int MaxAcc>
+constexpr TileFn pick_kernel() {
+  if constexpr (G * V <= MaxAcc && (G == 1 ? V + 1 : (G + 1) * V + 1) <= VT::kRegs) {
+    return &tile_kernel<VT, G, V>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <class VT, int G, int MaxAcc, int... I>
+constexpr void fill_row_impl(TileFn* row, std::integer_sequence<int, I...>) {
+  ((row[I + 1] = pick_kernel<VT, G, I + 1, MaxAcc>()), ...);
+}
+
+template <class VT, int G, int MaxAcc>
+constexpr void fill_row(TileFn* row) {
+  fill_row_impl<VT, G, MaxAcc>(row, std::make_integer_sequence<int, 16>());
+}
+
+// Fills the table for every (g, V) that fits MaxAcc accumulators and VT::kRegs registers.
 template <class VT, int MaxAcc>
 constexpr KernelTable make_table(const char* name) {
-  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}};
-#define FQ_SET(gi, vi, G, V) t.fn[gi][vi] = (G * V <= MaxAcc) ? &tile_kernel<VT, G, V> : nullptr;
-  FQ_SET(0, 0, 1, 1) FQ_SET(0, 1, 1, 2) FQ_SET(0, 2, 1, 4) FQ_SET(0, 3, 1, 8)
-  FQ_SET(1, 0, 2, 1) FQ_SET(1, 1, 2, 2) FQ_SET(1, 2, 2, 4) FQ_SET(1, 3, 2, 8)
-  FQ_SET(2, 0, 4, 1) FQ_SET(2, 1, 4, 2) FQ_SET(2, 2, 4, 4) FQ_SET(2, 3, 4, 8)
-  FQ_SET(3, 0, 8, 1) FQ_SET(3, 1, 8, 2) FQ_SET(3, 2, 8, 4) FQ_SET(3, 3, 8, 8)
-  // 16-vector tiles only for single rows: more FMAs per tap and half the tap-list passes.
-  FQ_SET(0, 4, 1, 16) t.fn[1][4] = t.fn[2][4] = t.fn[3][4] = nullptr;
-#undef FQ_SET
+  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, &VT::deinterleave, &depthwise_plane<VT>,
+                 VT::depthwise_flat};
+  fill_row<VT, 1, MaxAcc>(t.fn[0]);
+  fill_row<VT, 2, MaxAcc>(t.fn[1]);
+  fill_row<VT, 4, MaxAcc>(t.fn[2]);
+  fill_row<VT, 8, MaxAcc>(t.fn[3]);
   return t;
 }

@@ -1,11 +1,14 @@
 // Portable path: plain C++ over 8-float "vectors" (the compiler maps them to whatever the
 // baseline ISA offers). Used on CPUs without AVX2+FMA and forced in tests (FQ_ONNX_KERNEL=scalar).
+#include <utility>
+
 #include "kernels.h"
 
 namespace fq {
 namespace {
 
 struct Scalar8 {
+  static constexpr int kRegs = 1000;
   static constexpr int kLanes = 8;
   struct Reg {
     float f[8];
@@ -29,6 +32,32 @@ struct Scalar8 {
     Reg r;
     for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] * b.f[i] + c.f[i];
     return r;
+  }
+  // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
+  static Reg load_lanes(const float* p, int64_t stride, int lo, int hi) {
+    alignas(64) float t[kLanes] = {};
+    for (int i = lo; i < hi; ++i) t[i] = p[i * stride];
+    return load(t);
+  }
+  static constexpr DepthwiseFn depthwise_flat = nullptr;
+  static void store_run(const float* src, float* dst, int64_t len, float b, float lo, float hi) {
+    for (int64_t i = 0; i < len; ++i) {
+      const float x = src[i] + b;
+      const float y = x < lo ? lo : x;
+      dst[i] = hi < y ? hi : y;
+    }
+  }
+  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) {
+    if (r0 && r1) {
+      for (int64_t k = 0; k < n; ++k) {
+        r0[k] = s[2 * k];
+        r1[k] = s[2 * k + 1];
+      }
+    } else if (r0) {
+      for (int64_t k = 0; k < n; ++k) r0[k] = s[2 * k];
+    } else if (r1) {
+      for (int64_t k = 0; k < n; ++k) r1[k] = s[2 * k + 1];
+    }
   }
 };
 

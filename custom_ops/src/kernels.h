@@ -16,13 +16,44 @@ namespace fq {
 using TileFn = void (*)(const float* in, const int32_t* off, const float* w, size_t n, float* acc,
                         size_t acc_stride, int accumulate);
 
+// Stores one contiguous run of outputs: dst[i] = min(max(src[i] + b, lo), hi), 0 <= i < len
+// (the bias and the fused ReLU/Clip of the output store; NaN propagates as in the scalar form).
+using StoreFn = void (*)(const float* src, float* dst, int64_t len, float b, float lo, float hi);
+
+// Splits a row into its even and odd columns: r0[k] = s[2k], r1[k] = s[2k + 1], 0 <= k < n;
+// r0 or r1 may be null (phase not used). Reads s[0 .. 2n) only.
+using DeinterleaveFn = void (*)(const float* s, float* r0, float* r1, int64_t n);
+
+// One (image, channel) plane of a depthwise conv (one input channel per output channel), read
+// straight from X without packing: y[oh * OW + ow] = clamp(b + sum_t w[t] * x[iy * W + ix]) with
+// iy = oh * sh + dy[t] - pad_top, ix = ow * sw + dx[t] - pad_left, out-of-image terms omitted.
+struct DepthwiseArgs {
+  const float* x;
+  float* y;
+  int64_t H, W, OH, OW, sh, sw, pad_top, pad_left;
+  const int32_t* dy;  // per tap: ky * dilation_h
+  const int32_t* dx;  // per tap: kx * dilation_w
+  const float* w;
+  size_t n;
+  float b, lo, hi;
+};
+using DepthwiseFn = void (*)(const DepthwiseArgs& a);
+
 struct KernelTable {
   const char* name;   // "scalar", "avx2", "avx512"
   int lanes;          // floats per vector register
   int max_vectors;    // vectors in the widest tile (the tile size is max_vectors * lanes)
-  // fn[log2 g][log2 V] for g in {1, 2, 4, 8} and V in {1, 2, 4, 8, 16}; null where g * V
-  // accumulators would not fit the register file (the driver then uses a smaller V).
-  TileFn fn[4][5];
+  // fn[log2 g][V] for g in {1, 2, 4, 8} and V in 1..16 (fn[.][0] is null); null where the
+  // g * V accumulators (and, for g > 1, the V input vectors) would not fit the register file.
+  // Available widths are contiguous from V = 1: the driver splits a tile into near-equal
+  // sub-tiles of at most the widest V.
+  TileFn fn[4][17];
+  StoreFn store;
+  DeinterleaveFn deinterleave;
+  DepthwiseFn depthwise;
+  // The same for stride 1 with W == OW (ONNX "same" padding): the plane as one flat run of
+  // pixels, masks per lane instead of per row (short rows). Null where the ISA has no masks.
+  DepthwiseFn depthwise_flat;
 };
 
 const KernelTable* kernels_scalar();

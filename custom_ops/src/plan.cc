@@ -55,7 +55,7 @@ int64_t pick_tile(int64_t Q, int lanes, int max_vectors) {
   // two for the tap itself (offset load, weight broadcast); rounding Q up to whole tiles wastes
   // the rest. Ties go to the wider tile (fewer passes over the tap lists).
   int64_t best = max_vectors, best_cost = -1;
-  for (int64_t v = max_vectors; v >= 1; v /= 2) {
+  for (int64_t v = max_vectors; v >= 1; --v) {
     const int64_t cost = ceil_div(Q, v * lanes) * (v + 2);
     if (best_cost < 0 || cost < best_cost) {
       best = v;
@@ -82,8 +82,20 @@ void add_segment(Plan* p, int64_t q, int64_t len, int64_t out, std::vector<std::
 void finish_segments(Plan* p, std::vector<std::vector<Segment>>& per_tile) {
   p->seg_ptr.assign(size_t(p->tiles) + 1, 0);
   for (int64_t t = 0; t < p->tiles; ++t) {
-    p->seg_ptr[size_t(t) + 1] = p->seg_ptr[size_t(t)] + uint32_t(per_tile[size_t(t)].size());
-    p->segments.insert(p->segments.end(), per_tile[size_t(t)].begin(), per_tile[size_t(t)].end());
+    // Runs that continue each other in the tile and in Y (1x1 and unpadded convs: whole
+    // images) become one segment, so the store runs over long vectors.
+    const size_t first = p->segments.size();
+    for (const Segment& s : per_tile[size_t(t)]) {
+      if (p->segments.size() > first) {
+        Segment& last = p->segments.back();
+        if (last.q_local + last.len == s.q_local && last.out + int64_t(last.len) * p->p_stride == s.out) {
+          last.len += s.len;
+          continue;
+        }
+      }
+      p->segments.push_back(s);
+    }
+    p->seg_ptr[size_t(t) + 1] = uint32_t(p->segments.size());
   }
 }
 
@@ -94,8 +106,10 @@ void make_chunks(Plan* p, const SparseWeight& sw, int64_t halo, int64_t chunk_by
   int64_t chunks = ceil_div(sw.Cg, std::max<int64_t>(1, chunk_bytes / std::max<int64_t>(1, per_channel)));
   // Each chunk costs every row group a call and a round trip of its partial sums; below about
   // 16 taps per group and chunk that costs more than the L1 misses it saves (1x1 convs).
+  // The round trip is g rows of sums, so grouped layers (--block 4) need g times the taps.
   const int64_t taps_per_group = int64_t(sw.stored_taps / std::max<size_t>(1, sw.groups.size()));
-  chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, taps_per_group / 16));
+  const int64_t rows_per_group = int64_t(sw.stored_macs / std::max<uint64_t>(1, sw.stored_taps));
+  chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, taps_per_group / (16 * std::max<int64_t>(1, rows_per_group))));
   p->chunk_channels = ceil_div(sw.Cg, chunks);
   p->chunks = ceil_div(sw.Cg, p->chunk_channels);
   const int64_t kk = sw.kh * sw.kw;

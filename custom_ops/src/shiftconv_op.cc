@@ -101,6 +101,7 @@ struct PackJob {
   const float* x;
   float* packed;
   int64_t per_task;
+  const KernelTable* kt;
 };
 
 struct ComputeJob {
@@ -211,12 +212,39 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     int max_group = 8;
     if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
     if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
-    // 8-vector tiles: 16 (AVX-512 only) measured no better overall (docs/PERFORMANCE.md).
+    // 8-vector tiles, but 16 (AVX-512 only) for stride-1 kernels wider than 1x1: measured 3-13%
+    // faster there (fewer passes over long tap lists at batch 8), slower for 1x1 and stride 2
+    // (docs/PERFORMANCE.md).
     max_vectors_ = std::min(kernels_->max_vectors, 8);
+    if (!dense_ && wshape_.sh == 1 && wshape_.sw == 1 && wshape_.kh * wshape_.kw > 1) {
+      max_vectors_ = std::min(kernels_->max_vectors, 16);
+    }
     if (const char* v = std::getenv("FQ_ONNX_TILE_VECTORS")) {
       max_vectors_ = std::max(1, std::min(kernels_->max_vectors, std::atoi(v)));
     }
     weight_ = build_sparse_weight(dw, M, Cg, kh, kw, group, max_group);
+    // Depthwise: every row group is one channel reading one input channel (FQ_ONNX_DEPTHWISE=0
+    // sends it through the packed path instead, for comparisons).
+    const char* dwenv = std::getenv("FQ_ONNX_DEPTHWISE");
+    depthwise_ = !dense_ && Cg == 1 && group == M && int64_t(weight_.groups.size()) == M &&
+                 !(dwenv && std::string(dwenv) == "0");
+    for (size_t r = 0; depthwise_ && r < weight_.groups.size(); ++r) {
+      if (weight_.groups[r].g != 1 || weight_.groups[r].m0 != int32_t(r)) depthwise_ = false;
+    }
+    // Measured (AVX-512): the flat kernel wins on rows of up to 32 pixels with "same" stride-1
+    // padding (28x28 and smaller planes, up to 1.7x) and, gathering, on output rows of up to 16
+    // otherwise; the per-row kernel on longer rows.
+    flat_depthwise_ = !(dwenv && std::string(dwenv) == "rows");
+    if (const char* mv = std::getenv("FQ_ONNX_MATVEC_ROWS")) matvec_rows_ = std::atoi(mv);
+    force_flat_depthwise_ = dwenv && std::string(dwenv) == "flat";
+    if (depthwise_) {
+      tap_dy_.resize(weight_.taps.size());
+      tap_dx_.resize(weight_.taps.size());
+      for (size_t t = 0; t < weight_.taps.size(); ++t) {
+        tap_dy_[t] = int32_t(int64_t(weight_.taps[t]) / wshape_.kw * wshape_.dh);
+        tap_dx_[t] = int32_t(int64_t(weight_.taps[t]) % wshape_.kw * wshape_.dw);
+      }
+    }
   } catch (const Ort::Exception& e) {
     throw std::runtime_error(where + e.what());
   } catch (const std::bad_alloc&) {
@@ -287,6 +315,42 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
     return;
   }
 
+  if (depthwise_) {
+    compute_depthwise(ctx, x_shape, bias);
+    return;
+  }
+  if (dense_ && !x_shape.empty() && x_shape.back() == weight_.Cg && matvec_rows_ > 0) {
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < x_shape.size(); ++i) rows *= x_shape[i];
+    if (rows <= matvec_rows_) {
+      std::vector<int64_t> out_shape(x_shape.begin(), x_shape.end() - 1);
+      out_shape.push_back(weight_.M);
+      Ort::UnownedValue yv = ctx.GetOutput(0, out_shape);
+      struct MatvecJob {
+        const SparseWeight* w;
+        const float* x;
+        int64_t rows;
+        size_t per_task;
+        Epilogue ep;
+        float* y;
+      } job{&weight_, ctx.GetInput(0).GetTensorData<float>(), rows, weight_.groups.size(),
+            Epilogue{bias, act_lo_, act_hi_}, yv.GetTensorMutableData<float>()};
+      const size_t groups = weight_.groups.size();
+      if (double(weight_.stored_macs) * double(rows) < 16 * kInlineWork || groups < 2) {
+        sparse_matvec(weight_, job.x, rows, 0, groups, job.ep, job.y);
+        return;
+      }
+      job.per_task = (groups + size_t(kTargetTasks) - 1) / size_t(kTargetTasks);
+      ctx.ParallelFor(
+          [](void* data, size_t i) {
+            const MatvecJob& j = *static_cast<const MatvecJob*>(data);
+            const size_t b = i * j.per_task, e = std::min(j.w->groups.size(), b + j.per_task);
+            sparse_matvec(*j.w, j.x, j.rows, b, e, j.ep, j.y);
+          },
+          (groups + job.per_task - 1) / job.per_task, 0, &job);
+      return;
+    }
+  }
   const std::shared_ptr<const Plan> plan = plan_for(x_shape);
   Ort::UnownedValue yv = ctx.GetOutput(0, plan->out_shape);
   float* y = yv.GetTensorMutableData<float>();
@@ -296,16 +360,16 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   float* packed = lease.get();
   zero_packed_tail(*plan, packed);
   if (plan->C * plan->channel_stride < kInlinePackFloats) {
-    pack_input(*plan, x, packed, 0, plan->C);
+    pack_input(*plan, x, packed, 0, plan->C, kernels_);
   } else {
-    PackJob pack{plan.get(), x, packed, 0};
+    PackJob pack{plan.get(), x, packed, 0, kernels_};
     const int64_t pack_tasks = std::min<int64_t>(plan->C, 16);
     pack.per_task = (plan->C + pack_tasks - 1) / pack_tasks;
     ctx.ParallelFor(
         [](void* data, size_t i) {
           const PackJob& j = *static_cast<const PackJob*>(data);
           const int64_t c0 = int64_t(i) * j.per_task;
-          pack_input(*j.plan, j.x, j.packed, c0, std::min(j.plan->C, c0 + j.per_task));
+          pack_input(*j.plan, j.x, j.packed, c0, std::min(j.plan->C, c0 + j.per_task), j.kt);
         },
         size_t((plan->C + pack.per_task - 1) / pack.per_task), 0, &pack);
   }
@@ -325,6 +389,61 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
         },
         size_t(job.grid.count()), 0, &job);
   }
+}
+
+namespace {
+
+struct DepthwiseJob {
+  const SparseWeight* weight;
+  const KernelTable* kernels;
+  const int32_t* dy;
+  const int32_t* dx;
+  const float* x;
+  float* y;
+  const float* bias;
+  ConvShape cs;
+  int64_t sh, sw, M, per_task;
+  float lo, hi;
+  bool flat;
+  void run(int64_t task) const {
+    const int64_t planes = cs.N * M;
+    for (int64_t i = task * per_task; i < std::min(planes, (task + 1) * per_task); ++i) {
+      const int64_t m = i % M;
+      const RowGroup& rg = weight->groups[size_t(m)];
+      DepthwiseArgs a{x + i * cs.H * cs.W, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, sh, sw,
+                      cs.pad_top, cs.pad_left, dy + rg.tap_begin, dx + rg.tap_begin,
+                      weight->weights.data() + rg.w_begin, size_t(rg.tap_end - rg.tap_begin),
+                      bias ? bias[m] : 0.0f, lo, hi};
+      (flat ? kernels->depthwise_flat : kernels->depthwise)(a);
+    }
+  }
+};
+
+}  // namespace
+
+void ShiftConvKernel::compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape,
+                                        const float* bias) {
+  const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);
+  std::vector<int64_t> out_shape = {cs.N, weight_.M};
+  if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
+  out_shape.push_back(cs.OW);
+  Ort::UnownedValue yv = ctx.GetOutput(0, out_shape);
+  DepthwiseJob job{&weight_, kernels_, tap_dy_.data(), tap_dx_.data(), ctx.GetInput(0).GetTensorData<float>(), yv.GetTensorMutableData<float>(),
+                   bias, cs, wshape_.sh, wshape_.sw, weight_.M, 1, act_lo_, act_hi_,
+                   kernels_->depthwise_flat != nullptr && flat_depthwise_ &&
+                       (force_flat_depthwise_ ||
+                        (wshape_.sh == 1 && wshape_.sw == 1 && cs.OW == cs.W ? cs.OW <= 32 : cs.OW <= 16))};
+  const int64_t planes = cs.N * weight_.M;
+  // Output vectors written: below the inline threshold the pool costs more than it saves.
+  const double work = double(planes) * double(cs.OH) * double((cs.OW + kernels_->lanes - 1) / kernels_->lanes);
+  if (work < kInlineWork) {
+    job.per_task = std::max<int64_t>(1, planes);
+    job.run(0);
+    return;
+  }
+  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const DepthwiseJob*>(data)->run(int64_t(i)); },
+                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
 }
 
 OrtStatusPtr ShiftConvKernel::ComputeV2(OrtKernelContext* context) {

@@ -36,6 +36,15 @@ class ShiftConvKernel {
   const KernelTable* kernels_ = nullptr;
   int64_t chunk_bytes_ = 32 * 1024;
   int max_vectors_ = 8;  // widest tile in vectors (FQ_ONNX_TILE_VECTORS)
+  // Depthwise convs (one input channel per output channel) run straight from X, unpacked:
+  // per tap of weight_.taps its row and column offset (ky * dh, kx * dw).
+  bool depthwise_ = false;
+  // Dense kind: inputs of at most this many rows use sparse_matvec (FQ_ONNX_MATVEC_ROWS).
+  int matvec_rows_ = 2;
+  bool flat_depthwise_ = true;         // FQ_ONNX_DEPTHWISE=rows: always the per-row kernel
+  bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
+  std::vector<int32_t> tap_dy_, tap_dx_;
+  void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
   std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;
