@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "kernels.h"
+#include "scalar_loops.h"
 
 namespace fq {
 namespace {
@@ -35,24 +36,9 @@ struct Avx2 {
       const __m256 x = _mm256_add_ps(_mm256_loadu_ps(src + i), vb);
       _mm256_storeu_ps(dst + i, _mm256_min_ps(vhi, _mm256_max_ps(vlo, x)));
     }
-    for (; i < len; ++i) {
-      const float x = src[i] + b;
-      const float y = x < lo ? lo : x;
-      dst[i] = hi < y ? hi : y;
-    }
+    store_run_scalar(src, dst, i, len, b, lo, hi);
   }
-  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) {
-    if (r0 && r1) {
-      for (int64_t k = 0; k < n; ++k) {
-        r0[k] = s[2 * k];
-        r1[k] = s[2 * k + 1];
-      }
-    } else if (r0) {
-      for (int64_t k = 0; k < n; ++k) r0[k] = s[2 * k];
-    } else if (r1) {
-      for (int64_t k = 0; k < n; ++k) r1[k] = s[2 * k + 1];
-    }
-  }
+  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) { deinterleave_scalar(s, r0, r1, n); }
 };
 
 #include "kernel_impl.h"

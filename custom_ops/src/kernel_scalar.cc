@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "kernels.h"
+#include "scalar_loops.h"
 
 namespace fq {
 namespace {
@@ -41,24 +42,9 @@ struct Scalar8 {
   }
   static constexpr DepthwiseFn depthwise_flat = nullptr;
   static void store_run(const float* src, float* dst, int64_t len, float b, float lo, float hi) {
-    for (int64_t i = 0; i < len; ++i) {
-      const float x = src[i] + b;
-      const float y = x < lo ? lo : x;
-      dst[i] = hi < y ? hi : y;
-    }
+    store_run_scalar(src, dst, 0, len, b, lo, hi);
   }
-  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) {
-    if (r0 && r1) {
-      for (int64_t k = 0; k < n; ++k) {
-        r0[k] = s[2 * k];
-        r1[k] = s[2 * k + 1];
-      }
-    } else if (r0) {
-      for (int64_t k = 0; k < n; ++k) r0[k] = s[2 * k];
-    } else if (r1) {
-      for (int64_t k = 0; k < n; ++k) r1[k] = s[2 * k + 1];
-    }
-  }
+  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) { deinterleave_scalar(s, r0, r1, n); }
 };
 
 #include "kernel_impl.h"
