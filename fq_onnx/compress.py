@@ -101,11 +101,5 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
         bias = ((bias if bias is not None else 0.0) + shift).astype(np.float32)
         # the error that remains is the centred one: measure it with the covariance
         hessians = hessians - np.einsum("gk,gl->gkl", stats.mean, stats.mean)
-    error = _output_error(rows, approx, hessians)
+    error = reconstruct.output_error(rows, approx, hessians)
     return CompressedLayer(layer, bias, error)
-
-
-def _output_error(rows: np.ndarray, approx: np.ndarray, hessians: np.ndarray) -> float:
-    num = sum(np.einsum("mk,kl,ml->", d, h, d) for d, h in zip(rows - approx, hessians))
-    den = sum(np.einsum("mk,kl,ml->", w, h, w) for w, h in zip(rows, hessians))
-    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

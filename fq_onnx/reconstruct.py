@@ -95,8 +95,15 @@ def reconstruct(
 
 
 def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
-    """Relative output error ``sqrt(tr(D H D^T) / tr(W H W^T))`` of replacing weight by approx."""
-    d = np.asarray(weight, np.float64) - approx
+    """Relative output error ``sqrt(tr(D H D^T) / tr(W H W^T))`` of replacing weight by approx.
+
+    ``weight`` is ``[M, K]`` with ``hessian`` ``[K, K]``, or grouped: ``[G, M/G, K]`` with one
+    ``[G, K, K]`` matrix per group (a grouped convolution).
+    """
     w = np.asarray(weight, np.float64)
-    den = float(np.einsum("mk,kl,ml->", w, hessian, w))
-    return float(np.sqrt(max(np.einsum("mk,kl,ml->", d, hessian, d), 0.0) / den)) if den > 0 else 0.0
+    d = w - approx
+    if w.ndim == 2:
+        w, d, hessian = w[None], d[None], np.asarray(hessian)[None]
+    num = float(np.einsum("gmk,gkl,gml->", d, hessian, d))
+    den = float(np.einsum("gmk,gkl,gml->", w, hessian, w))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

@@ -45,16 +45,17 @@ class ShiftConv(OpRun):
         return (y.astype(np.float32),)
 
     def _weight(self, blob: np.ndarray) -> np.ndarray:
-        # Decode once per node, as the C++ kernel does in its constructor.
+        # Decode once per node, as the C++ kernel does in its constructor: the evaluator hands
+        # the same initializer array to every run, so identity is checked before any bytes.
         cached = getattr(self, "_decoded", None)
-        data = np.asarray(blob, dtype=np.uint8).tobytes()
-        if cached is None or cached[0] != data:
-            try:
-                cached = (data, fmt.dequantize(data))
-            except fmt.FormatError as exc:
-                raise fmt.FormatError(f"ShiftConv {self.onnx_node.name}: {exc}") from None
-            self._decoded = cached
-        return cached[1]
+        if cached is not None and (cached[0] is blob or np.array_equal(cached[0], blob)):
+            return cached[1]
+        try:
+            weight = fmt.dequantize(np.asarray(blob, dtype=np.uint8).tobytes())
+        except fmt.FormatError as exc:
+            raise fmt.FormatError(f"ShiftConv {self.onnx_node.name}: {exc}") from None
+        self._decoded = (blob, weight)
+        return weight
 
 
 def evaluator(model: onnx.ModelProto | str | os.PathLike) -> ReferenceEvaluator:
