@@ -69,16 +69,17 @@ def parse_settings(text: str) -> list[dict]:
     ``amount`` is a uniform sparsity (``0.7``) or a target weights-only ratio (``r12``, chosen
     per layer by the allocator). Options: an integer block size (``4``), ``plain`` (no
     calibration: magnitude pruning and nearest rounding), ``w<x>`` (``--w-sep x``; ``w0`` makes
-    every layer focused), ``perlayer`` (one scale per layer, as in the paper).
+    every layer focused), ``perlayer`` (one scale per layer, as in the paper), ``b<digits>`` (the
+    bit widths the allocator may choose per layer, e.g. ``b3456``; with a target ratio only).
     """
-    usage = "use bits:amount[:option...], e.g. 5:0.7, 5:r12:w0, 5:0.5:plain, 5:0.9:4"
+    usage = "use bits:amount[:option...], e.g. 5:0.7, 5:r12:w0, 5:r12:w0:b3456, 5:0.5:plain, 5:0.9:4"
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         parts = item.split(":")
         if len(parts) < 2:
             raise SystemExit(f"bad setting {item!r}: {usage}")
         setting = {"name": item, "bits": 0, "sparsity": None, "target_ratio": None, "block": 1,
-                   "calibrated": True, "w_sep": 2.0, "per_channel": True}
+                   "calibrated": True, "w_sep": 2.0, "per_channel": True, "alloc_bits": None}
         try:
             setting["bits"] = int(parts[0])
             if parts[1].startswith("r"):
@@ -92,12 +93,16 @@ def parse_settings(text: str) -> list[dict]:
                     setting["per_channel"] = False
                 elif option.startswith("w"):
                     setting["w_sep"] = float(option[1:])
+                elif option.startswith("b") and option[1:].isdigit():
+                    setting["alloc_bits"] = [int(d) for d in option[1:]]
                 else:
                     setting["block"] = int(option)
         except ValueError:
             raise SystemExit(f"bad setting {item!r}: {usage}") from None
         if setting["target_ratio"] is not None and not setting["calibrated"]:
             raise SystemExit(f"bad setting {item!r}: a target ratio needs calibration (drop 'plain')")
+        if setting["alloc_bits"] and setting["target_ratio"] is None:
+            raise SystemExit(f"bad setting {item!r}: b<digits> chooses bits per layer, which needs a target ratio (r..)")
         out.append(setting)
     if not out:
         raise SystemExit("no settings given")
@@ -195,11 +200,14 @@ def run(args) -> int:
             compressed = work / f"{tag}.onnx"
             t0 = time.perf_counter()
             calibration = {} if calib is None or not s["calibrated"] else dict(
-                calib=str(calib), calib_size=args.calib, preset="cifar", target_ratio=s["target_ratio"])
+                calib=str(calib), calib_size=args.calib, preset="cifar", target_ratio=s["target_ratio"],
+                alloc_bits=s["alloc_bits"])
             report = api.convert(model, compressed, sparsity=s["sparsity"] or 0.0, bits=s["bits"],
                                  block=s["block"], seed=args.seed, w_sep=s["w_sep"],
                                  per_channel=s["per_channel"], **calibration)
-            s = {**s, "sparsity": report.totals.sparsity}
+            widths = sorted(set((report.settings.get("per_layer_bits") or {}).values()))
+            bits = f"{widths[0]}-{widths[-1]}" if len(widths) > 1 else (widths[0] if widths else s["bits"])
+            s = {**s, "sparsity": report.totals.sparsity, "bits": bits}
             convert_s = time.perf_counter() - t0
             print(f"[{tag}] converted in {convert_s:.1f} s: {report.summary()}", flush=True)
             result = evaluate(compressed, model, data, limit=args.limit, scale=255.0, mean=IMAGENET_MEAN,
@@ -248,6 +256,9 @@ def _method(settings: dict) -> str:
     allocation = settings.get("allocation")
     if allocation:
         text += f", allocated for {allocation['target']}"
+        widths = sorted(set((settings.get("per_layer_bits") or {}).values()))
+        if len(widths) > 1:
+            text += f" (bits {', '.join(map(str, widths))} per layer)"
     return text
 
 

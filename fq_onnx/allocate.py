@@ -1,7 +1,7 @@
-"""Per-layer sparsity from measured sensitivity: the smallest output damage for a size budget.
+"""Per-layer sparsity and bit width from measured sensitivity: the least output damage for a size.
 
-Each layer is compressed alone at every sparsity of a grid, giving its exact stored bytes and
-its relative output error ``e`` on the calibration statistics (no inference). One inference per
+Each layer is compressed alone at every (sparsity, bits) choice of a grid, giving its exact
+stored bytes and its relative output error ``e`` on the calibration statistics (no inference). One inference per
 layer measures its gain ``g``: the network's output noise per unit of that layer's squared
 error. Assuming the layers' noises add up, the output noise of a plan is ``sum g * e^2``; a
 Lagrangian search picks, for a byte budget, the plan that minimises it.
@@ -10,7 +10,7 @@ Lagrangian search picks, for a byte budget, the plan that minimises it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -18,46 +18,53 @@ import onnxruntime as ort
 
 from fq_onnx import fmt, rewrite
 from fq_onnx.calibrate import LayerStats
-from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer
+from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
 GAIN_SAMPLES = 128  # calibration inputs used to measure the gains
-FLOAT = -1.0  # the plan entry of a layer left uncompressed (float32 weights, no error)
+Choice = tuple[float, int]  # (sparsity, bits) of one layer
+FLOAT: Choice = (-1.0, 32)  # the plan entry of a layer left uncompressed (float32 weights, no error)
 
 
 @dataclass
 class LayerCurve:
-    """One layer's measured trade-off: stored bytes and relative output error per sparsity."""
+    """One layer's measured trade-off: stored bytes and relative output error per choice."""
 
     name: str
     fp32_bytes: int
-    bytes: dict[float, int] = field(default_factory=dict)
-    errors: dict[float, float] = field(default_factory=dict)
-    results: dict[float, CompressedLayer] = field(default_factory=dict, repr=False)
+    bytes: dict[Choice, int] = field(default_factory=dict)
+    errors: dict[Choice, float] = field(default_factory=dict)
+    results: dict[Choice, CompressedLayer] = field(default_factory=dict, repr=False)
     gain: float = 1.0
 
-    def cost(self, sparsity: float) -> float:
-        """Estimated output noise (relative, squared) this layer adds at ``sparsity``."""
-        return self.gain * self.errors[sparsity] ** 2
+    def cost(self, choice: Choice) -> float:
+        """Estimated output noise (relative, squared) this layer adds with ``choice``."""
+        return self.gain * self.errors[choice] ** 2
 
 
 def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], options: LayerOptions,
-                 grid=SPARSITY_GRID, progress: Callable[[str, int, int], None] | None = None,
+                 grid=SPARSITY_GRID, bits_grid: tuple[int, ...] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None,
                  keep_float: bool = True) -> list[LayerCurve]:
-    """Compress every layer alone at every grid sparsity; record bytes and output error.
+    """Compress every layer alone at every (sparsity, bits) of the grids; record bytes and error.
 
-    With ``keep_float`` leaving a layer uncompressed (``FLOAT``: 4 bytes a weight, no error)
-    is one more choice, which the search takes for fragile layers that weigh little.
+    ``bits_grid`` defaults to ``options.bits`` alone. With ``keep_float`` leaving a layer
+    uncompressed (``FLOAT``: 4 bytes a weight, no error) is one more choice, which the search
+    takes for fragile layers that weigh little.
     """
     curves = []
     for index, target in enumerate(targets):
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
+        layer_stats = stats[target.node.name]
         for sparsity in grid:
-            result = compress_layer(target.weight, target.bias, sparsity, options, stats[target.node.name])
-            curve.bytes[sparsity] = len(result.layer.encode(options.block))
-            curve.errors[sparsity] = result.output_error
-            curve.results[sparsity] = result
+            pruned = prune_rows(target.weight, sparsity, options, layer_stats)  # shared by every width
+            for bits in bits_grid or (options.bits,):
+                result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits),
+                                        layer_stats, pruned)
+                curve.bytes[sparsity, bits] = len(result.layer.encode(options.block))
+                curve.errors[sparsity, bits] = result.output_error
+                curve.results[sparsity, bits] = result
         if keep_float:
             curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
         curves.append(curve)
@@ -94,12 +101,15 @@ def noise(reference: np.ndarray, test: np.ndarray) -> float:
 
 def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve], block: int,
                   inputs: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> None:
-    """Set each curve's gain from one inference with that layer alone compressed."""
+    """Set each curve's gain from one inference with that layer alone compressed.
+
+    The probe is the widest code at the sparsest grid point up to GAIN_PROBE_SPARSITY.
+    """
     reference = run_model(gs.export_onnx(graph).SerializeToString(), inputs)
     for index, (target, curve) in enumerate(zip(targets, curves)):
         name = target.node.name
-        probe = max((s for s in curve.errors if FLOAT < s <= GAIN_PROBE_SPARSITY),
-                    default=min(s for s in curve.errors if s != FLOAT))
+        compressed = [c for c in curve.errors if c != FLOAT]
+        probe = max((c for c in compressed if c[0] <= GAIN_PROBE_SPARSITY), default=min(compressed))
         out = run_model(plain_model(graph, {name: curve.results[probe]}, block), inputs)
         error = max(curve.errors[probe], 1e-6)
         curve.gain = noise(reference, out) / error**2
@@ -107,16 +117,16 @@ def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[L
             progress(name, index + 1, len(targets))
 
 
-def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, float]:
-    """Per-layer sparsity minimising the estimated output noise with total bytes <= budget.
+def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, Choice]:
+    """Per-layer choice minimising the estimated output noise with total bytes <= budget.
 
-    Bisection on the Lagrange multiplier of ``sum cost + lambda * bytes``; if even the sparsest
+    Bisection on the Lagrange multiplier of ``sum cost + lambda * bytes``; if even the smallest
     plan exceeds the budget, that plan is returned.
     """
-    def choose(lam: float) -> dict[str, float]:
-        return {c.name: min(c.bytes, key=lambda s: (c.cost(s) + lam * c.bytes[s], -s)) for c in curves}
+    def choose(lam: float) -> dict[str, Choice]:
+        return {c.name: min(c.bytes, key=lambda k: (c.cost(k) + lam * c.bytes[k], c.bytes[k])) for c in curves}
 
-    def size(plan: dict[str, float]) -> int:
+    def size(plan: dict[str, Choice]) -> int:
         return sum(c.bytes[plan[c.name]] for c in curves)
 
     low, high = -30.0, 0.0  # log10 of lambda
@@ -133,11 +143,11 @@ def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, 
     return choose(10.0**high)
 
 
-def plan_bytes(curves: list[LayerCurve], plan: dict[str, float]) -> int:
+def plan_bytes(curves: list[LayerCurve], plan: dict[str, Choice]) -> int:
     return sum(c.bytes[plan[c.name]] for c in curves)
 
 
-def estimated_noise(curves: list[LayerCurve], plan: dict[str, float]) -> float:
+def estimated_noise(curves: list[LayerCurve], plan: dict[str, Choice]) -> float:
     return sum(c.cost(plan[c.name]) for c in curves)
 
 
@@ -153,15 +163,15 @@ class Trial:
 
 @dataclass
 class Allocation:
-    plan: dict[str, float]
-    results: dict[str, CompressedLayer]
+    plan: dict[str, Choice]
+    results: dict[str, CompressedLayer | None]
     trials: list[Trial]
     target: str
     met: bool
     message: str
 
     def to_dict(self) -> dict:
-        plan = {name: "float" if s == FLOAT else s for name, s in self.plan.items()}
+        plan = {name: "float" if c == FLOAT else {"sparsity": c[0], "bits": c[1]} for name, c in self.plan.items()}
         return {"plan": plan, "target": self.target, "met": self.met, "message": self.message,
                 "trials": [t.__dict__ for t in self.trials]}
 
@@ -174,7 +184,7 @@ def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: i
            target_ratio: float | None = None, max_drop: float | None = None,
            evaluation: tuple[np.ndarray, np.ndarray] | None = None, max_trials: int = 8,
            report: Callable[[Trial], None] | None = None) -> Allocation:
-    """Choose per-layer sparsity for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
+    """Choose per-layer sparsity and bits for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
 
     ``float_bytes`` are the bytes of weight layers left uncompressed (they count in the ratio).
     The max-drop search bisects the ratio, building and measuring each candidate on
@@ -191,8 +201,8 @@ def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: i
     def results_of(plan):
         return {c.name: c.results[plan[c.name]] for c in curves}
 
-    densest = {c.name: min(c.bytes, key=lambda s: (c.cost(s), -s)) for c in curves}
-    sparsest = {c.name: max(c.bytes) for c in curves}
+    densest = {c.name: min(c.bytes, key=lambda k: (c.cost(k), c.bytes[k])) for c in curves}
+    sparsest = {c.name: min(c.bytes, key=lambda k: (c.bytes[k], c.cost(k))) for c in curves}
     if target_ratio is not None:
         plan = plan_for_ratio(target_ratio)
         trial = Trial(ratio_of(plan), estimated_noise(curves, plan))

@@ -133,6 +133,7 @@ def convert(
     data=None,
     eval_size: int = 1000,
     keep_float: bool = True,
+    alloc_bits: Iterable[int] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
@@ -153,7 +154,8 @@ def convert(
     layer's inputs with the layers before it already compressed, so later layers compensate the
     errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
 
-    Allocation (needs ``calib``): ``target_ratio`` picks per-layer sparsity giving the smallest
+    Allocation (needs ``calib``): ``target_ratio`` picks per-layer sparsity and bit width (from
+    ``alloc_bits``, default ``bits`` alone) giving the smallest
     estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
     top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
     Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
@@ -194,8 +196,8 @@ def convert(
     allocation = None
     if target_ratio is not None or max_drop is not None:
         allocation = _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data,
-                               preset, eval_size, keep_float, progress)
-        per_layer = dict(allocation.plan)
+                               preset, eval_size, keep_float, _bits_grid(alloc_bits, bits), progress)
+        per_layer = {name: choice[0] for name, choice in allocation.plan.items() if choice != allocate.FLOAT}
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
         name = target.node.name
@@ -228,7 +230,8 @@ def convert(
     rows.sort(key=lambda row: position.get(row.name, len(position)))
     graph.cleanup().toposort()
 
-    settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits, "w_sep": w_sep,
+    settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits,
+                "per_layer_bits": {n: c[1] for n, c in allocation.plan.items() if c != allocate.FLOAT} if allocation else None, "w_sep": w_sep,
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
                 "assign": assign, "per_channel": per_channel, "fuse_activation": fuse_activation, "prune_method": options.prune_method,
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
@@ -258,9 +261,16 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
                         per_channel)
 
 
+def _bits_grid(alloc_bits: Iterable[int] | None, bits: int) -> tuple[int, ...]:
+    grid = tuple(sorted(set(alloc_bits))) if alloc_bits else (bits,)
+    if not all(2 <= b <= 8 for b in grid):
+        raise FqOnnxError(f"--alloc-bits must be in 2..8, got {', '.join(map(str, grid))}")
+    return grid
+
+
 def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data, preset,
-              eval_size, keep_float, progress) -> allocate.Allocation:
-    """Measure every layer's trade-off curve and gain, then search the per-layer sparsity."""
+              eval_size, keep_float, bits_grid, progress) -> allocate.Allocation:
+    """Measure every layer's trade-off curve and gain, then search the per-layer sparsity and bits."""
     if not stats:
         raise FqOnnxError("--target-ratio and --max-drop need calibration data (--calib)")
     if target_ratio is not None and max_drop is not None:
@@ -276,7 +286,7 @@ def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max
         evaluation = _arrays(model, data, preset, eval_size)
         if evaluation[1] is None:
             raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
-    curves = allocate.layer_curves(targets, stats, options, keep_float=keep_float,
+    curves = allocate.layer_curves(targets, stats, options, bits_grid=bits_grid, keep_float=keep_float,
                                    progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
     excluded = graph.copy()

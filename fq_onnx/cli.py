@@ -73,6 +73,15 @@ def _progress(label: str):
     return update
 
 
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FqOnnxError(f"{option} takes comma-separated integers, e.g. 3,4,5, got {text!r}") from None
+
+
 @app.command()
 def convert(
     model: Path = typer.Argument(..., help="Input .onnx model (never modified)."),
@@ -101,6 +110,7 @@ def convert(
     data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
     eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
     keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
+    alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5,6 (default: --bits)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
 ) -> None:
@@ -110,7 +120,8 @@ def convert(
                          per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
                          sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
-                         eval_size=eval_size, keep_float=keep_float, progress=None if quiet else _progress("compressing"))
+                         eval_size=eval_size, keep_float=keep_float,
+                         alloc_bits=_int_list(alloc_bits, "--alloc-bits"), progress=None if quiet else _progress("compressing"))
     allocation = report.settings.get("allocation")
     if allocation:
         for trial in allocation["trials"]:

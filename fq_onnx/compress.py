@@ -40,11 +40,31 @@ class CompressedLayer:
     output_error: float | None  # relative output error on the calibration data
 
 
+def prune_rows(weight: np.ndarray, sparsity: float, options: LayerOptions,
+               stats: LayerStats) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrated pruning step alone: (mask, kept weights updated to restore the output).
+
+    It does not depend on the bit width, so callers that try several widths compute it once.
+    """
+    w64 = weight.astype(np.float64)
+    groups = stats.gram.shape[0]
+    rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
+    if options.prune_method == "obs":
+        pruned = [reconstruct.reconstruct(rows[g], stats.second_moment[g], sparsity=sparsity,
+                                          block_rows=options.block) for g in range(groups)]
+        keep = np.stack([p[1] for p in pruned]).reshape(weight.shape)
+        return keep, np.stack([p[0] for p in pruned]).reshape(weight.shape)
+    keep = prune.magnitude_mask(weight, sparsity, options.block)
+    return keep, np.where(keep, w64, 0.0)
+
+
 def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float, options: LayerOptions,
-                   stats: LayerStats | None = None) -> CompressedLayer:
+                   stats: LayerStats | None = None,
+                   pruned: tuple[np.ndarray, np.ndarray] | None = None) -> CompressedLayer:
     """Compress ``weight`` ([M, ...], one row per output) at ``sparsity``.
 
-    ``stats`` describe the inputs the compressed layer will see (None: no calibration).
+    ``stats`` describe the inputs the compressed layer will see (None: no calibration);
+    ``pruned`` is ``prune_rows``' result for these arguments when the caller already has it.
     """
     w64 = weight.astype(np.float64)
     if stats is None:
@@ -57,14 +77,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
     hessians = stats.second_moment
     # 1. the mask (OBS saliency with weight updates, or magnitude)
-    if options.prune_method == "obs":
-        pruned = [reconstruct.reconstruct(rows[g], hessians[g], sparsity=sparsity, block_rows=options.block)
-                  for g in range(groups)]
-        keep = np.stack([p[1] for p in pruned]).reshape(weight.shape)
-        updated = np.stack([p[0] for p in pruned]).reshape(weight.shape)
-    else:
-        keep = prune.magnitude_mask(weight, sparsity, options.block)
-        updated = np.where(keep, w64, 0.0)
+    keep, updated = pruned if pruned is not None else prune_rows(weight, sparsity, options, stats)
     # 2. the level set, fitted on the weights that survive (each row normalised by its RMS)
     scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
     normalised = updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1))

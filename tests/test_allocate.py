@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -11,11 +13,13 @@ from fq_onnx.digits import default_model_path, load_digits_split
 from fq_onnx.errors import FqOnnxError
 
 
-def curve(name, fp32, gain, slope):
+def curve(name, fp32, gain, slope, bits=(5,)):
+    """Synthetic trade-off: bytes grow with density and bits, the error with sparsity and 2^-bits."""
     c = allocate.LayerCurve(name, fp32)
     for s in allocate.SPARSITY_GRID:
-        c.bytes[s] = int(fp32 / 6 * (1 - s) + 20)
-        c.errors[s] = 0.05 + slope * s**2
+        for b in bits:
+            c.bytes[s, b] = int(fp32 / 32 * (b + 1) * (1 - s) + 20)
+            c.errors[s, b] = 0.05 * 2.0 ** (5 - b) + slope * s**2
     c.gain = gain
     return c
 
@@ -25,7 +29,7 @@ def test_plan_meets_the_budget_and_spares_the_sensitive_layer():
     budget = 8_000
     plan = allocate.plan_for_budget(curves, budget)
     assert allocate.plan_bytes(curves, plan) <= budget
-    assert plan["sensitive"] < plan["robust"]
+    assert plan["sensitive"][0] < plan["robust"][0]
     looser = allocate.plan_for_budget(curves, 12_000)
     assert allocate.estimated_noise(curves, looser) <= allocate.estimated_noise(curves, plan)
 
@@ -34,7 +38,8 @@ def test_target_ratio_on_the_bundled_model(tmp_path):
     report = api.convert(default_model_path(), tmp_path / "r.onnx", calib="digits", calib_size=128, target_ratio=12)
     assert report.totals.ratio >= 12
     allocation = report.settings["allocation"]
-    assert allocation["met"] and len(set(allocation["plan"].values())) > 1  # not uniform
+    choices = {json.dumps(c, sort_keys=True) for c in allocation["plan"].values()}
+    assert allocation["met"] and len(choices) > 1  # not uniform
 
 
 def test_max_drop_is_met_on_the_validation_split(tmp_path):
@@ -86,4 +91,26 @@ def test_a_fragile_small_layer_can_stay_float():
     fragile.bytes[allocate.FLOAT], fragile.errors[allocate.FLOAT] = 1_000, 0.0
     big = curve("big", 400_000, 0.1, 1.0)
     plan = allocate.plan_for_budget([fragile, big], 30_000)
-    assert plan["first"] == allocate.FLOAT and plan["big"] > 0
+    assert plan["first"] == allocate.FLOAT and plan["big"][0] > 0
+
+
+def test_bits_are_allocated_with_sparsity():
+    """A layer whose error falls fast with bits gets wide codes; a robust one gets narrow, sparse codes."""
+    bits = (3, 4, 5, 6)
+    sensitive, robust = curve("sensitive", 40_000, 10.0, 1.0, bits), curve("robust", 40_000, 0.01, 1.0, bits)
+    plan = allocate.plan_for_budget([sensitive, robust], 6_000)
+    assert allocate.plan_bytes([sensitive, robust], plan) <= 6_000
+    assert plan["sensitive"][1] > plan["robust"][1]
+
+
+def test_alloc_bits_reach_the_written_layers(tmp_path):
+    from fq_onnx import inspect
+
+    out = tmp_path / "b.onnx"
+    report = api.convert(default_model_path(), out, calib="digits", calib_size=64, target_ratio=10, alloc_bits=(3, 6))
+    widths = report.settings["per_layer_bits"]
+    assert set(widths.values()) <= {3, 6}
+    stored = {row.name: row.bits for row in inspect.inspect_model(out).layers if row.bits}
+    assert all(stored[name] == b for name, b in widths.items())
+    with pytest.raises(FqOnnxError, match="alloc-bits must be in 2..8"):
+        api.convert(default_model_path(), tmp_path / "x.onnx", calib="digits", target_ratio=10, alloc_bits=(9,))
