@@ -290,7 +290,8 @@ def evaluate(
     if verbose:
         shape = "x".join(str(d) for d in result.input_shape)
         versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
-        out.print(f"input {shape}, {result.num_classes} classes, label offset {result.label_offset}, "
+        classes = "" if result.num_classes is None else f", {result.num_classes} classes"
+        out.print(f"input {shape}{classes}, label offset {result.label_offset}, "
                   f"evaluated in {result.elapsed_s:.1f} s; {versions}", markup=False, highlight=False)
     if json_path:
         result.to_json(json_path)

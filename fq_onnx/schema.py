@@ -267,6 +267,6 @@ def infer(ctx) -> None:
                 dim.dim_value = value
             elif value is not None:
                 dim.CopyFrom(value)
-            elif kind == "conv" and index == 0 or kind == "dense" and index < len(shape) - 1:
+            elif x_dims is not None and (kind == "conv" and index == 0 or kind == "dense" and index < len(shape) - 1):
                 dim.CopyFrom(x_dims[index])  # batch (and leading) axes pass through, symbolic names too
     ctx.set_output_type(0, out)

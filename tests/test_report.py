@@ -131,14 +131,19 @@ def test_written_atomically(tmp_path, rng, monkeypatch):
     target.mkdir()
     (target / "index.html").write_text("previous report")
 
-    def crash(*args):
-        raise OSError("disk full")
+    real_replace = report.os.replace
+
+    def crash(src, dst):  # the model is saved; renaming the finished report fails
+        if str(dst).endswith("index.html"):
+            raise OSError("disk full")
+        real_replace(src, dst)
 
     monkeypatch.setattr(report.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         api.convert(src, tmp_path / "out.onnx", report_dir=target)
     assert (target / "index.html").read_text() == "previous report"
     assert [p.name for p in target.iterdir()] == ["index.html"]  # no temporary file left
+    assert (tmp_path / "out.onnx").exists()
     monkeypatch.undo()
     result = api.convert(src, tmp_path / "out.onnx", report_dir=target)
     page = (target / "index.html").read_text()

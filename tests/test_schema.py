@@ -155,6 +155,11 @@ def test_outputs_from_the_attribute_or_from_the_blob(tmp_path, rng):
     old.CopyFrom(model)
     _drop_attribute(_node(old), "M")  # written before M was an attribute: read from the blob header
     assert inferred(old)[y] == [1, 8, 4, 4]
+    rank_unknown = onnx.ModelProto()
+    rank_unknown.CopyFrom(model)
+    rank_unknown.graph.input[0].type.tensor_type.ClearField("shape")  # X of unknown rank: the kernel's
+    shape = inferred(rank_unknown)[y]
+    assert len(shape) == 4 and shape[1] == 8 and not any(isinstance(d, int) for d in shape[:1] + shape[2:])
     without_blob = _blob_as_graph_input(model)
     assert inferred(without_blob)[y] == [1, 8, 4, 4]  # M from the attribute
     _drop_attribute(_node(without_blob), "M")
