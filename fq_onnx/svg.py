@@ -193,7 +193,7 @@ class Chart:
             for i, name in enumerate(self.categories):
                 x = self.px(i)
                 if self.rotated:
-                    short = name if len(name) <= 24 else name[:23] + "…"
+                    short = name if len(name) <= 24 else "…" + name[-23:]  # the distinct end of long paths
                     out.append(f'<text x="{_num(x)}" y="{y0 + 12}" text-anchor="end" '
                                f'transform="rotate(-45 {_num(x)} {y0 + 12})">{escape(short)}<title>{escape(name)}</title></text>')
                 else:
