@@ -113,8 +113,10 @@ def test_every_chart_is_wellformed_svg_and_every_layer_has_its_picture(calibrate
 
 
 def test_max_drop_trials_are_plotted(tmp_path):
+    # magnitude pruning and nearest rounding: the allocator's search without the slow OBS/GPTQ passes
     result = api.convert(default_model_path(), tmp_path / "m.fq.onnx", calib="digits", calib_size=32, max_drop=2.0,
-                         data="digits", eval_size=120, report_dir=tmp_path / "rep")
+                         data="digits", eval_size=120, prune_method="magnitude", rounding="nearest",
+                         report_dir=tmp_path / "rep")
     page = (tmp_path / "rep" / "index.html").read_text()
     trials = result.settings["allocation"]["trials"]
     chart = next(c for c in svgs(page) if c.find(f"{SVG_NS}title").text.startswith("Allocation trials"))
