@@ -31,6 +31,7 @@ class ConversionReport(ModelReport):
     input_file_bytes: int = 0
     folded_batchnorms: tuple[str, ...] = ()
     settings: dict | None = None
+    report_path: str | None = None  # the HTML report, when one was asked for
 
     def summary(self) -> str:
         """One line: sizes, weights-only ratio, layer modes and overall sparsity."""
@@ -45,7 +46,8 @@ class ConversionReport(ModelReport):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "input_path": self.input_path, "input_file_bytes": self.input_file_bytes,
-                "folded_batchnorms": list(self.folded_batchnorms), "settings": self.settings}
+                "folded_batchnorms": list(self.folded_batchnorms), "settings": self.settings,
+                "report_path": self.report_path}
 
 
 def _mb(n: int) -> str:
@@ -135,6 +137,7 @@ def convert(
     keep_float: bool = True,
     alloc_bits: Iterable[int] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    report_dir: str | os.PathLike | None = None,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
 
@@ -160,6 +163,9 @@ def convert(
     top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
     Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
     With ``keep_float`` the allocator may leave a fragile layer that weighs little uncompressed.
+
+    ``report_dir``: also write ``report_dir/index.html``, a self-contained report with the layer
+    table and charts (fq_onnx.report); its path is the result's ``report_path``.
     """
     _check_options(sparsity, bits, w_sep, block, assign)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
@@ -167,6 +173,11 @@ def convert(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    if report_dir is not None:
+        from fq_onnx import report as html_report
+
+        html_report.check_report_dir(report_dir)
+        pictures = {}
     per_layer = load_sparsity_file(sparsity_file) if sparsity_file else {}
     default_sparsity = per_layer.pop("*", sparsity)
     for name, value in per_layer.items():
@@ -220,6 +231,8 @@ def convert(
             info["out_error"] = result.output_error
         shift = target.replace(graph, blob, info, fuse_activation)
         rows.append(shiftconv_row(shift))
+        if report_dir is not None:
+            pictures[name] = html_report.layer_picture(name, layer, per_channel=per_channel, w_sep=w_sep)
         if progress:
             progress(name, index + 1, len(targets))
     graph.cleanup()
@@ -238,11 +251,16 @@ def convert(
                 "sequential": bool(workdir and sequential),
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
                                                             "preset": preset},
+                "target_ratio": target_ratio, "max_drop": max_drop,
                 "allocation": allocation.to_dict() if allocation else None}
     out_model = _export(graph, model, settings)
     file_bytes = save_model(out_model, output_path)
-    return ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
-                            input_path.stat().st_size, tuple(folded), settings)
+    conversion = ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
+                                  input_path.stat().st_size, tuple(folded), settings)
+    if report_dir is not None:
+        pictures = {k: v for k, v in pictures.items() if v is not None}
+        conversion.report_path = str(html_report.write_report(report_dir, conversion, pictures))
+    return conversion
 
 
 def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,

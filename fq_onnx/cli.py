@@ -4,22 +4,84 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from fq_onnx import __version__, api
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.inspect import ModelReport
 
-app = typer.Typer(help="Compress ONNX CNNs with focused quantization and run them in onnxruntime.",
-                  no_args_is_help=True, add_completion=True)
 # Tables are wide: when piped, do not squeeze them into 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+class _Verbosity:
+    """--quiet / --verbose of the running command (every command sets it first)."""
+
+    quiet = False
+    verbose = False
+
+
+def _verbosity(quiet: bool, verbose: bool) -> None:
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    _Verbosity.quiet, _Verbosity.verbose = quiet, verbose
+
+
+def _info(text: str) -> None:
+    """An info line: what happened on the way, not the result (--quiet drops it)."""
+    if not _Verbosity.quiet:
+        out.print(text, markup=False, highlight=False)
+
+
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress and no info lines; results are still printed and written.")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Extra detail, and the traceback of an error.")
+
+
+class _Commands(TyperGroup):
+    """Turns errors into one line on stderr and an exit code, for the console script and CliRunner alike:
+    1 for a problem with the user's input, 2 for a bug (with the traceback under --verbose)."""
+
+    def invoke(self, ctx):
+        _Verbosity.quiet = _Verbosity.verbose = False
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except FqOnnxError as exc:
+            if _Verbosity.verbose:
+                err.print(traceback.format_exc(), markup=False, highlight=False, end="")
+            err.print(f"error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("aborted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _usage_error(exc):
+                raise
+            if _Verbosity.verbose:
+                err.print(traceback.format_exc(), markup=False, highlight=False, end="")
+                err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+            else:
+                err.print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
+                          markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+
+def _usage_error(exc: BaseException) -> bool:
+    # click's UsageError and kin (typer vendors its own click, so match by what they can do)
+    return callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code")
+
+
+app = typer.Typer(help="Compress ONNX CNNs with focused quantization and run them in onnxruntime.",
+                  no_args_is_help=True, add_completion=True, cls=_Commands)
 
 
 def _version(value: bool) -> None:
@@ -50,14 +112,34 @@ def layer_table(report: ModelReport, title: str) -> Table:
     return table
 
 
+def detail_table(path: Path) -> Table:
+    """--verbose: what each compressed weight blob holds (docs/FORMAT.md), read from the file."""
+    from fq_onnx.inspect import blob_details
+
+    table = Table(title=f"{path}: compressed weights in detail", title_justify="left")
+    for column in ("node", "centres", "b", "scales", "block", "zero run", "tokens", "header", "code table",
+                   "payload", "activation"):
+        table.add_column(column, justify="left" if column in ("node", "activation") else "right")
+    for d in blob_details(path):
+        centres = "-" if d["mode"] == "shift" else f"{d['centre0']:+.4g}, {d['centre1']:+.4g}"
+        table.add_row(d["name"], centres, str(d["b"]), f"{d['scales']:,}", str(d["block"]), str(d["run_max"]),
+                      f"{d['tokens']:,}", f"{d['header_bytes']:,}", f"{d['table_bytes']:,}", f"{d['payload_bytes']:,}",
+                      d["activation"])
+    return table
+
+
 def _print_skipped(report: ModelReport) -> None:
     for name, op, reason in report.skipped:
-        out.print(f"skipped {name} ({op}): {reason}")
+        _info(f"skipped {name} ({op}): {reason}")
+
+
+def _show_progress() -> bool:
+    return err.is_terminal and not _Verbosity.quiet
 
 
 def _progress(label: str):
-    """A per-layer progress callback drawing a bar on a terminal, silent otherwise."""
-    if not err.is_terminal:
+    """A per-layer progress callback drawing a bar on a terminal, silent otherwise (and under --quiet)."""
+    if not _show_progress():
         return None
     from rich.progress import Progress
 
@@ -112,27 +194,39 @@ def convert(
     keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5,6 (default: --bits)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
+    report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write DIR/index.html: layer table, charts, weight histograms."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Compress MODEL into OUTPUT: prune, focus-quantize, Huffman-code, rewrite to ShiftConv."""
+    _verbosity(quiet, verbose)
     report = api.convert(model, output, sparsity=sparsity, sparsity_file=sparsity_file, bits=bits, w_sep=w_sep,
                          block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
                          per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
                          sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
                          eval_size=eval_size, keep_float=keep_float,
-                         alloc_bits=_int_list(alloc_bits, "--alloc-bits"), progress=None if quiet else _progress("compressing"))
+                         alloc_bits=_int_list(alloc_bits, "--alloc-bits"), progress=_progress("compressing"),
+                         report_dir=report_dir)
     allocation = report.settings.get("allocation")
     if allocation:
         for trial in allocation["trials"]:
             measured = "" if trial["top1"] is None else f", top-1 {100 * trial['top1']:.2f}% (drop {trial['drop']:.2f})"
-            out.print(f"trial: {trial['ratio']:.2f}x weights-only, estimated output noise {trial['noise']:.4f}{measured}")
-        out.print(allocation["message"])
+            _info(f"trial: {trial['ratio']:.2f}x weights-only, estimated output noise {trial['noise']:.4f}{measured}")
+        _info(allocation["message"])
+        if verbose:
+            plan = ", ".join(f"{name} " + (c if c == "float" else f"{c['sparsity']:g}@{c['bits']}b")
+                             for name, c in allocation["plan"].items())
+            out.print(f"plan (sparsity@bits per layer): {plan}", markup=False, highlight=False)
     if not quiet:
         out.print(layer_table(report, f"{output}"))
         _print_skipped(report)
+    if verbose:
+        out.print(detail_table(output))
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
+    if report.report_path:
+        _info(f"report: {report.report_path}")
     out.print(report.summary())
 
 
@@ -140,11 +234,16 @@ def convert(
 def inspect(
     model: Path = typer.Argument(..., help="An original or a compressed .onnx model."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Per-layer table of MODEL's weights: shape, sparsity, mode, bits, bytes and ratio."""
+    _verbosity(quiet, verbose)
     report = api.inspect_model(model)
     out.print(layer_table(report, f"{model} ({report.file_bytes:,} bytes)"))
     _print_skipped(report)
+    if verbose and any(r.mode != "float" for r in report.layers):
+        out.print(detail_table(model))
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
 
@@ -153,10 +252,15 @@ def inspect(
 def decompress(
     model: Path = typer.Argument(..., help="A compressed .onnx model."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the plain float model."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Write a standard ONNX model with the dequantized weights in plain Conv/MatMul nodes."""
+    _verbosity(quiet, verbose)
     report = api.decompress(model, output)
-    out.print(f"wrote {output} ({report.file_bytes:,} bytes, {len(report.layers)} float weight layers)")
+    _info(f"wrote {output} ({report.file_bytes:,} bytes, {len(report.layers)} float weight layers)")
+    if verbose:
+        out.print(layer_table(report, f"{output} ({report.file_bytes:,} bytes)"))
 
 
 @app.command()
@@ -182,16 +286,25 @@ def evaluate(
     latency_runs: int = typer.Option(20, help="Timed runs per batch size and model (0 skips latency)."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory (one subprocess per model)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write every number as JSON."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Accuracy, agreement, SQNR, size, latency and memory of MODEL, side by side with --reference."""
     from fq_onnx.evaluate import evaluate as run_evaluate
 
+    _verbosity(quiet, verbose)
     result = run_evaluate(model, reference, data, preset=preset, size=size, crop=crop, mean=mean, std=std,
                           layout=layout, scale=scale, labels=labels, label_offset=label_offset,
                           output_name=output_name, batch_size=batch_size, limit=limit,
                           random_inputs=random_inputs, seed=seed, threads=threads,
-                          latency_runs=latency_runs, memory=memory, progress=err.is_terminal)
+                          latency_runs=latency_runs, memory=memory, progress=_show_progress())
     out.print(result.to_table(), markup=False, highlight=False, soft_wrap=True)
+    if verbose:
+        shape = "x".join(str(d) for d in result.input_shape)
+        versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
+        classes = "" if result.num_classes is None else f", {result.num_classes} classes"
+        out.print(f"input {shape}{classes}, label offset {result.label_offset}, "
+                  f"evaluated in {result.elapsed_s:.1f} s; {versions}", markup=False, highlight=False)
     if json_path:
         result.to_json(json_path)
 
@@ -207,8 +320,11 @@ def sensitivity(
     preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, cifar or none."),
     limit: int = typer.Option(500, help="Evaluation samples."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Compress each layer alone at a few sparsities; table sorted by sensitivity."""
+    _verbosity(quiet, verbose)
     try:
         values = [float(v) for v in sparsities.split(",") if v.strip()]
     except ValueError:
@@ -222,10 +338,12 @@ def sensitivity(
     for row in report.rows:
         cells = [row["by_sparsity"][str(s)] for s in report.sparsities]
         values = [f"{c['drop']:+.2f}" if report.labelled else f"{c['sqnr_db']:.1f}" for c in cells]
+        if verbose and report.labelled:  # the output SQNR behind each drop
+            values = [f"{v} ({c['sqnr_db']:.1f} dB)" for v, c in zip(values, cells)]
         table.add_row(row["node"], row["op"], f"{row['weights']:,}", *values)
     out.print(table)
     if report.baseline_top1 is not None:
-        out.print(f"original top-1 {100 * report.baseline_top1:.2f}% on {limit} samples at most")
+        _info(f"original top-1 {100 * report.baseline_top1:.2f}% on {limit} samples at most")
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
 
@@ -236,35 +354,31 @@ def demo(
     target_ratio: float = typer.Option(api.DEMO_TARGET_RATIO, help="Weights-only compression ratio to allocate for."),
     bits: int = typer.Option(api.DEMO_BITS, help="Bits per nonzero weight code."),
     seed: int = typer.Option(0, help="Seed of the mixture fit."),
+    quiet: bool = QUIET,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Convert the bundled digits CNN and compare original vs compressed side by side."""
-    report, result = api.demo(output_dir, target_ratio=target_ratio, bits=bits, seed=seed, progress=err.is_terminal)
+    _verbosity(quiet, verbose)
+    report, result = api.demo(output_dir, target_ratio=target_ratio, bits=bits, seed=seed, progress=_show_progress())
     out.print(layer_table(report, f"{report.path}"))
+    if verbose:
+        out.print(detail_table(Path(report.path)))
     out.print(report.summary())
     out.print(result.to_table(), markup=False, highlight=False)
 
 
 def main() -> None:
     """Entry point: user errors (bad input, bad usage) print one line and exit 1; bugs exit 2."""
-    verbose = "--verbose" in sys.argv
-    if verbose:
-        sys.argv.remove("--verbose")
     try:
-        app(standalone_mode=False)
-    except FqOnnxError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        sys.exit(1)
+        code = app(standalone_mode=False)  # typer hands back a command's exit code instead of exiting
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):  # a usage error from click
-            exc.show()
-            sys.exit(1)
-        if verbose:
+        if not _usage_error(exc):
             raise
-        err.print(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
-                  markup=False, highlight=False)
-        sys.exit(2)
+        exc.show()  # a bad option or argument: a user error
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

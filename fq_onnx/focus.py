@@ -23,6 +23,9 @@ SCALE_GRID = np.linspace(-4.0, 1.0, 161)  # log2 offsets of the unit step around
 ASSIGNMENTS = ("argmax", "sample", "nearest")
 
 
+HISTOGRAM_BINS = 96  # of the values a level set is fitted on (the report draws it)
+
+
 @dataclass(frozen=True)
 class Mixture:
     """Two Gaussian components sorted by mean; ``w2`` is the separation statistic."""
@@ -30,6 +33,34 @@ class Mixture:
     means: tuple[float, float]
     stds: tuple[float, float]
     w2: float
+    weights: tuple[float, float] = (0.5, 0.5)  # mixing proportions (sum to 1)
+
+    def density(self, x: np.ndarray) -> np.ndarray:
+        """Probability density of each component at ``x``: shape ``[2, len(x)]``, weights applied."""
+        x = np.asarray(x, dtype=np.float64)
+        out = np.zeros((2, x.size))
+        for c in (0, 1):
+            s = max(self.stds[c], 1e-300)
+            out[c] = self.weights[c] * np.exp(-0.5 * ((x - self.means[c]) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+        return out
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of the values a level set was fitted on, in equal bins over [low, high]."""
+
+    low: float
+    high: float
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray, bins: int = HISTOGRAM_BINS) -> "Histogram | None":
+        if values.size == 0:
+            return None
+        low, high = float(values.min()), float(values.max())
+        if high <= low:
+            low, high = low - 0.5, high + 0.5
+        return cls(low, high, np.histogram(values, bins=bins, range=(low, high))[0])
 
 
 @dataclass(frozen=True)
@@ -41,6 +72,7 @@ class QuantizedLayer:
     mixture: Mixture | None
     rel_error: float  # ||W - W_hat|| / ||W|| over the whole tensor, pruned weights included
     alphas: np.ndarray | None = None  # float32 scale per output row, or None: params.alpha
+    histogram: Histogram | None = None  # of the (row-normalised) kept weights the levels were fitted on
 
     @property
     def mode_name(self) -> str:
@@ -70,7 +102,9 @@ def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
     stds = np.sqrt(gmm.covariances_.reshape(-1)[order])
     variance = float(np.var(values))
     w2 = float(((means[1] - means[0]) ** 2 + (stds[1] - stds[0]) ** 2) / variance) if variance > 0 else 0.0
-    return Mixture((float(means[0]), float(means[1])), (float(stds[0]), float(stds[1])), w2), (gmm, order)
+    weights = gmm.weights_[order]
+    return Mixture((float(means[0]), float(means[1])), (float(stds[0]), float(stds[1])), w2,
+                   (float(weights[0]), float(weights[1]))), (gmm, order)
 
 
 def _nearest_pow2_error(residual: np.ndarray, unit: float, e_max: int) -> np.ndarray:
@@ -140,6 +174,7 @@ class LevelSet:
     params: fmt.QuantParams
     mixture: Mixture | None
     gmm: object | None = None  # (GaussianMixture, component order) in focused mode
+    histogram: Histogram | None = None  # of the values it was fitted on
 
     @property
     def focused(self) -> bool:
@@ -181,6 +216,7 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
     if values.size == 0:
         e_max = (1 << (bits - 1)) - 1
         return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126)), mixture)
+    histogram = Histogram.of(values)
     focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
     search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
     if focused:
@@ -198,7 +234,7 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
     if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
         relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
     params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
-    return LevelSet(params, mixture, fitted if focused else None)
+    return LevelSet(params, mixture, fitted if focused else None, histogram)
 
 
 def row_scales(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -257,7 +293,8 @@ def finish(weight: np.ndarray, keep: np.ndarray, levels: LevelSet, kept_codes: n
     codes = np.full(weight.shape, -1, dtype=np.int16)
     codes[keep] = kept_codes
     layer = QuantizedLayer(codes, levels.params, levels.mixture, 0.0, alphas)
-    return QuantizedLayer(codes, levels.params, levels.mixture, _rel_error(weight, layer.dequantized()), alphas)
+    return QuantizedLayer(codes, levels.params, levels.mixture, _rel_error(weight, layer.dequantized()), alphas,
+                          levels.histogram)
 
 
 def fitted_alphas(levels: LevelSet, scales: np.ndarray) -> np.ndarray:

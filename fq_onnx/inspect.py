@@ -28,6 +28,7 @@ class LayerRow:
     rel_error: float | None
     fp32_bytes: int
     stored_bytes: int
+    out_error: float | None = None  # relative output error on the calibration data (calibrated only)
 
     @property
     def ratio(self) -> float:
@@ -105,6 +106,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
         rel_error=float(node.attrs["rel_error"]) if "rel_error" in node.attrs else None,
         fp32_bytes=4 * size,
         stored_bytes=int(blob.size),
+        out_error=float(node.attrs["out_error"]) if "out_error" in node.attrs else None,
     )
 
 
@@ -137,3 +139,32 @@ def inspect_model(path: str | os.PathLike) -> ModelReport:
         elif id(node) in rows_by_node:
             rows.append(rows_by_node[id(node)])
     return ModelReport(str(path), Path(path).stat().st_size, rows, skipped)
+
+
+def blob_details(path: str | os.PathLike) -> list[dict]:
+    """What each ShiftConv weight blob of a model holds (docs/FORMAT.md): one dict per node.
+
+    Keys: name, mode, centre0/centre1 (relative to the scale), b, scales (1 or one per row),
+    block, run_max (longest zero run of one token), tokens, header_bytes, table_bytes (code
+    lengths), payload_bytes (Huffman codes), activation.
+    """
+    graph = gs.import_onnx(load_model(path))
+    details = []
+    for node in graph.nodes:
+        if node.op != rewrite.OP_TYPE or node.domain != rewrite.DOMAIN:
+            continue
+        blob = constant_value(node.inputs[1])
+        try:
+            header = fmt.read_header(blob.tobytes()) if blob is not None else None
+        except fmt.FormatError as exc:
+            raise FqOnnxError(f"ShiftConv {node.name}: {exc}") from None
+        if header is None:
+            raise FqOnnxError(f"ShiftConv {node.name}: its weight input is not a constant")
+        details.append({
+            "name": node.name, "mode": fmt.MODE_NAMES[header.params.mode], "centre0": header.params.centre0,
+            "centre1": header.params.centre1, "b": header.params.b, "scales": int(header.alphas.size),
+            "block": header.block, "run_max": header.run_max, "tokens": header.tokens,
+            "header_bytes": header.table_offset, "table_bytes": header.table_bytes,
+            "payload_bytes": header.payload_bytes, "activation": str(node.attrs.get("activation", "none")),
+        })
+    return details

@@ -22,8 +22,10 @@ class ShiftConv(OpRun):
 
     def _run(self, X, W, B=None, kind="conv", auto_pad="NOTSET", dilations=None, group=1,
              kernel_shape=None, pads=None, strides=None, activation="none", clip_min=None, clip_max=None,
-             **informational):
+             M=None, **informational):
         weight = self._weight(W)
+        if M is not None and M != weight.shape[0]:
+            raise ValueError(f"ShiftConv {self.onnx_node.name}: attribute M={M}, the weight stores {weight.shape[0]} outputs")
         if kind == "dense":
             if X.shape[-1] != weight.shape[1]:
                 raise ValueError(f"ShiftConv {self.onnx_node.name}: input has {X.shape[-1]} features, weight expects {weight.shape[1]}")

@@ -47,7 +47,9 @@ class Target:
         inputs = [data, gs.Constant(f"{node.name}/fq_weight", np.frombuffer(blob, dtype=np.uint8).copy())]
         if self.bias is not None:
             inputs.append(gs.Constant(f"{node.name}/fq_bias", self.bias.astype(np.float32)))
-        attrs = {"kind": self.kind, **self.attrs, **info, "activation": "none"}
+        # M (outputs) as an attribute, as onnxruntime's MatMulNBits keeps N: shape inference then
+        # needs no initializer data, which tools such as onnxslim do not hand to custom ops.
+        attrs = {"kind": self.kind, "M": int(self.weight.shape[0]), **self.attrs, **info, "activation": "none"}
         # a following Relu or Clip is applied in the kernel's output store
         outputs = list(node.outputs)
         fused = _fusable_activation(graph, outputs[0]) if fuse_activation else None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import conv_model, save
 
@@ -13,8 +13,9 @@ from fq_onnx.digits import default_model_path
 
 
 def fq(*args, cwd=None):
-    exe = shutil.which("fq-onnx")
-    command = [exe] if exe else [sys.executable, "-m", "fq_onnx"]
+    # this environment's entry point (the first fq-onnx on PATH may belong to another install)
+    exe = Path(sys.executable).with_name("fq-onnx")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fq_onnx"]
     return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 

@@ -190,6 +190,12 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       group = wshape_.group;
     }
 
+    int64_t m_attr = 0;  // optional (models written before it existed lack it)
+    if (attr_int(info, "M", &m_attr) && m_attr != M) {
+      throw std::invalid_argument("attribute M=" + std::to_string(m_attr) + " but the weight stores " +
+                                  std::to_string(M) + " outputs");
+    }
+
     // Bias: constant (checked now) or a runtime input (checked per run).
     if (ki.GetInputCount() > 2) {
       int bias_constant = 0;
