@@ -1,0 +1,92 @@
+// Dense convolutions run by onnxruntime's own CPU kernels, invoked from inside ShiftConv through
+// OrtApi::CreateOp / InvokeOp (onnxruntime/core/session/standalone_op_invoker.cc: the kernel
+// comes from the CPU execution provider's registry, contrib ops included). Where a layer is too
+// dense for the sparse kernel to win (dense_path.h decides), this makes the layer as fast as
+// onnxruntime's own Conv by construction, with the weights decoded from the blob once.
+//
+// Two layouts:
+//   plain  Conv (ONNX, opset 11) or com.microsoft FusedConv when an activation is fused:
+//          im2col + MLAS SGEMM, a direct SGEMM for 1x1 convs.
+//   NCHWc  com.microsoft.nchwc ReorderInput -> Conv -> ReorderOutput, what onnxruntime's
+//          NchwcTransformer builds at ORT_ENABLE_ALL, with the filter reordered here the way
+//          MLAS's MlasReorderFilterOIHWBiBo / OIHWBo do it. Its block size (16 with AVX-512,
+//          8 with AVX2) is predicted from the CPU and verified once per process against the
+//          running onnxruntime; on a mismatch the layer falls back to the plain layout.
+//
+// Every kernel is created in the constructor; when onnxruntime cannot provide one (older
+// runtime, a minimal build, NCHWc unavailable) create() returns null with the reason and the
+// caller keeps its own path. Compute is reentrant: the weights are immutable after the first
+// call, scratch is per call.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "conv_geometry.h"
+#include "decode.h"
+#include "dense_path.h"
+#include "execute.h"
+#include "ort_api.h"
+
+namespace fq {
+
+// The decoded weight as a dense row-major float tensor (OIHW for convs): level(row, code) at
+// every coded index, 0 elsewhere; the same floats as fmt.dequantize.
+std::vector<float> dense_weight(const DecodedWeight& w);
+
+// Explicit [begin..., end...] pads for onnxruntime's kernels, or false when they depend on the
+// input size (auto_pad SAME_* with a stride above 1).
+bool static_pads(const ConvAttrs& attrs, const ConvWeightShape& ws, std::vector<int64_t>* pads);
+
+class OrtDelegate {
+ public:
+  struct Layer {
+    ConvWeightShape ws;
+    std::vector<int64_t> pads;  // explicit (static_pads)
+    std::vector<float> bias;    // constant bias [M], or empty
+    bool bias_at_run = false;   // the bias is a non-constant input, passed through each run
+    float lo, hi;               // the fused activation as a clamp (-inf/+inf: none)
+  };
+
+  // `weight` is the dense OIHW weight. `nchwc_block` > 0 asks for the NCHWc layout with that
+  // block size (plain where the layer is not nchwc_eligible), 0 for the plain one. Returns null
+  // when onnxruntime does not provide the plain kernel; the NCHWc layout missing falls back to
+  // the plain one. Both are logged through the node's logger (`where` names the node).
+  static std::unique_ptr<OrtDelegate> create(const OrtKernelInfo* info, const std::string& where, Layer layer,
+                                             std::vector<float> weight, int nchwc_block, double cost);
+  ~OrtDelegate();
+  OrtDelegate(const OrtDelegate&) = delete;
+  OrtDelegate& operator=(const OrtDelegate&) = delete;
+
+  // Y (of shape out_shape, allocated here as output 0) = the layer applied to x. x_shape has
+  // been validated by the caller (conv_shape); b is the run-time bias when bias_at_run.
+  // Throws std::runtime_error with onnxruntime's message on failure.
+  void compute(OrtKernelContext* ctx, const OrtValue* x, const std::vector<int64_t>& x_shape, const OrtValue* b,
+               const std::vector<int64_t>& out_shape);
+
+  // The layout in use: "nchwc" or "plain" (after the first compute, the verified one).
+  const char* layout() const { return nchwc_block_ > 0 ? "nchwc" : "plain"; }
+
+ private:
+  OrtDelegate() = default;
+  void resolve(OrtKernelContext* ctx);  // first compute: verify the NCHWc block size
+  void set_weight_value(const std::vector<int64_t>& shape);
+
+  Layer layer_;
+  int nchwc_block_ = 0;     // 0: plain layout
+  int64_t m_padded_ = 0;    // output channels rounded up to the block (NCHWc)
+  bool reorder_input_ = false;
+  AlignedFloats weight_;    // OIHW (plain) or OIHWBiBo / OIHWBo (NCHWc)
+  size_t weight_floats_ = 0;
+  AlignedFloats bias_;      // padded to m_padded_ for NCHWc
+  OrtValue* w_value_ = nullptr;
+  OrtValue* b_value_ = nullptr;
+  OrtOp* conv_op_ = nullptr;        // Conv / FusedConv, always (also the NCHWc fallback)
+  OrtOp* nchwc_conv_op_ = nullptr;  // com.microsoft.nchwc Conv
+  OrtOp* reorder_in_op_ = nullptr;  // also the block-size probe
+  OrtOp* reorder_out_op_ = nullptr;
+  std::once_flag resolved_;
+};
+
+}  // namespace fq
