@@ -319,7 +319,8 @@ def plain_session(model, threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_AL
 
 def our_session(model, threads, dense=None):
     """``dense``: the session config fq_onnx.dense (auto, own, ort, nchw, nchwc); None: default."""
-    return runtime.session(model, threads=threads or None, config={"fq_onnx.dense": dense} if dense else None)
+    config = {runtime.DENSE_CONFIG_KEY: dense} if dense else None
+    return runtime.session(model, threads=threads or None, config=config)
 
 
 def time_many(sessions, feed, min_runs, min_seconds=0.5, block=5):
