@@ -77,6 +77,36 @@ def test_delegated_conv_matches_reference(case, mode):
             assert_close(y, reference.run(model, {"X": x})[0], x, weight)
 
 
+# Dense kind (Gemm / MatMul layers): (x_shape, weight shape [M, K]).
+DENSE_CASES = {
+    "vector": ((40,), (24, 40)),
+    "rows": ((3, 40), (24, 40)),
+    "many-rows": ((9, 64), (33, 64)),
+    "rank3": ((2, 3, 33), (17, 33)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DENSE_CASES))
+@pytest.mark.parametrize("mode", MODES)
+def test_delegated_dense_matches_reference(case, mode, capfd):
+    rng = np.random.default_rng(zlib.crc32(f"dense-{case}-{mode}".encode()))
+    x_shape, w_shape = DENSE_CASES[case]
+    blob = make_blob(rng, w_shape, sparsity=0.0, per_row=case != "rows")
+    weight = fmt.dequantize(blob)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    x = (rng.standard_normal(x_shape) * 2).astype(np.float32)
+    for i, act in enumerate(ACTIVATIONS):
+        for b in (bias, None):
+            model = shiftconv_model(blob, x_shape, bias=b, kind="dense", **act)
+            y = session(model, mode, threads=1 + i % 2).run(None, {"X": x})[0]
+            assert_close(y, reference.run(model, {"X": x})[0], x, weight)
+    model = shiftconv_model(blob, x_shape, bias=bias, bias_as_input=True, kind="dense", activation="relu")
+    y = session(model, mode).run(None, {"X": x, "B": bias})[0]
+    assert_close(y, reference.run(model, {"X": x, "B": bias})[0], x, weight)
+    log = dense_log(capfd, model, mode)
+    assert ("onnxruntime's MatMul" in log) == (mode != "own"), log
+
+
 @pytest.mark.parametrize("case", ["3x3", "1x1", "depthwise", "stem-7x7-3ch", "1d", "group-unaligned"])
 def test_forced_paths_are_the_ones_that_run(case, capfd):
     rng = np.random.default_rng(5)
@@ -146,10 +176,13 @@ def test_runtime_bias_input_with_delegate():
 def test_wrong_input_is_an_error_naming_the_node():
     rng = np.random.default_rng(8)
     model = shiftconv_model(make_blob(rng, (16, 16, 3, 3), sparsity=0.0), (1, None, 6, 6))
-    for mode in ("ort", "nchw"):
+    dense = shiftconv_model(make_blob(rng, (5, 6), sparsity=0.0), (None,), kind="dense")
+    for mode in ("ort", "nchw", "auto"):
         sess = session(model, mode)
         with pytest.raises(Exception, match=f"ShiftConv node '{NODE}'.*channels"):
             sess.run(None, {"X": np.zeros((1, 8, 6, 6), np.float32)})
+        with pytest.raises(Exception, match=f"ShiftConv node '{NODE}'.*K = 6"):
+            session(dense, mode).run(None, {"X": np.zeros((7,), np.float32)})
 
 
 def test_changing_shapes_and_empty_batch_with_delegate():
@@ -161,6 +194,8 @@ def test_changing_shapes_and_empty_batch_with_delegate():
         x = rng.standard_normal(shape).astype(np.float32)
         assert_close(sess.run(None, {"X": x})[0], reference.run(model, {"X": x})[0], x, fmt.dequantize(blob))
     assert sess.run(None, {"X": np.zeros((0, 16, 5, 5), np.float32)})[0].shape == (0, 16, 5, 5)
+    dense = shiftconv_model(make_blob(rng, (5, 6), sparsity=0.0), (None, 6), kind="dense")
+    assert session(dense, "ort").run(None, {"X": np.zeros((0, 6), np.float32)})[0].shape == (0, 5)
 
 
 @pytest.mark.skipif(not BLOCK, reason="no NCHWc kernels on this CPU")
@@ -223,6 +258,13 @@ def test_concurrent_runs_on_one_session_with_the_delegate(mode):
     inputs = [rng.standard_normal((1 + i % 3, 32, 14, 14)).astype(np.float32) for i in range(8)]
     expected = [reference.run(model, {"X": x})[0] for x in inputs]
     weight = fmt.dequantize(blob)
+    # A dense-kind layer too, with row counts on both sides of the auto rule.
+    dblob = make_blob(rng, (40, 72), sparsity=0.0)
+    dmodel = shiftconv_model(dblob, (None, 72), kind="dense", bias=rng.standard_normal(40).astype(np.float32))
+    dsess = session(dmodel, mode, threads=2)
+    dinputs = [rng.standard_normal((1 + 3 * (i % 4), 72)).astype(np.float32) for i in range(8)]
+    dexpected = [reference.run(dmodel, {"X": x})[0] for x in dinputs]
+    dweight = fmt.dequantize(dblob)
     errors = []
 
     def worker(seed):
@@ -230,6 +272,7 @@ def test_concurrent_runs_on_one_session_with_the_delegate(mode):
             for j in range(15):
                 i = (seed + j) % len(inputs)
                 assert_close(sess.run(None, {"X": inputs[i]})[0], expected[i], inputs[i], weight)
+                assert_close(dsess.run(None, {"X": dinputs[i]})[0], dexpected[i], dinputs[i], dweight)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(f"thread {seed}: {exc!r}")
 

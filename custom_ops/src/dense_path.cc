@@ -20,6 +20,14 @@ constexpr double kPointwiseAbove = 0.43;
 // 1.2-1.3x faster, at 0.49 0.80-0.86x.
 constexpr double kNchwcAbove = 0.35;
 
+// Dense-kind layers (1280/512/2048 -> 1000 classifiers): onnxruntime's MatMul on 1 row matched
+// its own (prepacked) Gemm and beat ours from cost 0.30 (70% unstructured: ours 0.53-0.78x) up;
+// at 0.20 ours was 0.81-0.83x of it on 1280/2048 inputs (1.10x on 512). Without prepacked
+// weights (InvokeOp kernels get none) its MatMul costs 1.3-1.7x more per row from 2 rows on:
+// at 8 rows ours was faster at every cost measured but 0.40; at 2-4 rows slower.
+constexpr double kMatMulAbove = 0.22;
+constexpr int64_t kMatMulMaxRows = 4;
+
 // Depthwise convs: our per-plane kernel against onnxruntime's NCHWc depthwise (16 channels per
 // vector) depends on the output plane size more than on the density. Smallest density at which
 // onnxruntime is faster, per output plane size (pixels, up to) and stride, measured on the
@@ -81,14 +89,32 @@ bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided) {
   return false;  // 112x112: ours 1.2x faster dense
 }
 
+namespace {
+
+// The delegate holds the weight dense: never for a blob that declares far more elements than it
+// codes (memory stays proportional to the file, as on our path), whatever the mode.
+bool too_sparse_to_hold_dense(const SparseWeight& w) {
+  const double elements = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
+  return elements > 16.0 * double(w.nonzeros) + double(1 << 20);
+}
+
+}  // namespace
+
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w) {
+  DensePath p;
+  p.cost = relative_cost(w);
+  if (mode == DenseMode::kOwn || too_sparse_to_hold_dense(w)) return p;
+  p.delegate = mode != DenseMode::kAuto || p.cost > kMatMulAbove;
+  p.keep_own = p.delegate && mode == DenseMode::kAuto;  // rows are known per run
+  return p;
+}
+
+bool matmul_prefers_ort(int64_t rows) { return rows <= kMatMulMaxRows; }
+
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static) {
   DensePath p;
   p.cost = relative_cost(w);
-  if (mode == DenseMode::kOwn || !pads_static) return p;
-  // The delegate holds the weight dense: never for a blob that declares far more elements than
-  // it codes (memory stays proportional to the file, as on our path), whatever the mode.
-  const double elements = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
-  if (elements > 16.0 * double(w.nonzeros) + double(1 << 20)) return p;
+  if (mode == DenseMode::kOwn || !pads_static || too_sparse_to_hold_dense(w)) return p;
   const bool pointwise = ws.kh * ws.kw == 1 && ws.sh == 1 && ws.sw == 1 && ws.group == 1;
   const int block = nchwc_block();
   const bool nchwc_ok = block > 1 && nchwc_eligible(ws, block);

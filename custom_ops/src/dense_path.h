@@ -38,17 +38,22 @@ struct DensePath {
   bool delegate = false;  // run by onnxruntime's kernel
   int nchwc_block = 0;    // > 0: in the NCHWc layout with this block
   double cost = 0;        // relative_cost of the weight (logged)
-  // Depthwise layers in auto mode: our kernel stays too, depthwise_prefers_ort picks per input
-  // shape.
+  // Depthwise and dense-kind layers in auto mode: our kernel stays too, depthwise_prefers_ort /
+  // matmul_prefers_ort pick per input shape.
   bool keep_own = false;
 };
+
+// The choice for a dense-kind layer (Gemm / MatMul): onnxruntime's MatMul or ours. In auto
+// mode both are kept and matmul_prefers_ort picks by the number of rows of X.
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w);
+bool matmul_prefers_ort(int64_t rows);
 
 // For a depthwise conv of this density (nonzero taps / all taps): is onnxruntime's NCHWc kernel
 // faster at `out_pixels` output pixels per plane? `strided`: a stride above 1.
 bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided);
 
-// The choice for a conv layer (dense-kind layers always keep our kernel). `pads_static`: the
-// pads do not depend on the input size (static_pads), a precondition of delegating.
+// The choice for a conv layer. `pads_static`: the pads do not depend on the input size
+// (static_pads), a precondition of delegating.
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static);
 
 }  // namespace fq

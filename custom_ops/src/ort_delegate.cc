@@ -337,6 +337,35 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
   return d;
 }
 
+std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* info, const std::string& where,
+                                                        Layer layer, std::vector<float> weight, double cost) {
+  const OrtLogger* logger = nullptr;
+  if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
+    api().ReleaseStatus(st);
+    logger = nullptr;
+  }
+  std::unique_ptr<OrtDelegate> d(new OrtDelegate());
+  const std::string err = create_op(info, "MatMul", "", 13, OpAttrs(), 2, 1, &d->conv_op_);
+  if (!err.empty()) {
+    log_message(logger, ORT_LOGGING_LEVEL_WARNING,
+                where + "onnxruntime's MatMul is unavailable, keeping the sparse kernel: " + err);
+    return nullptr;
+  }
+  const int64_t M = layer.ws.M, K = layer.ws.Cg;
+  d->matmul_ = true;
+  d->m_padded_ = M;
+  d->weight_floats_ = size_t(M * K);
+  float* wt = d->weight_.reserve(d->weight_floats_);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) wt[k * M + m] = weight[size_t(m * K + k)];
+  d->set_weight_value({K, M});
+  if (!layer.bias.empty()) std::copy(layer.bias.begin(), layer.bias.end(), d->bias_.reserve(size_t(M)));
+  d->layer_ = std::move(layer);
+  log_message(logger, ORT_LOGGING_LEVEL_INFO,
+              where + "relative cost " + std::to_string(cost) + ", dense path: onnxruntime's MatMul");
+  return d;
+}
+
 void OrtDelegate::set_weight_value(const std::vector<int64_t>& shape) {
   if (w_value_) api().ReleaseValue(w_value_);
   w_value_ = nullptr;
@@ -399,6 +428,31 @@ void OrtDelegate::compute(OrtKernelContext* ctx, const OrtValue* x, const std::v
     bias = b;
   }
   const bool has_bias = bias != nullptr;
+  if (matmul_) {
+    invoke(ctx, conv_op_, {x, w_value_}, y, "MatMul");
+    const float* bv = nullptr;
+    if (layer_.bias_at_run) {
+      bv = Ort::ConstValue(b).GetTensorData<float>();
+    } else if (!layer_.bias.empty()) {
+      bv = bias_.reserve(size_t(m_padded_));
+    }
+    float* out = Ort::UnownedValue(y).GetTensorMutableData<float>();
+    const int64_t M = layer_.ws.M;
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < out_shape.size(); ++i) rows *= out_shape[i];
+    const float lo = layer_.lo, hi = layer_.hi;
+    if (bv == nullptr && !has_activation(layer_)) return;
+    // The store of our own kernels (scalar_loops.h): y = min(max(y + b, lo), hi), NaN kept.
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = out + r * M;
+      for (int64_t m = 0; m < M; ++m) {
+        const float v = row[m] + (bv ? bv[m] : 0.0f);
+        const float c = v < lo ? lo : v;
+        row[m] = hi < c ? hi : c;
+      }
+    }
+    return;
+  }
   if (nchwc_block_ == 0) {
     if (has_bias) {
       invoke(ctx, conv_op_, {x, w_value_, bias}, y, "Conv");

@@ -1,10 +1,10 @@
-// Dense convolutions run by onnxruntime's own CPU kernels, invoked from inside ShiftConv through
+// Dense layers run by onnxruntime's own CPU kernels, invoked from inside ShiftConv through
 // OrtApi::CreateOp / InvokeOp (onnxruntime/core/session/standalone_op_invoker.cc: the kernel
 // comes from the CPU execution provider's registry, contrib ops included). Where a layer is too
 // dense for the sparse kernel to win (dense_path.h decides), this makes the layer as fast as
 // onnxruntime's own Conv by construction, with the weights decoded from the blob once.
 //
-// Two layouts:
+// Convs in two layouts, dense-kind layers as a MatMul:
 //   plain  Conv (ONNX, opset 11) or com.microsoft FusedConv when an activation is fused:
 //          im2col + MLAS SGEMM, a direct SGEMM for 1x1 convs.
 //   NCHWc  com.microsoft.nchwc ReorderInput -> Conv -> ReorderOutput, what onnxruntime's
@@ -12,6 +12,7 @@
 //          MLAS's MlasReorderFilterOIHWBiBo / OIHWBo do it. Its block size (16 with AVX-512,
 //          8 with AVX2) is predicted from the CPU and verified once per process against the
 //          running onnxruntime; on a mismatch the layer falls back to the plain layout.
+//   MatMul (opset 13) on the transposed weight, bias and activation applied after it.
 //
 // Every kernel is created in the constructor; when onnxruntime cannot provide one (older
 // runtime, a minimal build, NCHWc unavailable) create() returns null with the reason and the
@@ -55,18 +56,23 @@ class OrtDelegate {
   // the plain one. Both are logged through the node's logger (`where` names the node).
   static std::unique_ptr<OrtDelegate> create(const OrtKernelInfo* info, const std::string& where, Layer layer,
                                              std::vector<float> weight, int nchwc_block, double cost);
+  // Dense kind (Gemm/MatMul layers): Y[..., M] = X[..., K] W^T + B, then the activation.
+  // onnxruntime's MatMul on W^T [K, M] kept here (faster than its Gemm when B cannot be
+  // prepacked, as here: InvokeOp kernels get no PrePack); bias and activation follow in one pass
+  // (MatMul has neither). `weight` is [M, K] (layer.ws.M = M, layer.ws.Cg = K).
+  static std::unique_ptr<OrtDelegate> create_matmul(const OrtKernelInfo* info, const std::string& where,
+                                                    Layer layer, std::vector<float> weight, double cost);
   ~OrtDelegate();
   OrtDelegate(const OrtDelegate&) = delete;
   OrtDelegate& operator=(const OrtDelegate&) = delete;
 
   // Y (of shape out_shape, allocated here as output 0) = the layer applied to x. x_shape has
-  // been validated by the caller (conv_shape); b is the run-time bias when bias_at_run.
+  // been validated by the caller (conv_shape, or ending in K); b is the run-time bias when
+  // bias_at_run (its shape checked by the caller).
   // Throws std::runtime_error with onnxruntime's message on failure.
   void compute(OrtKernelContext* ctx, const OrtValue* x, const std::vector<int64_t>& x_shape, const OrtValue* b,
                const std::vector<int64_t>& out_shape);
 
-  // The layout in use: "nchwc" or "plain" (after the first compute, the verified one).
-  const char* layout() const { return nchwc_block_ > 0 ? "nchwc" : "plain"; }
 
  private:
   OrtDelegate() = default;
@@ -74,6 +80,7 @@ class OrtDelegate {
   void set_weight_value(const std::vector<int64_t>& shape);
 
   Layer layer_;
+  bool matmul_ = false;     // dense kind: conv_op_ is a MatMul, bias and activation applied here
   int nchwc_block_ = 0;     // 0: plain layout
   int64_t m_padded_ = 0;    // output channels rounded up to the block (NCHWc)
   bool reorder_input_ = false;
@@ -82,7 +89,7 @@ class OrtDelegate {
   AlignedFloats bias_;      // padded to m_padded_ for NCHWc
   OrtValue* w_value_ = nullptr;
   OrtValue* b_value_ = nullptr;
-  OrtOp* conv_op_ = nullptr;        // Conv / FusedConv, always (also the NCHWc fallback)
+  OrtOp* conv_op_ = nullptr;        // Conv / FusedConv (also the NCHWc fallback), or MatMul
   OrtOp* nchwc_conv_op_ = nullptr;  // com.microsoft.nchwc Conv
   OrtOp* reorder_in_op_ = nullptr;  // also the block-size probe
   OrtOp* reorder_out_op_ = nullptr;

@@ -225,12 +225,17 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       max_vectors_ = std::max(1, std::min(kernels_->max_vectors, std::atoi(v)));
     }
     weight_ = build_sparse_weight(dw, M, Cg, kh, kw, group, max_group);
-    if (!dense_) {
+    {
       const DenseMode mode = parse_dense_mode(dense_choice.empty() ? dense_mode_from_env() : dense_choice);
       OrtDelegate::Layer layer{wshape_, {}, bias_, bias_at_run_, act_lo_, act_hi_};
-      const DensePath path = choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
+      layer.ws.M = M;
+      layer.ws.Cg = Cg;
+      const DensePath path = dense_ ? choose_matmul_path(mode, weight_)
+                                    : choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
       if (path.delegate) {
-        delegate_ = OrtDelegate::create(info, where, std::move(layer), dense_weight(dw), path.nchwc_block, path.cost);
+        delegate_ = dense_ ? OrtDelegate::create_matmul(info, where, std::move(layer), dense_weight(dw), path.cost)
+                           : OrtDelegate::create(info, where, std::move(layer), dense_weight(dw), path.nchwc_block,
+                                                 path.cost);
         // onnxruntime runs the layer: drop the tap lists (memory stays at the dense model's).
         if (delegate_ && !path.keep_own) {
           SparseWeight shape_only;
@@ -338,7 +343,18 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
     return;
   }
 
-  if (delegate_) {
+  if (delegate_ && dense_) {
+    if (x_shape.empty() || x_shape.back() != weight_.Cg) {
+      throw std::invalid_argument("input X " + shape_str(x_shape) + " does not end in K = " + std::to_string(weight_.Cg));
+    }
+    std::vector<int64_t> out_shape(x_shape.begin(), x_shape.end() - 1);
+    if (!choose_per_shape_ || matmul_prefers_ort(elements / weight_.Cg)) {
+      out_shape.push_back(weight_.M);
+      delegate_->compute(context, xv, x_shape, bias_value, out_shape);
+      return;
+    }
+  }
+  if (delegate_ && !dense_) {
     const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);  // validates X against the node
     const double density = double(weight_.nonzeros) / double(weight_.M * weight_.kh * weight_.kw);
     if (!choose_per_shape_ || depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1)) {

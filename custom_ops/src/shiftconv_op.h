@@ -49,7 +49,7 @@ class ShiftConvKernel {
   // A conv too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
   // keeps only its shape.
   std::unique_ptr<OrtDelegate> delegate_;
-  bool choose_per_shape_ = false;  // depthwise: both paths kept, dense_path.h picks per input shape
+  bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
