@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 
@@ -200,14 +201,13 @@ int probed_block_size(OrtKernelContext* ctx, const OrtOp* reorder_in) {
 
 }  // namespace
 
-std::vector<float> dense_weight(const DecodedWeight& w) {
-  std::vector<float> out(size_t(w.elements), 0.0f);
+void scatter_weight(const DecodedWeight& w, float* dst, size_t size, const std::function<size_t(uint64_t)>& at) {
+  std::fill(dst, dst + size, 0.0f);
   const uint64_t row_len = w.dims.empty() || w.dims[0] == 0 ? 1 : w.elements / w.dims[0];
   for (size_t i = 0; i < w.index.size(); ++i) {
     const float v = w.level(w.index[i] / row_len, w.code[i]);
-    if (v != 0.0f) out[w.index[i]] = v;  // +-0 levels stay +0, as in the sparse path
+    if (v != 0.0f) dst[at(w.index[i])] = v;  // +-0 levels stay +0, as in the sparse path
   }
-  return out;
 }
 
 bool static_pads(const ConvAttrs& a, const ConvWeightShape& ws, std::vector<int64_t>* pads) {
@@ -251,7 +251,7 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
 }
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
-                                                 std::vector<float> weight, int nchwc_block, double cost) {
+                                                 const DecodedWeight& weight, int nchwc_block, double cost) {
   const OrtLogger* logger = nullptr;
   if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
     api().ReleaseStatus(st);
@@ -309,16 +309,16 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
     d->reorder_input_ = !(ws.group == 1 && ws.Cg < B);
     const BlockedFilter at{ws.Cg, KS, B, bibo};
     d->weight_floats_ = size_t(d->m_padded_ * ws.Cg * KS);
-    float* dst = d->weight_.reserve(d->weight_floats_);
-    std::fill(dst, dst + d->weight_floats_, 0.0f);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t c = 0; c < ws.Cg; ++c)
-        for (int64_t k = 0; k < KS; ++k) dst[at(m, c, k)] = weight[size_t((m * ws.Cg + c) * KS + k)];
+    const int64_t row = ws.Cg * KS;
+    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
+      return at(int64_t(i) / row, int64_t(i) % row / KS, int64_t(i) % KS);
+    });
     d->set_weight_value({d->m_padded_, ws.Cg, ws.kh, ws.kw});
   } else {
     d->m_padded_ = M;
-    d->weight_floats_ = weight.size();
-    std::copy(weight.begin(), weight.end(), d->weight_.reserve(weight.size()));
+    d->weight_floats_ = size_t(weight.elements);
+    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_,
+                   [](uint64_t i) { return size_t(i); });
     std::vector<int64_t> shape = {M, ws.Cg};
     if (ws.spatial == 2) shape.push_back(ws.kh);
     shape.push_back(ws.kw);
@@ -338,7 +338,7 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
 }
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* info, const std::string& where,
-                                                        Layer layer, std::vector<float> weight, double cost) {
+                                                        Layer layer, const DecodedWeight& weight, double cost) {
   const OrtLogger* logger = nullptr;
   if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
     api().ReleaseStatus(st);
@@ -355,9 +355,9 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* inf
   d->matmul_ = true;
   d->m_padded_ = M;
   d->weight_floats_ = size_t(M * K);
-  float* wt = d->weight_.reserve(d->weight_floats_);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) wt[k * M + m] = weight[size_t(m * K + k)];
+  scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
+    return size_t(int64_t(i) % K * M + int64_t(i) / K);  // [M, K] -> [K, M]
+  });
   d->set_weight_value({K, M});
   if (!layer.bias.empty()) std::copy(layer.bias.begin(), layer.bias.end(), d->bias_.reserve(size_t(M)));
   d->layer_ = std::move(layer);

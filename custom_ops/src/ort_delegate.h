@@ -19,6 +19,7 @@
 // caller keeps its own path. Compute is reentrant: the weights are immutable after the first
 // call, scratch is per call.
 #pragma once
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,9 +33,10 @@
 
 namespace fq {
 
-// The decoded weight as a dense row-major float tensor (OIHW for convs): level(row, code) at
-// every coded index, 0 elsewhere; the same floats as fmt.dequantize.
-std::vector<float> dense_weight(const DecodedWeight& w);
+// Writes the decoded weight densely into dst[0, size): level(row, code) of every coded element
+// at dst[at(flat index)], 0 elsewhere; the same floats as fmt.dequantize. Straight from the
+// coded elements into the layout onnxruntime wants: no dense intermediate copy.
+void scatter_weight(const DecodedWeight& w, float* dst, size_t size, const std::function<size_t(uint64_t)>& at);
 
 // Explicit [begin..., end...] pads for onnxruntime's kernels, or false when they depend on the
 // input size (auto_pad SAME_* with a stride above 1).
@@ -50,18 +52,18 @@ class OrtDelegate {
     float lo, hi;               // the fused activation as a clamp (-inf/+inf: none)
   };
 
-  // `weight` is the dense OIHW weight. `nchwc_block` > 0 asks for the NCHWc layout with that
+  // `weight` is the decoded OIHW weight. `nchwc_block` > 0 asks for the NCHWc layout with that
   // block size (plain where the layer is not nchwc_eligible), 0 for the plain one. Returns null
   // when onnxruntime does not provide the plain kernel; the NCHWc layout missing falls back to
   // the plain one. Both are logged through the node's logger (`where` names the node).
   static std::unique_ptr<OrtDelegate> create(const OrtKernelInfo* info, const std::string& where, Layer layer,
-                                             std::vector<float> weight, int nchwc_block, double cost);
+                                             const DecodedWeight& weight, int nchwc_block, double cost);
   // Dense kind (Gemm/MatMul layers): Y[..., M] = X[..., K] W^T + B, then the activation.
   // onnxruntime's MatMul on W^T [K, M] kept here (faster than its Gemm when B cannot be
   // prepacked, as here: InvokeOp kernels get no PrePack); bias and activation follow in one pass
   // (MatMul has neither). `weight` is [M, K] (layer.ws.M = M, layer.ws.Cg = K).
   static std::unique_ptr<OrtDelegate> create_matmul(const OrtKernelInfo* info, const std::string& where,
-                                                    Layer layer, std::vector<float> weight, double cost);
+                                                    Layer layer, const DecodedWeight& weight, double cost);
   ~OrtDelegate();
   OrtDelegate(const OrtDelegate&) = delete;
   OrtDelegate& operator=(const OrtDelegate&) = delete;
