@@ -282,3 +282,29 @@ def test_concurrent_runs_on_one_session_with_the_delegate(mode):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("mode", ["ort", "nchw", "nchwc"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_delegate_weights_are_the_decoded_weights_bit_for_bit(mode, k):
+    """An impulse in channel c of image c reads back W[:, c] (flipped) from onnxruntime's Conv:
+    the weights it was given are fmt.dequantize's, bit for bit (and I @ W^T for the MatMul)."""
+    rng = np.random.default_rng(20 + k)
+    c, m = 16, 32
+    blob = make_blob(rng, (m, c, k, k), sparsity=0.0, mode=1, bits=6, per_row=True)
+    weight = fmt.dequantize(blob)
+    x = np.zeros((c, c, k, k), np.float32)
+    for i in range(c):
+        x[i, i, 0, 0] = 1.0
+    model = shiftconv_model(blob, x.shape, pads=[k - 1] * 4)
+    y = session(model, mode, threads=2).run(None, {"X": x})[0]
+    got = y[:, :, :k, :k][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    np.testing.assert_array_equal(got, weight)
+    nonzero = weight != 0
+    assert got[nonzero].tobytes() == weight[nonzero].tobytes()
+
+    dblob = make_blob(rng, (m, 24), sparsity=0.0, per_row=True)
+    dweight = fmt.dequantize(dblob)
+    eye = np.eye(24, dtype=np.float32)
+    y = session(shiftconv_model(dblob, eye.shape, kind="dense"), mode).run(None, {"X": eye})[0]
+    assert y.tobytes() == np.ascontiguousarray(dweight.T).tobytes()
