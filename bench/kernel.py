@@ -445,6 +445,7 @@ DENSE_LAYERS = LAYERS + [
     ("1x1 16→96 @112² (MobileNet)", 16, 96, 112, 1, 1),
     ("dw 3x3 576@14²", 576, 576, 14, 3, 1, 576),
     ("dw 3x3 960@7²", 960, 960, 7, 3, 1, 960),
+    ("fc 1280→1000 (Gemm)", 1280, 1000, 1, "fc", 1),
 ]
 DENSE_MODES = ("own", "ort", "auto")
 
@@ -461,8 +462,14 @@ def bench_dense(args, out):
             continue
         for batch in args.batches:
             for sparsity in args.dense_sparsities:
-                orig, comp = layer_pair(c_in, c_out, size, k, stride, sparsity, 1, group=group)
-                x = np.random.default_rng(0).standard_normal((batch, c_in, size, size)).astype(np.float32)
+                if k == "fc":
+                    g = GraphBuilder(sparsity, 1, seed=c_in + c_out)
+                    orig, comp = g.models((1, c_in), g.dense("X", c_in, c_out))
+                    x_shape = (batch, c_in)
+                else:
+                    orig, comp = layer_pair(c_in, c_out, size, k, stride, sparsity, 1, group=group)
+                    x_shape = (batch, c_in, size, size)
+                x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
                 sessions = [plain_session(orig, args.threads),
                             plain_session(orig, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)]
                 sessions += [our_session(comp, args.threads, dense=m) for m in DENSE_MODES]
@@ -506,7 +513,8 @@ def whole_models(args):
     digits = ROOT / "models" / "digits_cnn.onnx"
     if digits.exists():
         models.append(("digits CNN (bundled)", lambda s, b: compress_existing(onnx.load(str(digits)), s, b)))
-    for path in sorted(SHARED_MODELS.glob("*.onnx")) if SHARED_MODELS.is_dir() else []:
+    shared = Path(args.shared_models)
+    for path in sorted(shared.glob("*.onnx")) if shared.is_dir() else []:
         models.append((path.stem, lambda s, b, p=path: compress_existing(onnx.load(str(p)), s, b)))
     return models
 
@@ -553,7 +561,7 @@ def markdown(layer_rows, model_rows, args, dense_rows=()) -> str:
              f"{os.cpu_count()} logical CPUs, intra-op threads: {args.threads or 'onnxruntime default'}. "
              "Ratio = onnxruntime median / ShiftConv median (>1: ShiftConv faster).", ""]
     if dense_rows:
-        lines += ["### Dense and low-sparsity layers (Conv+ReLU, median ms)", "",
+        lines += ["### Dense and low-sparsity layers (Conv+ReLU or Gemm, median ms)", "",
                   "ALL = onnxruntime ORT_ENABLE_ALL (NCHWc), NCHW = ORT_ENABLE_EXTENDED (plain Conv); own / ort = "
                   "ShiftConv forced to its kernel / onnxruntime's; auto = the rule.", "",
                   "| layer | batch | sparsity | ALL | NCHW | own | ort | auto | auto vs ALL | auto vs NCHW |",
@@ -602,6 +610,8 @@ def main(argv=None):
     p.add_argument("--only", type=str, nargs="+", default=None,
                    help="run only layers / models whose name contains one of these strings")
     p.add_argument("--markdown", type=str, default=None, help="also write the tables as markdown here")
+    p.add_argument("--shared-models", type=str, default=str(SHARED_MODELS),
+                   help="folder of real .onnx models to add to the whole-model rows (default: %(default)s)")
     args = p.parse_args(argv)
     if args.quick:
         args.runs = 5
