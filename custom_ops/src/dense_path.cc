@@ -13,11 +13,11 @@ int log2_group(int g) { return g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0; }
 
 // Relative cost (see relative_cost) above which onnxruntime's kernel is faster, per layer class,
 // measured with bench/kernel.py --dense at 1 thread (docs/PERFORMANCE.md, "Dense layers").
-// 1x1 stride 1, plain Conv (a direct SGEMM): at cost 0.40 (60% unstructured) ours was 1.04-1.2x
-// faster, at 0.47-0.49 (50%, dense) 0.83-0.88x.
+// 1x1 stride 1, plain Conv (a direct SGEMM): at cost 0.40 (60% unstructured) ours was 1.04-1.21x
+// faster, at 0.47-0.49 (50%, dense) 0.71-0.89x.
 constexpr double kPointwiseAbove = 0.43;
-// k x k convs in the NCHWc layout: at 0.40 between 0.9x and 1.05x (a tie), at 0.30 ours was
-// 1.2-1.3x faster, at 0.49 0.80-0.86x.
+// k x k convs in the NCHWc layout: at 0.40 between 0.91x and 1.05x (a tie), at 0.30 ours was
+// 1.25-1.29x faster, at 0.49 0.80-0.88x.
 constexpr double kNchwcAbove = 0.35;
 
 // Dense-kind layers (1280/512/2048 -> 1000 classifiers): onnxruntime's MatMul on 1 row matched

@@ -251,7 +251,8 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
 }
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
-                                                 const DecodedWeight& weight, int nchwc_block, double cost) {
+                                                 const DecodedWeight& weight, int nchwc_block, double cost,
+                                                 bool per_shape) {
   const OrtLogger* logger = nullptr;
   if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
     api().ReleaseStatus(st);
@@ -333,12 +334,14 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
   d->layer_ = std::move(layer);
   log_message(logger, ORT_LOGGING_LEVEL_INFO,
               where + "relative cost " + std::to_string(cost) + ", dense path: onnxruntime's " +
-                  (nchwc_block > 0 ? "NCHWc Conv, block " + std::to_string(nchwc_block) : std::string("Conv")));
+                  (nchwc_block > 0 ? "NCHWc Conv, block " + std::to_string(nchwc_block) : std::string("Conv")) +
+                  (per_shape ? " or ours, chosen per input shape" : ""));
   return d;
 }
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* info, const std::string& where,
-                                                        Layer layer, const DecodedWeight& weight, double cost) {
+                                                        Layer layer, const DecodedWeight& weight, double cost,
+                                                        bool per_shape) {
   const OrtLogger* logger = nullptr;
   if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
     api().ReleaseStatus(st);
@@ -362,7 +365,8 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* inf
   if (!layer.bias.empty()) std::copy(layer.bias.begin(), layer.bias.end(), d->bias_.reserve(size_t(M)));
   d->layer_ = std::move(layer);
   log_message(logger, ORT_LOGGING_LEVEL_INFO,
-              where + "relative cost " + std::to_string(cost) + ", dense path: onnxruntime's MatMul");
+              where + "relative cost " + std::to_string(cost) + ", dense path: onnxruntime's MatMul" +
+                  (per_shape ? " or ours, chosen per input shape" : ""));
   return d;
 }
 

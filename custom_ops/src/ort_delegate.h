@@ -55,15 +55,18 @@ class OrtDelegate {
   // `weight` is the decoded OIHW weight. `nchwc_block` > 0 asks for the NCHWc layout with that
   // block size (plain where the layer is not nchwc_eligible), 0 for the plain one. Returns null
   // when onnxruntime does not provide the plain kernel; the NCHWc layout missing falls back to
-  // the plain one. Both are logged through the node's logger (`where` names the node).
+  // the plain one. Both are logged through the node's logger (`where` names the node);
+  // `per_shape`: the caller keeps its own kernel and picks per input shape (logged as such).
   static std::unique_ptr<OrtDelegate> create(const OrtKernelInfo* info, const std::string& where, Layer layer,
-                                             const DecodedWeight& weight, int nchwc_block, double cost);
+                                             const DecodedWeight& weight, int nchwc_block, double cost,
+                                             bool per_shape = false);
   // Dense kind (Gemm/MatMul layers): Y[..., M] = X[..., K] W^T + B, then the activation.
   // onnxruntime's MatMul on W^T [K, M] kept here (faster than its Gemm when B cannot be
   // prepacked, as here: InvokeOp kernels get no PrePack); bias and activation follow in one pass
   // (MatMul has neither). `weight` is [M, K] (layer.ws.M = M, layer.ws.Cg = K).
   static std::unique_ptr<OrtDelegate> create_matmul(const OrtKernelInfo* info, const std::string& where,
-                                                    Layer layer, const DecodedWeight& weight, double cost);
+                                                    Layer layer, const DecodedWeight& weight, double cost,
+                                                    bool per_shape = false);
   ~OrtDelegate();
   OrtDelegate(const OrtDelegate&) = delete;
   OrtDelegate& operator=(const OrtDelegate&) = delete;

@@ -233,9 +233,9 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       const DensePath path = dense_ ? choose_matmul_path(mode, weight_)
                                     : choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
       if (path.delegate) {
-        delegate_ = dense_ ? OrtDelegate::create_matmul(info, where, std::move(layer), dw, path.cost)
-                           : OrtDelegate::create(info, where, std::move(layer), dw, path.nchwc_block,
-                                                 path.cost);
+        delegate_ = dense_ ? OrtDelegate::create_matmul(info, where, std::move(layer), dw, path.cost, path.keep_own)
+                           : OrtDelegate::create(info, where, std::move(layer), dw, path.nchwc_block, path.cost,
+                                                 path.keep_own);
         // onnxruntime runs the layer: drop the tap lists (memory stays at the dense model's).
         if (delegate_ && !path.keep_own) {
           SparseWeight shape_only;
