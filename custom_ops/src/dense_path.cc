@@ -31,14 +31,20 @@ constexpr int64_t kMatMulMaxRows = 4;
 // Depthwise convs: our per-plane kernel against onnxruntime's NCHWc depthwise (16 channels per
 // vector) depends on the output plane size more than on the density. Smallest density at which
 // onnxruntime is faster, per output plane size (pixels, up to) and stride, measured on the
-// MobileNet-V2 shapes (7x7 ... 112x112, 32-960 channels) at densities 0.1 ... 1.
+// MobileNet-V2 shapes (7x7 ... 112x112, 32-960 channels) at densities 0.1 ... 1, as single
+// layers and inside the whole model (onnxruntime profiling, where the delegate's two reorders
+// cost more than in a one-layer model; ours/theirs below, > 1 = ours faster).
 struct DepthwiseRule {
   int64_t max_pixels;
   double stride1, stride2;
 };
 constexpr DepthwiseRule kDepthwise[] = {
-    {64, 0.0, 0.0},     // 7x7: onnxruntime faster even at 10% density (0.74-0.93x at 20-10%)
-    {256, 0.33, 0.32},  // 14x14: 1.07x / 1.03x at 30% density, 0.81x / 0.75x at 50%
+    // 7x7: single layer 0.74-0.93x at densities 0.2-0.1; in the model 1.06-1.29x at 0.15 (our
+    // 42-51 us against its 54-57) and 0.67-0.76x at 0.5.
+    {64, 0.30, 0.30},
+    // 14x14: single layer 1.07x at density 0.3, 0.81x at 0.5; in the model 1.01-1.14x at 0.5
+    // (stride 1). Stride 2: 1.03x at 0.3 and 0.75x at 0.5 single, 0.86x at 0.5 in the model.
+    {256, 0.50, 0.32},
     {1024, 0.45, 0.80}, // 28x28: 1.30x at 30% and 0.91x at 50% (stride 1); stride 2 0.87x dense
     {4096, 0.75, 2.0},  // 56x56: 1.06x at 70%, 0.86x dense; stride 2 (112 -> 56) ours 1.26x dense
 };
