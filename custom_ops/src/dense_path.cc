@@ -22,7 +22,7 @@ constexpr double kNchwcAbove = 0.35;
 
 // Dense-kind layers (1280/512/2048 -> 1000 classifiers): onnxruntime's MatMul on 1 row matched
 // its own (prepacked) Gemm and beat ours from cost 0.30 (70% unstructured: ours 0.53-0.78x) up;
-// at 0.20 ours was 0.81-0.83x of it on 1280/2048 inputs (1.10x on 512). Without prepacked
+// at 0.20 ours was 1.20-1.23x faster on 1280/2048 inputs, 0.91x on 512. Without prepacked
 // weights (InvokeOp kernels get none) its MatMul costs 1.3-1.7x more per row from 2 rows on:
 // at 8 rows ours was faster at every cost measured but 0.40; at 2-4 rows slower.
 constexpr double kMatMulAbove = 0.22;
