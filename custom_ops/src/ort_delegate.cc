@@ -237,6 +237,9 @@ bool static_pads(const ConvAttrs& a, const ConvWeightShape& ws, std::vector<int6
   return false;
 }
 
+namespace {
+
+// Through the node's / run's logger, so it obeys the session's log_severity_level.
 void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::string& msg) {
   OrtLoggingLevel threshold = ORT_LOGGING_LEVEL_FATAL;
   if (logger == nullptr) return;
@@ -249,6 +252,8 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
     api().ReleaseStatus(st);
   }
 }
+
+}  // namespace
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
                                                  const DecodedWeight& weight, int nchwc_block, double cost,
