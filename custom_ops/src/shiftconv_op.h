@@ -46,8 +46,8 @@ class ShiftConvKernel {
   bool flat_depthwise_ = true;         // FQ_ONNX_DEPTHWISE=rows: always the per-row kernel
   bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
   std::vector<int32_t> tap_dy_, tap_dx_;
-  // A conv too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
-  // keeps only its shape.
+  // A layer too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
+  // keeps only its shape, unless both are kept and chosen per input shape.
   std::unique_ptr<OrtDelegate> delegate_;
   bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
