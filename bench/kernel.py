@@ -2,6 +2,7 @@
 
     python bench/kernel.py                 # everything (about 10 minutes on 2 cores)
     python bench/kernel.py --layers        # per-layer table only
+    python bench/kernel.py --dense         # dense / low-sparsity layers: onnxruntime's kernel or ours
     python bench/kernel.py --models        # whole models only
     python bench/kernel.py --quick         # fewer repetitions and cases (smoke run)
     python bench/kernel.py --markdown docs/PERFORMANCE.md.table
@@ -162,9 +163,9 @@ class GraphBuilder:
         return out[0], out[1]
 
 
-def layer_pair(c_in, c_out, size, k, stride, sparsity, block):
+def layer_pair(c_in, c_out, size, k, stride, sparsity, block, group=1):
     g = GraphBuilder(sparsity, block, seed=c_in * 1000 + c_out + k)
-    y = g.conv("X", c_in, c_out, k, stride=stride, relu=True)
+    y = g.conv("X", c_in, c_out, k, stride=stride, relu=True, group=group)
     return g.models((1, c_in, size, size), y)
 
 
@@ -306,38 +307,48 @@ def compress_existing(model: onnx.ModelProto, sparsity: float, block: int) -> tu
 
 # --- timing ----------------------------------------------------------------------------------
 
-def plain_session(model, threads):
+def plain_session(model, threads, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    """The original model in onnxruntime. ORT_ENABLE_ALL runs convs in MLAS's NCHWc layout;
+    ORT_ENABLE_EXTENDED keeps the plain NCHW Conv (im2col + SGEMM) with fused activations."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = level
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def our_session(model, threads):
-    return runtime.session(model, threads=threads or None)
+def our_session(model, threads, dense=None):
+    """``dense``: the session config fq_onnx.dense (auto, own, ort, nchw, nchwc); None: default."""
+    config = {runtime.DENSE_CONFIG_KEY: dense} if dense else None
+    return runtime.session(model, threads=threads or None, config=config)
 
 
-def time_pair(sess_a, sess_b, feed, min_runs, min_seconds=0.5, block=5):
-    """Median seconds per run of two sessions, timed in alternating blocks so drift hits both.
+def time_many(sessions, feed, min_runs, min_seconds=0.5, block=5):
+    """Median seconds per run of each session, timed in alternating blocks so drift hits all.
 
     Not run by run: after a run, onnxruntime's pool threads keep spin-waiting for a while and
     would steal cores from the other session. Each block first runs twice untimed while the
     other session's threads wind down.
     """
-    ta, tb = [], []
+    times = [[] for _ in sessions]
     start = time.perf_counter()
-    while len(ta) < min_runs or (time.perf_counter() - start) < min_seconds:
-        for s, acc in ((sess_a, ta), (sess_b, tb)):
+    while len(times[0]) < min_runs or (time.perf_counter() - start) < min_seconds:
+        for s, acc in zip(sessions, times):
             for _ in range(2):
                 s.run(None, feed)
             for _ in range(block):
                 t0 = time.perf_counter()
                 s.run(None, feed)
                 acc.append(time.perf_counter() - t0)
-        if len(ta) >= 10 * min_runs:
+        if len(times[0]) >= 10 * min_runs:
             break
-    return statistics.median(ta), statistics.median(tb)
+    return [statistics.median(t) for t in times]
+
+
+def time_pair(sess_a, sess_b, feed, min_runs, min_seconds=0.5, block=5):
+    """Median seconds per run of two sessions (time_many)."""
+    ta, tb = time_many([sess_a, sess_b], feed, min_runs, min_seconds, block)
+    return ta, tb
 
 
 def input_name_and_shape(model):
@@ -428,6 +439,53 @@ LAYERS = [
 ]
 
 
+# Dense and low-sparsity rows: where onnxruntime's own kernel may run the layer (dense_path.h).
+DENSE_LAYERS = LAYERS + [
+    # name, c_in, c_out, size, k, stride, group
+    ("1x1 16→96 @112² (MobileNet)", 16, 96, 112, 1, 1),
+    ("dw 3x3 576@14²", 576, 576, 14, 3, 1, 576),
+    ("dw 3x3 960@7²", 960, 960, 7, 3, 1, 960),
+    ("fc 1280→1000 (Gemm)", 1280, 1000, 1, "fc", 1),
+]
+DENSE_MODES = ("own", "ort", "auto")
+
+
+def bench_dense(args, out):
+    """Per layer at low sparsity: onnxruntime ORT_ENABLE_ALL (NCHWc) and ORT_ENABLE_EXTENDED
+    (plain NCHW Conv) against ShiftConv with the dense path forced to our kernel (own), to
+    onnxruntime's kernel (ort) and chosen by the rule (auto), all timed in one alternation."""
+    rows = []
+    for spec in DENSE_LAYERS:
+        name, c_in, c_out, size, k, stride = spec[:6]
+        group = spec[6] if len(spec) > 6 else 1
+        if args.only and not any(o in name for o in args.only):
+            continue
+        for batch in args.batches:
+            for sparsity in args.dense_sparsities:
+                if k == "fc":
+                    g = GraphBuilder(sparsity, 1, seed=c_in + c_out)
+                    orig, comp = g.models((1, c_in), g.dense("X", c_in, c_out))
+                    x_shape = (batch, c_in)
+                else:
+                    orig, comp = layer_pair(c_in, c_out, size, k, stride, sparsity, 1, group=group)
+                    x_shape = (batch, c_in, size, size)
+                x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+                sessions = [plain_session(orig, args.threads),
+                            plain_session(orig, args.threads, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)]
+                sessions += [our_session(comp, args.threads, dense=m) for m in DENSE_MODES]
+                ref = sessions[0].run(None, {"X": x})[0]
+                err = max(float(np.abs(ref - s.run(None, {"X": x})[0]).max()) for s in sessions[2:])
+                err /= float(np.abs(ref).max()) + 1e-12
+                t = [v * 1e3 for v in time_many(sessions, {"X": x}, args.runs)]
+                row = Row(name, batch, sparsity, 1, t[0], t[4],
+                          {"nchw_ms": t[1], "own_ms": t[2], "ort_fq_ms": t[3], "rel_err": err})
+                rows.append(row)
+                out(f"  {name:30s} b{batch} {sparsity:.2f}  ALL {t[0]:7.3f}  NCHW {t[1]:7.3f}  own {t[2]:7.3f}  "
+                    f"ort {t[3]:7.3f}  auto {t[4]:7.3f} ms  auto vs ALL x{t[0] / t[4]:4.2f}  vs NCHW "
+                    f"x{t[1] / t[4]:4.2f}  (max rel diff {err:.1e})")
+    return rows
+
+
 def bench_layers(args, out):
     rows = []
     settings = [(s, b) for s in args.sparsities for b in args.blocks]
@@ -455,7 +513,8 @@ def whole_models(args):
     digits = ROOT / "models" / "digits_cnn.onnx"
     if digits.exists():
         models.append(("digits CNN (bundled)", lambda s, b: compress_existing(onnx.load(str(digits)), s, b)))
-    for path in sorted(SHARED_MODELS.glob("*.onnx")) if SHARED_MODELS.is_dir() else []:
+    shared = Path(args.shared_models)
+    for path in sorted(shared.glob("*.onnx")) if shared.is_dir() else []:
         models.append((path.stem, lambda s, b, p=path: compress_existing(onnx.load(str(p)), s, b)))
     return models
 
@@ -497,10 +556,22 @@ def bench_models(args, out):
     return rows
 
 
-def markdown(layer_rows, model_rows, args) -> str:
+def markdown(layer_rows, model_rows, args, dense_rows=()) -> str:
     lines = [f"Measured by `python bench/kernel.py` ({time.strftime('%Y-%m-%d')}), onnxruntime {ort.__version__}, "
              f"{os.cpu_count()} logical CPUs, intra-op threads: {args.threads or 'onnxruntime default'}. "
              "Ratio = onnxruntime median / ShiftConv median (>1: ShiftConv faster).", ""]
+    if dense_rows:
+        lines += ["### Dense and low-sparsity layers (Conv+ReLU or Gemm, median ms)", "",
+                  "ALL = onnxruntime ORT_ENABLE_ALL (NCHWc), NCHW = ORT_ENABLE_EXTENDED (plain Conv); own / ort = "
+                  "ShiftConv forced to its kernel / onnxruntime's; auto = the rule.", "",
+                  "| layer | batch | sparsity | ALL | NCHW | own | ort | auto | auto vs ALL | auto vs NCHW |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in dense_rows:
+            e = r.extra
+            lines.append(f"| {r.name} | {r.batch} | {r.sparsity:.2f} | {r.ort_ms:.3f} | {e['nchw_ms']:.3f} | "
+                         f"{e['own_ms']:.3f} | {e['ort_fq_ms']:.3f} | {r.fq_ms:.3f} | {r.speedup:.2f}x | "
+                         f"{e['nchw_ms'] / r.fq_ms:.2f}x |")
+        lines.append("")
     if layer_rows:
         lines += ["### Per layer (Conv+ReLU, median ms)", "",
                   "| layer | batch | sparsity | onnxruntime | ShiftConv | ratio |", "|---|---|---|---|---|---|"]
@@ -526,6 +597,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", action="store_true", help="per-layer table only")
     p.add_argument("--models", action="store_true", help="whole models only")
+    p.add_argument("--dense", action="store_true",
+                   help="dense / low-sparsity layers only: onnxruntime ALL and NCHW vs ShiftConv own / ort / auto")
+    p.add_argument("--dense-sparsities", type=float, nargs="+", default=[0.0, 0.5])
     p.add_argument("--quick", action="store_true", help="few cases, few runs")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: onnxruntime default)")
     p.add_argument("--runs", type=int, default=20, help="minimum timed runs per case")
@@ -536,16 +610,20 @@ def main(argv=None):
     p.add_argument("--only", type=str, nargs="+", default=None,
                    help="run only layers / models whose name contains one of these strings")
     p.add_argument("--markdown", type=str, default=None, help="also write the tables as markdown here")
+    p.add_argument("--shared-models", type=str, default=str(SHARED_MODELS),
+                   help="folder of real .onnx models to add to the whole-model rows (default: %(default)s)")
     args = p.parse_args(argv)
     if args.quick:
         args.runs = 5
-    both = not (args.layers or args.models)
+    both = not (args.layers or args.models or args.dense)
     print(f"onnxruntime {ort.__version__}, library {runtime.library_path()}")
+    dense_rows = bench_dense(args, print) if (both or args.dense) else []
     layer_rows = bench_layers(args, print) if (both or args.layers) else []
-    if layer_rows:
-        print(markdown(layer_rows, [], args), flush=True)
-    model_rows = bench_models(args, print) if (both or args.models) else []
-    text = markdown(layer_rows, model_rows, args)
+    run_models = both or args.models
+    if (layer_rows or dense_rows) and run_models:  # the layer tables before the long model runs
+        print(markdown(layer_rows, [], args, dense_rows), flush=True)
+    model_rows = bench_models(args, print) if run_models else []
+    text = markdown(layer_rows, model_rows, args, dense_rows)
     print()
     print(text)
     if args.markdown:

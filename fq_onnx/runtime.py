@@ -21,6 +21,12 @@ KERNEL_ENV = "FQ_ONNX_KERNEL"
 #: Session config entry with the same meaning; takes precedence over the environment variable.
 KERNEL_CONFIG_KEY = "fq_onnx.kernel"
 KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512")
+#: Session config entry (pass it through ``config=``) choosing who runs conv layers: ``auto``
+#: (onnxruntime's own kernel where a layer is too dense for ours to win), ``own``, ``ort``,
+#: ``nchw``, ``nchwc``; ``$FQ_ONNX_DENSE`` is the default (docs/PERFORMANCE.md, "Dense layers").
+DENSE_CONFIG_KEY = "fq_onnx.dense"
+DENSE_ENV = "FQ_ONNX_DENSE"
+DENSE_CHOICES = ("auto", "own", "ort", "nchw", "nchwc")
 #: Oldest onnxruntime whose C API (version 21) the library is built against.
 MIN_ORT_VERSION = (1, 21)
 

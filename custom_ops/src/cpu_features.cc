@@ -32,6 +32,12 @@ std::string kernel_choice_from_env() {
   return (v && *v) ? std::string(v) : std::string("auto");
 }
 
+int nchwc_block_guess() {
+  if (has_avx512()) return 16;
+  if (has_avx2_fma()) return 8;
+  return 0;
+}
+
 const KernelTable* select_kernels(const std::string& choice) {
   if (choice == "scalar") return kernels_scalar();
 #if defined(FQ_ONNX_HAVE_X86_SIMD)

@@ -55,11 +55,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   Ort::InitApi(api);
   try {
-    // Session config entry "fq_onnx.kernel" (auto|scalar|avx2|avx512) selects the microkernels
-    // for the sessions built from these options; set it before registering the library.
+    // Session config entries "fq_onnx.kernel" (auto|scalar|avx2|avx512: the microkernels) and
+    // "fq_onnx.dense" (auto|own|ort|nchw|nchwc: who runs dense layers) apply to the sessions
+    // built from these options; set them before registering the library.
     const std::string choice = session_config(*api, options, "fq_onnx.kernel");
+    const std::string dense = session_config(*api, options, "fq_onnx.dense");
     std::lock_guard<std::mutex> lock(g_mutex);
-    auto op = std::make_unique<fq::ShiftConvOp>(choice);
+    auto op = std::make_unique<fq::ShiftConvOp>(choice, dense);
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatus* st = api->CreateCustomOpDomain("fq_onnx", &domain)) return st;
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, op.get())) {

@@ -6,6 +6,7 @@
 
 #include "cpu_features.h"
 #include "decode.h"
+#include "dense_path.h"
 #include "execute.h"
 
 namespace fq {
@@ -122,7 +123,8 @@ constexpr double kInlineWork = 16 * 1024;
 
 }  // namespace
 
-ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice) {
+ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice,
+                                 const std::string& dense_choice) {
   Ort::ConstKernelInfo ki(info);
   name_ = ki.GetNodeName();
   const std::string where = "ShiftConv node '" + name_ + "': ";
@@ -229,6 +231,30 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       max_vectors_ = std::max(1, std::min(kernels_->max_vectors, std::atoi(v)));
     }
     weight_ = build_sparse_weight(dw, M, Cg, kh, kw, group, max_group);
+    {
+      const DenseMode mode = parse_dense_mode(dense_choice.empty() ? dense_mode_from_env() : dense_choice);
+      OrtDelegate::Layer layer{wshape_, {}, bias_, bias_at_run_, act_lo_, act_hi_};
+      layer.ws.M = M;
+      layer.ws.Cg = Cg;
+      const DensePath path = dense_ ? choose_matmul_path(mode, weight_)
+                                    : choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
+      if (path.delegate) {
+        delegate_ = dense_ ? OrtDelegate::create_matmul(info, where, std::move(layer), dw, path.cost, path.keep_own)
+                           : OrtDelegate::create(info, where, std::move(layer), dw, path.nchwc_block, path.cost,
+                                                 path.keep_own);
+        // onnxruntime runs the layer: drop the tap lists (memory stays at the dense model's).
+        if (delegate_ && !path.keep_own) {
+          SparseWeight shape_only;
+          shape_only.M = weight_.M;
+          shape_only.Cg = weight_.Cg;
+          shape_only.kh = weight_.kh;
+          shape_only.kw = weight_.kw;
+          shape_only.group = weight_.group;
+          weight_ = std::move(shape_only);
+        }
+        choose_per_shape_ = delegate_ && path.keep_own;
+      }
+    }
     // Depthwise: every row group is one channel reading one input channel (FQ_ONNX_DEPTHWISE=0
     // sends it through the packed path instead, for comparisons).
     const char* dwenv = std::getenv("FQ_ONNX_DEPTHWISE");
@@ -283,8 +309,10 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   const std::vector<int64_t> x_shape = xv.GetTensorTypeAndShapeInfo().GetShape();
 
   const float* bias = bias_.empty() ? nullptr : bias_.data();
+  const OrtValue* bias_value = nullptr;
   if (bias_at_run_) {
     Ort::ConstValue bv = ctx.GetInput(2);
+    bias_value = bv;
     if (bv != nullptr) {
       auto bt = bv.GetTensorTypeAndShapeInfo();
       if (bt.GetShape().size() != 1 || int64_t(bt.GetElementCount()) != weight_.M) {
@@ -321,6 +349,28 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
     return;
   }
 
+  if (delegate_ && dense_) {
+    if (x_shape.empty() || x_shape.back() != weight_.Cg) {
+      throw std::invalid_argument("input X " + shape_str(x_shape) + " does not end in K = " + std::to_string(weight_.Cg));
+    }
+    std::vector<int64_t> out_shape(x_shape.begin(), x_shape.end() - 1);
+    if (!choose_per_shape_ || matmul_prefers_ort(elements / weight_.Cg)) {
+      out_shape.push_back(weight_.M);
+      delegate_->compute(context, xv, x_shape, bias_value, out_shape);
+      return;
+    }
+  }
+  if (delegate_ && !dense_) {
+    const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);  // validates X against the node
+    const double density = double(weight_.nonzeros) / double(weight_.M * weight_.kh * weight_.kw);
+    if (!choose_per_shape_ || depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1)) {
+      std::vector<int64_t> out_shape = {cs.N, weight_.M};
+      if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
+      out_shape.push_back(cs.OW);
+      delegate_->compute(context, xv, x_shape, bias_value, out_shape);
+      return;
+    }
+  }
   if (depthwise_) {
     compute_depthwise(ctx, x_shape, bias);
     return;
@@ -466,7 +516,8 @@ OrtStatusPtr ShiftConvKernel::ComputeV2(OrtKernelContext* context) {
   }
 }
 
-ShiftConvOp::ShiftConvOp(std::string kernel_choice) : kernel_choice_(std::move(kernel_choice)) {
+ShiftConvOp::ShiftConvOp(std::string kernel_choice, std::string dense_choice)
+    : kernel_choice_(std::move(kernel_choice)), dense_choice_(std::move(dense_choice)) {
   // Declare the API version whose OrtCustomOp layout we fill in, not the headers' (which may be
   // newer than the runtime).
   OrtCustomOp::version = kOrtApiVersion;
@@ -474,7 +525,7 @@ ShiftConvOp::ShiftConvOp(std::string kernel_choice) : kernel_choice_(std::move(k
 
 OrtStatusPtr ShiftConvOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const {
   try {
-    *op_kernel = new ShiftConvKernel(info, kernel_choice_);
+    *op_kernel = new ShiftConvKernel(info, kernel_choice_, dense_choice_);
     return nullptr;
   } catch (const std::exception& e) {
     *op_kernel = nullptr;

@@ -10,6 +10,7 @@
 #include "conv_geometry.h"
 #include "kernels.h"
 #include "ort_api.h"
+#include "ort_delegate.h"
 #include "plan.h"
 
 namespace fq {
@@ -17,7 +18,8 @@ namespace fq {
 class ShiftConvKernel {
  public:
   // Decodes and validates the weight once. Throws std::exception with a message naming the node.
-  ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice);
+  // dense_choice: dense_path.h's mode name ("" = FQ_ONNX_DENSE or auto).
+  ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice, const std::string& dense_choice);
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
@@ -44,6 +46,10 @@ class ShiftConvKernel {
   bool flat_depthwise_ = true;         // FQ_ONNX_DEPTHWISE=rows: always the per-row kernel
   bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
   std::vector<int32_t> tap_dy_, tap_dx_;
+  // A layer too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
+  // keeps only its shape, unless both are kept and chosen per input shape.
+  std::unique_ptr<OrtDelegate> delegate_;
+  bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
@@ -52,7 +58,8 @@ class ShiftConvKernel {
 
 struct ShiftConvOp : Ort::CustomOpBase<ShiftConvOp, ShiftConvKernel, /*WithStatus=*/true> {
   // kernel_choice: "" (use FQ_ONNX_KERNEL or auto), "auto", "scalar", "avx2", "avx512".
-  explicit ShiftConvOp(std::string kernel_choice);
+  // dense_choice: "" (use FQ_ONNX_DENSE or auto), "auto", "own", "ort", "nchw", "nchwc".
+  ShiftConvOp(std::string kernel_choice, std::string dense_choice);
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
   const char* GetName() const { return "ShiftConv"; }
@@ -69,6 +76,7 @@ struct ShiftConvOp : Ort::CustomOpBase<ShiftConvOp, ShiftConvKernel, /*WithStatu
 
  private:
   std::string kernel_choice_;
+  std::string dense_choice_;
 };
 
 }  // namespace fq

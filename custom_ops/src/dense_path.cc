@@ -1,0 +1,161 @@
+#include "dense_path.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "cpu_features.h"
+
+namespace fq {
+namespace {
+
+int log2_group(int g) { return g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0; }
+
+// Relative cost (see relative_cost) above which onnxruntime's kernel is faster, per layer class,
+// measured with bench/kernel.py --dense at 1 thread (docs/PERFORMANCE.md, "Dense layers").
+// 1x1 stride 1, plain Conv (a direct SGEMM): at cost 0.40 (60% unstructured) ours was 1.04-1.21x
+// faster, at 0.47-0.49 (50%, dense) 0.71-0.89x.
+constexpr double kPointwiseAbove = 0.43;
+// k x k convs in the NCHWc layout: at 0.40 between 0.91x and 1.05x (a tie), at 0.30 ours was
+// 1.25-1.29x faster, at 0.49 0.80-0.88x.
+constexpr double kNchwcAbove = 0.35;
+
+// Dense-kind layers (1280/512/2048 -> 1000 classifiers): onnxruntime's MatMul on 1 row matched
+// its own (prepacked) Gemm and beat ours from cost 0.30 (70% unstructured: ours 0.53-0.78x) up;
+// at 0.20 ours was 1.20-1.23x faster on 1280/2048 inputs, 0.91x on 512. Without prepacked
+// weights (InvokeOp kernels get none) its MatMul costs 1.3-1.7x more per row from 2 rows on:
+// at 8 rows ours was faster at every cost measured but 0.40; at 2-4 rows slower.
+constexpr double kMatMulAbove = 0.22;
+constexpr int64_t kMatMulMaxRows = 4;
+
+// Depthwise convs: our per-plane kernel against onnxruntime's NCHWc depthwise (16 channels per
+// vector) depends on the output plane size more than on the density. Smallest density at which
+// onnxruntime is faster, per output plane size (pixels, up to) and stride, measured on the
+// MobileNet-V2 shapes (7x7 ... 112x112, 32-960 channels) at densities 0.1 ... 1, as single
+// layers and inside the whole model (onnxruntime profiling, where the delegate's two reorders
+// cost more than in a one-layer model; ours/theirs below, > 1 = ours faster).
+struct DepthwiseRule {
+  int64_t max_pixels;
+  double stride1, stride2;
+};
+constexpr DepthwiseRule kDepthwise[] = {
+    // 7x7: single layer 0.74-0.93x at densities 0.2-0.1; in the model 1.06-1.29x at 0.15 (our
+    // 42-51 us against its 54-57) and 0.67-0.76x at 0.5.
+    {64, 0.30, 0.30},
+    // 14x14: single layer 1.07x at density 0.3, 0.81x at 0.5; in the model 1.01-1.14x at 0.5
+    // (stride 1). Stride 2: 1.03x at 0.3 and 0.75x at 0.5 single, 0.86x at 0.5 in the model.
+    {256, 0.50, 0.32},
+    {1024, 0.45, 0.80}, // 28x28: 1.30x at 30% and 0.91x at 50% (stride 1); stride 2 0.87x dense
+    {4096, 0.75, 2.0},  // 56x56: 1.06x at 70%, 0.86x dense; stride 2 (112 -> 56) ours 1.26x dense
+};
+
+}  // namespace
+
+DenseMode parse_dense_mode(const std::string& s) {
+  if (s.empty() || s == "auto") return DenseMode::kAuto;
+  if (s == "own") return DenseMode::kOwn;
+  if (s == "ort") return DenseMode::kOrt;
+  if (s == "nchw") return DenseMode::kNchw;
+  if (s == "nchwc") return DenseMode::kNchwc;
+  throw std::invalid_argument("unknown dense path choice '" + s + "' (expected auto, own, ort, nchw or nchwc)");
+}
+
+std::string dense_mode_from_env() {
+  const char* v = std::getenv("FQ_ONNX_DENSE");
+  return v ? std::string(v) : std::string();
+}
+
+int nchwc_block() {
+  if (const char* v = std::getenv("FQ_ONNX_NCHWC_BLOCK")) return std::max(0, std::atoi(v));
+  return nchwc_block_guess();
+}
+
+bool nchwc_eligible(const ConvWeightShape& ws, int B) {
+  if (B <= 1 || ws.spatial != 2) return false;
+  if (ws.group > 1) {
+    if (ws.M % B) return false;
+    if (ws.Cg == 1 && ws.M == ws.group) return true;  // depthwise
+    return ws.Cg % B == 0 && (ws.M / ws.group) % B == 0;
+  }
+  return ws.Cg < B || ws.Cg % B == 0;
+}
+
+double relative_cost(const SparseWeight& w) {
+  const GroupCosts costs;
+  double units = 0;
+  for (const RowGroup& g : w.groups) units += double(g.tap_end - g.tap_begin) * costs.c[log2_group(g.g)];
+  const double dense_macs = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
+  return dense_macs > 0 ? units / dense_macs : 0.0;
+}
+
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided) {
+  for (const DepthwiseRule& r : kDepthwise) {
+    if (out_pixels <= r.max_pixels) return density > (strided ? r.stride2 : r.stride1);
+  }
+  return false;  // 112x112: ours 1.2x faster dense
+}
+
+namespace {
+
+// The delegate holds the weight dense: never for a blob that declares far more elements than it
+// codes (memory stays proportional to the file, as on our path), whatever the mode.
+bool too_sparse_to_hold_dense(const SparseWeight& w) {
+  const double elements = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
+  return elements > 16.0 * double(w.nonzeros) + double(1 << 20);
+}
+
+}  // namespace
+
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w) {
+  DensePath p;
+  p.cost = relative_cost(w);
+  if (mode == DenseMode::kOwn || too_sparse_to_hold_dense(w)) return p;
+  p.delegate = mode != DenseMode::kAuto || p.cost > kMatMulAbove;
+  p.keep_own = p.delegate && mode == DenseMode::kAuto;  // rows are known per run
+  return p;
+}
+
+bool matmul_prefers_ort(int64_t rows) { return rows <= kMatMulMaxRows; }
+
+DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static) {
+  DensePath p;
+  p.cost = relative_cost(w);
+  if (mode == DenseMode::kOwn || !pads_static || too_sparse_to_hold_dense(w)) return p;
+  const bool pointwise = ws.kh * ws.kw == 1 && ws.sh == 1 && ws.sw == 1 && ws.group == 1;
+  const int block = nchwc_block();
+  const bool nchwc_ok = block > 1 && nchwc_eligible(ws, block);
+  switch (mode) {
+    case DenseMode::kNchw:
+      p.delegate = true;
+      break;
+    case DenseMode::kNchwc:
+      p.delegate = true;
+      p.nchwc_block = nchwc_ok ? block : 0;
+      break;
+    case DenseMode::kOrt:
+      p.delegate = true;
+      p.nchwc_block = (nchwc_ok && !pointwise) ? block : 0;
+      break;
+    default: {
+      const double r = p.cost;
+      const bool depthwise = ws.group > 1 && ws.Cg == 1 && ws.M == ws.group;
+      if (pointwise) {
+        p.delegate = r > kPointwiseAbove;
+      } else if (depthwise && nchwc_ok) {
+        // The plane size is known per run: keep both (depthwise weights are small).
+        p.delegate = p.keep_own = true;
+        p.nchwc_block = block;
+      } else if (nchwc_ok) {
+        p.delegate = r > kNchwcAbove;
+        p.nchwc_block = block;
+      }
+      // Other layers keep our kernel: onnxruntime's plain Conv (im2col) was slower than our
+      // dense path on every k x k layer measured.
+      break;
+    }
+  }
+  if (!p.delegate) p.nchwc_block = 0;
+  return p;
+}
+
+}  // namespace fq

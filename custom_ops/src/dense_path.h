@@ -1,0 +1,59 @@
+// Which path runs a conv layer: our sparse kernel or onnxruntime's own dense kernel
+// (ort_delegate.h). Chosen once per kernel from the decoded weight under a rule calibrated with
+// bench/kernel.py (docs/PERFORMANCE.md, "Dense layers"); an override forces either for tests
+// and comparisons.
+#pragma once
+#include <string>
+
+#include "conv_geometry.h"
+#include "plan.h"
+
+namespace fq {
+
+// auto: the measured rule; own: always our kernel; ort: onnxruntime's kernel in its best layout
+// where it can run the layer; nchw / nchwc: that layout (nchwc falls back to nchw where the
+// layer or the CPU does not allow it).
+enum class DenseMode { kAuto, kOwn, kOrt, kNchw, kNchwc };
+
+// "" means auto. Throws std::invalid_argument for anything else than the names above.
+DenseMode parse_dense_mode(const std::string& s);
+
+// FQ_ONNX_DENSE, or "".
+std::string dense_mode_from_env();
+
+// Block size to reorder NCHWc filters for: nchwc_block_guess(), or FQ_ONNX_NCHWC_BLOCK (tests:
+// a wrong value exercises the verified fallback; 0 disables the NCHWc layout).
+int nchwc_block();
+
+// Can onnxruntime's NCHWc Conv run this layer with block size `block`? (The conditions of its
+// NchwcTransformer: 2-D, block-aligned channels, or fewer input channels than a block.)
+bool nchwc_eligible(const ConvWeightShape& ws, int block);
+
+// Our kernel's cost for this weight relative to a dense kernel doing every multiply-add:
+// the row-group cost units of plan.h per dense MAC (unstructured 80%: ~0.2; a dense layer on
+// the g = 8 path: 3.9 / 8 = 0.49; depthwise layers: their density).
+double relative_cost(const SparseWeight& w);
+
+struct DensePath {
+  bool delegate = false;  // run by onnxruntime's kernel
+  int nchwc_block = 0;    // > 0: in the NCHWc layout with this block
+  double cost = 0;        // relative_cost of the weight (logged)
+  // Depthwise and dense-kind layers in auto mode: our kernel stays too, depthwise_prefers_ort /
+  // matmul_prefers_ort pick per input shape.
+  bool keep_own = false;
+};
+
+// The choice for a dense-kind layer (Gemm / MatMul): onnxruntime's MatMul or ours. In auto
+// mode both are kept and matmul_prefers_ort picks by the number of rows of X.
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w);
+bool matmul_prefers_ort(int64_t rows);
+
+// For a depthwise conv of this density (nonzero taps / all taps): is onnxruntime's NCHWc kernel
+// faster at `out_pixels` output pixels per plane? `strided`: a stride above 1.
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided);
+
+// The choice for a conv layer. `pads_static`: the pads do not depend on the input size
+// (static_pads), a precondition of delegating.
+DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static);
+
+}  // namespace fq
