@@ -171,7 +171,8 @@ def convert(
         if not 0.0 <= value <= 0.99:
             raise FqOnnxError(f"{sparsity_file}: sparsity {value} for {name!r} is outside 0..0.99")
 
-    model = load_model(input_path)
+    # Without calibration nothing runs the model: weights in external data stay on disk until compressed.
+    model = load_model(input_path, lazy_external=calib is None)
     graph = gs.import_onnx(model)
     _unique_names(graph)
     folded = fold_batchnorms(graph)
@@ -217,6 +218,7 @@ def convert(
         if result.output_error is not None:
             info["out_error"] = result.output_error
         shift = target.replace(graph, blob, info, fuse_activation)
+        target.release()
         rows.append(shiftconv_row(shift))
         if progress:
             progress(name, index + 1, len(targets))

@@ -109,6 +109,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
 
 def float_row(target: rewrite.Target) -> LayerRow:
     weight = target.weight
+    target.release()  # a weight in external data is read again if needed, not kept
     return LayerRow(
         name=target.node.name,
         op=target.node.op,
@@ -125,7 +126,7 @@ def float_row(target: rewrite.Target) -> LayerRow:
 
 def inspect_model(path: str | os.PathLike) -> ModelReport:
     """Per-layer report of every weight layer (ShiftConv, and Conv/Gemm/MatMul left as float)."""
-    model = load_model(path)
+    model = load_model(path, lazy_external=True)
     graph = gs.import_onnx(model)
     targets, skipped = rewrite.find_targets(graph)
     rows_by_node = {id(t.node): float_row(t) for t in targets}
