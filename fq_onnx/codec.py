@@ -7,6 +7,7 @@ code reach the entropy of the tensor. Everything here is a pure function on nump
 
 from __future__ import annotations
 
+import array
 import heapq
 
 import numpy as np
@@ -205,7 +206,7 @@ def decode_symbols(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
         return ((v >> (9 - (p & 7)).astype(np.uint32)) & 0x7FFF).tolist()
 
     sym_of, len_of = table_symbol.tolist(), table_length.tolist()
-    out = np.empty(count, dtype=np.int64)
+    out = array.array("q", bytes(8 * count))  # C int64s: no object per token
     position = base = 0
     window_of: list[int] = []
     for t in range(count):
@@ -226,7 +227,7 @@ def decode_symbols(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
         raise CodecError("payload is longer than its tokens")
     if position < total_bits and int(data[position >> 3]) & (0xFF >> (position & 7)):
         raise CodecError("payload padding bits are not zero")
-    return out
+    return np.frombuffer(out, dtype=np.int64)
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
