@@ -76,7 +76,10 @@ api.convert(sys.argv[4], sys.argv[5], sparsity=sparsity)
 before = hwm()
 start = time.perf_counter()
 report = api.convert(source, output, sparsity=sparsity, exclude=exclude)
+import resource
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": time.perf_counter() - start, "hwm_before": before, "hwm": hwm(),
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime,
                   "summary": report.summary(), "file_bytes": report.file_bytes}))
 """
 
@@ -138,7 +141,8 @@ def main() -> None:
         exclude = tuple(f"conv{i}" for i in range(info["layers"] - args.exclude, info["layers"]))
         result = measure(source, output, args.sparsity, exclude)
         peak = result["hwm"]
-        print(f"convert: {result['seconds']:.0f} s ({info['params'] / result['seconds'] / 1e6:.2f} M params/s), "
+        print(f"convert: {result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU "
+              f"({info['params'] / result['seconds'] / 1e6:.2f} M params/s of wall time), "
               f"peak RSS {peak / 2**30:.2f} GiB = {peak / info['weight_bytes']:.2f}x the weights; "
               f"{(peak - result['hwm_before']) / 2**20:.0f} MiB above the {result['hwm_before'] / 2**20:.0f} MiB "
               "of an interpreter that has converted a tiny model", flush=True)
