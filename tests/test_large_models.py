@@ -137,3 +137,22 @@ def test_bad_external_data_is_a_clear_error(tmp_path, case, message):
             call()
         assert str(path) in str(info.value) and "initializer 'W'" in str(info.value)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_calibration_reads_external_data_into_memory(tmp_path, monkeypatch):
+    """With --calib the model runs in onnxruntime from memory: its external data is loaded, and
+    a model above the protobuf limit is refused with a message saying why."""
+    source, output = tmp_path / "m.onnx", tmp_path / "m.fq.onnx"
+    info = large_model.build(source, 1 << 19, channels=32)
+    model = onnx.load(str(source), load_external_data=False)
+    for value in (model.graph.input[0], model.graph.output[0]):  # calibration feeds batches
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.save(model, str(source))
+    calib = np.random.default_rng(1).standard_normal((16, *info["input_shape"][1:])).astype(np.float32)
+    api.convert(source, output, calib=calib, calib_size=16, sparsity=0.5)
+    assert not _data_file(output).exists()
+    x = calib[:1]
+    assert runtime.session(output).run(None, {"X": x})[0].shape == tuple(info["input_shape"])
+    monkeypatch.setattr(graph, "PROTOBUF_LIMIT", 100_000)
+    with pytest.raises(FqOnnxError, match="do not fit in one protobuf.*needs the whole model in memory"):
+        api.convert(source, tmp_path / "again.onnx", calib=calib, calib_size=16)
