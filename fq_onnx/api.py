@@ -18,7 +18,7 @@ from fq_onnx import __version__, allocate, calibrate, focus, fmt, rewrite
 from fq_onnx.compress import PRUNE_METHODS, ROUNDINGS, LayerOptions, compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
-from fq_onnx.inspect import LayerRow, ModelReport, float_row, inspect_model, shiftconv_row
+from fq_onnx.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
 
 __all__ = ["convert", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
 
@@ -184,7 +184,8 @@ def convert(
         if not 0.0 <= value <= 0.99:
             raise FqOnnxError(f"{sparsity_file}: sparsity {value} for {name!r} is outside 0..0.99")
 
-    model = load_model(input_path)
+    # Without calibration nothing runs the model: weights in external data stay on disk until compressed.
+    model = load_model(input_path, lazy_external=calib is None)
     graph = gs.import_onnx(model)
     _unique_names(graph)
     folded = fold_batchnorms(graph)
@@ -230,6 +231,7 @@ def convert(
         if result.output_error is not None:
             info["out_error"] = result.output_error
         shift = target.replace(graph, blob, info, fuse_activation)
+        target.release()
         rows.append(shiftconv_row(shift))
         if report_dir is not None:
             pictures[name] = html_report.layer_picture(name, layer, per_channel=per_channel, w_sep=w_sep)
@@ -361,9 +363,7 @@ def decompress(input_path: str | os.PathLike, output_path: str | os.PathLike) ->
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     model = load_model(input_path)
     graph = gs.import_onnx(model)
-    for node in graph.nodes:
-        if node.op == rewrite.OP_TYPE and node.domain == rewrite.DOMAIN:
-            shiftconv_row(node)  # validates the blob, naming the node
+    check_shiftconvs(graph, input_path)  # what onnxruntime would refuse, naming file and node
     if rewrite.to_plain(graph) == 0:
         raise FqOnnxError(f"{input_path}: has no ShiftConv node to decompress")
     graph.cleanup().toposort()

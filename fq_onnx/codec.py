@@ -7,6 +7,7 @@ code reach the entropy of the tensor. Everything here is a pure function on nump
 
 from __future__ import annotations
 
+import array
 import heapq
 
 import numpy as np
@@ -169,6 +170,10 @@ def encoded_bits(frequencies: np.ndarray, lengths: np.ndarray) -> int:
     return int(np.dot(np.asarray(frequencies, np.int64), np.asarray(lengths, np.int64)))
 
 
+# Bit positions whose code windows are computed at once while decoding.
+_WINDOW_CHUNK = 1 << 16
+
+
 def decode_symbols(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
     """Decode ``count`` symbols; the payload must hold them exactly (padding bits zero)."""
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -190,18 +195,27 @@ def decode_symbols(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
         table_symbol[first : first + (1 << shift)] = symbol
         table_length[first : first + (1 << shift)] = lengths[symbol]
     total_bits = 8 * len(payload)
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
-    bits = np.concatenate([bits, np.zeros(MAX_CODE_LENGTH, dtype=np.uint8)])
-    weights = 1 << np.arange(MAX_CODE_LENGTH - 1, -1, -1)
-    windows = np.lib.stride_tricks.sliding_window_view(bits, MAX_CODE_LENGTH)[:total_bits]
-    windows = (windows.astype(np.int64) @ weights).tolist()
+    data = np.frombuffer(bytes(payload) + bytes(3), dtype=np.uint8).astype(np.uint32)
+
+    def windows(start: int, stop: int) -> list[int]:
+        """The 15-bit window starting at each bit position in [start, stop), from 3 bytes each
+        (chunked: one window per payload bit at once would be ~100 bytes per bit)."""
+        p = np.arange(start, stop, dtype=np.int64)
+        i = p >> 3
+        v = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2]
+        return ((v >> (9 - (p & 7)).astype(np.uint32)) & 0x7FFF).tolist()
+
     sym_of, len_of = table_symbol.tolist(), table_length.tolist()
-    out = [0] * count
-    position = 0
+    out = array.array("q", bytes(8 * count))  # C int64s: no object per token
+    position = base = 0
+    window_of: list[int] = []
     for t in range(count):
         if position >= total_bits:
             raise CodecError("payload ends before the last token")
-        window = windows[position]
+        if position - base >= len(window_of):
+            base = position
+            window_of = windows(base, min(base + _WINDOW_CHUNK, total_bits))
+        window = window_of[position - base]
         length = len_of[window]
         if length == 0:
             raise CodecError(f"bit pattern at payload bit {position} matches no code")
@@ -211,9 +225,9 @@ def decode_symbols(payload: bytes, lengths: np.ndarray, count: int) -> np.ndarra
         raise CodecError("payload ends inside the last token")
     if total_bits - position >= 8:
         raise CodecError("payload is longer than its tokens")
-    if bits[position:total_bits].any():
+    if position < total_bits and int(data[position >> 3]) & (0xFF >> (position & 7)):
         raise CodecError("payload padding bits are not zero")
-    return np.asarray(out, dtype=np.int64)
+    return np.frombuffer(out, dtype=np.int64)
 
 
 def entropy_bits(symbols: np.ndarray) -> float:

@@ -227,13 +227,19 @@ def read_header(blob: bytes) -> Header:
         if size > MAX_ELEMENTS:
             raise FormatError(f"shape {shape} exceeds the limit of {MAX_ELEMENTS} elements")
     if scale_count not in (1, shape[0]):
-        raise FormatError(f"{scale_count} scales for {shape[0]} rows: must be 1 or one per row")
+        raise FormatError(f"scale count A={scale_count} must be 1 or dims[0]={shape[0]} (one per row)")
     if len(blob) < offset + 4 * scale_count + _PARAMS.size:
         raise FormatError("blob ends inside the scales or the header")
     alphas = np.frombuffer(blob, dtype="<f4", count=scale_count, offset=offset).astype(np.float32)
     offset += 4 * scale_count
+    bad = np.flatnonzero(~(np.isfinite(alphas) & (alphas > 0)))
+    if bad.size:  # named as the C++ decoder names it
+        which = "alpha" if scale_count == 1 else f"alpha[{int(bad[0])}]"
+        raise FormatError(f"{which} must be finite and positive, got {alphas[bad[0]]}")
     c0, c1, b, tokens, payload_bytes = _PARAMS.unpack_from(blob, offset)
     offset += _PARAMS.size
+    if not (np.isfinite(c0) and np.isfinite(c1)):
+        raise FormatError("the centres must be finite")
     params = QuantParams(mode, bits, float(alphas[0]), c0, c1, b)
     check_params(params)
     levels(params)

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx import external_data_helper, numpy_helper
 
 from fq_onnx.errors import FqOnnxError
 
@@ -17,11 +19,17 @@ from fq_onnx.errors import FqOnnxError
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load a model with its external data, run the checker and shape inference.
+def load_model(path: str | os.PathLike, *, lazy_external: bool = False) -> onnx.ModelProto:
+    """Load a model, run the checker and shape inference.
 
-    Raises FqOnnxError naming the file for a missing file, a file that is not ONNX, or a model
-    the checker rejects.
+    Weights kept in external data files are validated (inside the model's directory, within
+    their file) and, with ``lazy_external``, left on disk: ``constant_value`` reads one when it
+    is needed and the graph never caches it, so converting a model bigger than memory (or than
+    protobuf's 2 GB) streams; ``save_model`` copies the ones left uncompressed. Without it they
+    are read into the model (what onnxruntime needs to run it from memory).
+
+    Raises FqOnnxError naming the file for a missing file, a file that is not ONNX, a model
+    the checker rejects, or external data that is missing or out of bounds.
     """
     path = Path(path)
     if not path.exists():
@@ -29,18 +37,31 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if path.is_dir():
         raise FqOnnxError(f"{path}: is a directory, expected an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except DecodeError:
         raise FqOnnxError(f"{path}: not an ONNX model (the file does not parse as an ONNX protobuf)") from None
     except (OSError, ValueError) as exc:
         raise FqOnnxError(f"{path}: cannot be read as ONNX: {exc}") from None
     if not model.graph.node and not model.graph.output:
         raise FqOnnxError(f"{path}: not an ONNX model (it parses, but holds no graph)")
+    external = [t for t in _all_tensors(model) if external_data_helper.uses_external_data(t)]
+    for tensor in external:
+        _locate_external(tensor, path)
     try:
-        onnx.checker.check_model(model)
+        # The in-memory checker would look for external files relative to the working directory.
+        onnx.checker.check_model(str(path) if external else model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise FqOnnxError(f"{path}: the ONNX checker rejects this model: {first}") from None
+    if external and not lazy_external:
+        total = model.ByteSize() + sum(_external_length(t) for t in external)
+        if total > PROTOBUF_LIMIT:
+            raise FqOnnxError(f"{path}: {total / 2**30:.1f} GiB of weights do not fit in one protobuf (2 GiB); "
+                              "this operation needs the whole model in memory")
+        for tensor in external:
+            tensor.raw_data = read_external(tensor).tobytes()
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is a help, not a requirement (custom ops, odd models)
@@ -48,45 +69,176 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write ``model`` atomically (temporary file in the same directory, then rename).
+def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and constant attributes of the graph and of every subgraph."""
+    return list(external_data_helper._get_all_tensors(model))
 
-    Models above protobuf's 2 GB limit get their weights in one external data file beside it.
-    Returns the size in bytes of the written .onnx file.
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+
+
+def _locate_external(tensor: onnx.TensorProto, model_path: Path) -> None:
+    """Checks where an external tensor's data lives and records that directory in the tensor
+    (the "basepath" key of ONNX's external data), so it can be read without the model path."""
+    info = external_data_helper.ExternalDataInfo(tensor)
+    base = model_path.resolve().parent
+    where = f"{model_path}: initializer '{tensor.name}' keeps its data in '{info.location}'"
+    file = (base / info.location).resolve()
+    if Path(info.location).is_absolute() or base not in file.parents:
+        raise FqOnnxError(f"{where}, outside the model's directory")
+    if not file.is_file():
+        raise FqOnnxError(f"{where}, which does not exist")
+    offset = int(info.offset or 0)
+    needed = _external_length(tensor)
+    length = needed if info.length is None else int(info.length)
+    if length != needed:
+        raise FqOnnxError(f"{where}: its length {length} is not the {needed} bytes of shape {list(tensor.dims)}")
+    if offset + length > file.stat().st_size:
+        raise FqOnnxError(f"{where}: bytes {offset}..{offset + length} are beyond the file's "
+                          f"{file.stat().st_size}")
+    for entry in list(tensor.external_data):
+        if entry.key == "basepath":
+            tensor.external_data.remove(entry)
+    tensor.external_data.add(key="basepath", value=str(base))
+
+
+def read_external(tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of a tensor kept in an external file (located by ``load_model``)."""
+    info = external_data_helper.ExternalDataInfo(tensor)
+    file = _external_file(tensor)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    with open(file, "rb") as handle:
+        handle.seek(int(info.offset or 0))
+        data = np.fromfile(handle, dtype=dtype, count=count)
+    if data.size != count:
+        raise FqOnnxError(f"{file}: ends inside the data of '{tensor.name}'")
+    return data.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write ``model`` atomically (temporary files in the same directory, then renames).
+
+    The model is self-contained when it can be. Tensors still kept in an input's external data
+    (layers left uncompressed in a lazily loaded model) are copied, in chunks, into one data file
+    ``<name>.data`` beside it; so are the largest inline tensors of a model above protobuf's
+    2 GB limit, until the rest fits. Returns the size in bytes of the written .onnx file.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise FqOnnxError(f"{path}: the output directory {directory} does not exist")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    external = [t for t in _all_tensors(model) if external_data_helper.uses_external_data(t)]
+    data_path = None
+    if external or model.ByteSize() > PROTOBUF_LIMIT:
+        data_path = directory / (path.name + ".data")
+        if data_path.resolve() in {_external_file(t).resolve() for t in external}:
+            raise FqOnnxError(f"{path}: its data file {data_path.name} would overwrite the input's external data; "
+                              "choose another output name")
+    temps = []
+    try:
+        if data_path is not None:
+            temps.append(_temp_beside(data_path))
+            with open(temps[-1], "r+b") as data:
+                _write_external(model, external, data, data_path.name)
+        temps.append(_temp_beside(path))
+        with open(temps[-1], "wb") as handle:
+            handle.write(model.SerializeToString(deterministic=True))
+        if data_path is not None:  # the data first: the .onnx never names a missing file
+            os.replace(temps[0], data_path)
+        os.replace(temps[-1], path)
+    except BaseException:
+        for temp in temps:
+            if os.path.exists(temp):
+                os.unlink(temp)
+        raise
+    if data_path is not None:  # the in-memory model stays readable (read_external)
+        for tensor in _all_tensors(model):
+            if external_data_helper.uses_external_data(tensor):
+                tensor.external_data.add(key="basepath", value=str(directory.resolve()))
+    return path.stat().st_size
+
+
+def _temp_beside(path: Path) -> str:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
-    try:
-        if model.ByteSize() > PROTOBUF_LIMIT:
-            data_name = path.name + ".data"
-            onnx.save_model(model, temp, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
-        else:
-            with open(temp, "wb") as handle:
-                handle.write(model.SerializeToString(deterministic=True))
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path.stat().st_size
+    return temp
+
+
+# Tensor offsets in a written data file are multiples of this, so onnxruntime can map them.
+_ALIGN = 4096
+_CHUNK = 16 << 20
+
+
+def _write_external(model: onnx.ModelProto, external: list[onnx.TensorProto], data, name: str) -> None:
+    """Fill the data file: the external tensors (copied chunk by chunk), then the largest inline
+    tensors while the model is above the protobuf limit; point those tensors at it."""
+    def place(tensor: onnx.TensorProto, length: int) -> None:
+        offset = -(-data.tell() // _ALIGN) * _ALIGN
+        data.seek(offset)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", name), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=key, value=value)
+
+    buffer = bytearray(min(_CHUNK, max((_external_length(t) for t in external), default=0)))
+    for tensor in external:
+        info = external_data_helper.ExternalDataInfo(tensor)
+        length = _external_length(tensor)
+        with open(_external_file(tensor), "rb") as source:
+            source.seek(int(info.offset or 0))
+            place(tensor, length)
+            left = length
+            while left:
+                view = memoryview(buffer)[: min(left, len(buffer))]
+                got = source.readinto(view)
+                if not got:
+                    raise FqOnnxError(f"{source.name}: ends inside the data of '{tensor.name}'")
+                data.write(view[:got])
+                left -= got
+    inline = sorted((t for t in _all_tensors(model) if not external_data_helper.uses_external_data(t)),
+                    key=lambda t: t.ByteSize(), reverse=True)
+    for tensor in inline:
+        if model.ByteSize() <= PROTOBUF_LIMIT:
+            break
+        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        name_, dims, dtype = tensor.name, list(tensor.dims), tensor.data_type
+        tensor.Clear()
+        tensor.name, tensor.data_type = name_, dtype
+        tensor.dims.extend(dims)
+        place(tensor, len(raw))
+        data.write(raw)
+        del raw
+
+
+def _external_file(tensor: onnx.TensorProto) -> Path:
+    info = external_data_helper.ExternalDataInfo(tensor)
+    return Path(info.basepath) / info.location
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of a graph constant (initializer or Constant node output), else None."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        attrs = tensor.inputs[0].attrs
-        if isinstance(attrs.get("value"), gs.Constant):
-            return np.asarray(attrs["value"].values)
-    return None
+    if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        tensor = tensor.inputs[0].attrs.get("value")
+    if not isinstance(tensor, gs.Constant):
+        return None
+    lazy = tensor._values
+    if isinstance(lazy, LazyValues) and external_data_helper.uses_external_data(lazy.tensor):
+        return read_external(lazy.tensor)  # read per use, never cached in the graph: converting streams
+    return np.asarray(tensor.values)
+
+
+def is_external(tensor: gs.Tensor) -> bool:
+    """Whether ``constant_value(tensor)`` reads an external data file (each time it is called)."""
+    if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        tensor = tensor.inputs[0].attrs.get("value")
+    lazy = getattr(tensor, "_values", None)
+    return isinstance(lazy, LazyValues) and external_data_helper.uses_external_data(lazy.tensor)
 
 
 def fold_batchnorms(graph: gs.Graph) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx import fmt, rewrite
+from fq_onnx import fmt, rewrite, validate
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value, load_model
 
@@ -86,14 +86,13 @@ class ModelReport:
 
 
 def shiftconv_row(node: gs.Node) -> LayerRow:
-    """Report row of one ShiftConv node, from its decoded weight blob."""
-    blob = constant_value(node.inputs[1])
-    if blob is None:
-        raise FqOnnxError(f"ShiftConv {node.name}: its weight input is not a constant")
-    try:
-        decoded = fmt.decode(blob.tobytes())
-    except fmt.FormatError as exc:
-        raise FqOnnxError(f"ShiftConv {node.name}: {exc}") from None
+    """Report row of one ShiftConv node, from its decoded weight blob.
+
+    Raises validate.InvalidShiftConv (naming the node) for a node onnxruntime would refuse.
+    """
+    blob = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    bias = constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    decoded = validate.check_node(node.name, node.attrs, blob, bias)
     size = int(np.prod(decoded.shape))
     return LayerRow(
         name=node.name,
@@ -112,6 +111,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
 
 def float_row(target: rewrite.Target) -> LayerRow:
     weight = target.weight
+    target.release()  # a weight in external data is read again if needed, not kept
     return LayerRow(
         name=target.node.name,
         op=target.node.op,
@@ -128,14 +128,14 @@ def float_row(target: rewrite.Target) -> LayerRow:
 
 def inspect_model(path: str | os.PathLike) -> ModelReport:
     """Per-layer report of every weight layer (ShiftConv, and Conv/Gemm/MatMul left as float)."""
-    model = load_model(path)
+    model = load_model(path, lazy_external=True)
     graph = gs.import_onnx(model)
     targets, skipped = rewrite.find_targets(graph)
     rows_by_node = {id(t.node): float_row(t) for t in targets}
     rows = []
     for node in graph.nodes:
         if node.op == rewrite.OP_TYPE and node.domain == rewrite.DOMAIN:
-            rows.append(shiftconv_row(node))
+            rows.append(_in_file(path, shiftconv_row, node))
         elif id(node) in rows_by_node:
             rows.append(rows_by_node[id(node)])
     return ModelReport(str(path), Path(path).stat().st_size, rows, skipped)
@@ -168,3 +168,17 @@ def blob_details(path: str | os.PathLike) -> list[dict]:
             "payload_bytes": header.payload_bytes, "activation": str(node.attrs.get("activation", "none")),
         })
     return details
+
+
+def check_shiftconvs(graph: gs.Graph, path: str | os.PathLike) -> None:
+    """Raise FqOnnxError naming the file and the node for the first ShiftConv onnxruntime would refuse."""
+    for node in graph.nodes:
+        if node.op == rewrite.OP_TYPE and node.domain == rewrite.DOMAIN:
+            _in_file(path, shiftconv_row, node)
+
+
+def _in_file(path, function, *args):
+    try:
+        return function(*args)
+    except FqOnnxError as exc:
+        raise FqOnnxError(f"{path}: {exc}") from None

@@ -14,7 +14,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv import _conv_implementation
 
-from fq_onnx import fmt
+from fq_onnx import fmt, validate
+from fq_onnx.graph import load_model
 
 
 class ShiftConv(OpRun):
@@ -26,6 +27,8 @@ class ShiftConv(OpRun):
         weight = self._weight(W)
         if M is not None and M != weight.shape[0]:
             raise ValueError(f"ShiftConv {self.onnx_node.name}: attribute M={M}, the weight stores {weight.shape[0]} outputs")
+        if B is not None:
+            validate.check_bias_values(self.onnx_node.name, B)
         if kind == "dense":
             if X.shape[-1] != weight.shape[1]:
                 raise ValueError(f"ShiftConv {self.onnx_node.name}: input has {X.shape[-1]} features, weight expects {weight.shape[1]}")
@@ -55,15 +58,27 @@ class ShiftConv(OpRun):
         try:
             weight = fmt.dequantize(np.asarray(blob, dtype=np.uint8).tobytes())
         except fmt.FormatError as exc:
-            raise fmt.FormatError(f"ShiftConv {self.onnx_node.name}: {exc}") from None
+            raise fmt.FormatError(f"ShiftConv node '{self.onnx_node.name}': {exc}") from None
         self._decoded = (blob, weight)
         return weight
 
 
 def evaluator(model: onnx.ModelProto | str | os.PathLike) -> ReferenceEvaluator:
-    """A ReferenceEvaluator that knows ShiftConv; reuse it to decode the weights only once."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    """A ReferenceEvaluator that knows ShiftConv; reuse it to decode the weights only once.
+
+    Refuses (validate.InvalidShiftConv, naming the file and node) what onnxruntime would refuse
+    at session creation: a bad blob, a weight that is not a constant, a shape or bias that
+    disagrees with the node.
+    """
+    if isinstance(model, onnx.ModelProto):
+        validate.check_model(model)
+    else:
+        path = model
+        model = load_model(path)
+        try:
+            validate.check_model(model)
+        except validate.InvalidShiftConv as exc:
+            raise validate.InvalidShiftConv(f"{path}: {exc}") from None
     return ReferenceEvaluator(model, new_ops=[ShiftConv])
 
 

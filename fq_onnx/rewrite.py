@@ -7,12 +7,13 @@ the compression math lives in prune/focus/fmt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx.graph import constant_value
+from fq_onnx.graph import constant_value, is_external
 
 DOMAIN = "fq_onnx"
 OP_TYPE = "ShiftConv"
@@ -30,10 +31,28 @@ class Target:
 
     node: gs.Node
     kind: str
-    weight: np.ndarray
+    _weight: np.ndarray | None
     bias: np.ndarray | None
     attrs: dict = field(default_factory=dict)
     transpose_input: bool = False
+    # For a weight in an external data file: reads it again. Matching then keeps no copy, and
+    # release() drops it once compressed, so a converted model streams one layer at a time.
+    reload: Callable[[], np.ndarray] | None = None
+
+    def __post_init__(self):
+        if self.reload is not None:
+            self._weight = None
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self._weight is None:
+            self._weight = self.reload()
+        return self._weight
+
+    def release(self) -> None:
+        """Forget a weight that can be read again from its external data file."""
+        if self.reload is not None:
+            self._weight = None
 
     def replace(self, graph: gs.Graph, blob: bytes, info: dict, fuse_activation: bool) -> gs.Node:
         """Put a ShiftConv in the node's place (fusing a following Relu/Clip when ``fuse_activation``)."""
@@ -116,7 +135,7 @@ def match_conv(node: gs.Node) -> Target | str:
             return "bias is not a constant"
     attrs = {k: node.attrs[k] for k in CONV_ATTRS if k in node.attrs}
     attrs.setdefault("kernel_shape", list(weight.shape[2:]))
-    return Target(node, "conv", weight, bias, attrs)
+    return Target(node, "conv", weight, bias, attrs, reload=_reloader(node.inputs[1]))
 
 
 def match_gemm(node: gs.Node) -> Target | str:
@@ -126,9 +145,12 @@ def match_gemm(node: gs.Node) -> Target | str:
         return reason
     if weight.ndim != 2:
         return "Gemm weight is not 2-D"
-    if not int(node.attrs.get("transB", 0)):
-        weight = weight.T
-    weight = np.ascontiguousarray(weight * np.float32(node.attrs.get("alpha", 1.0)))
+
+    def stored(w: np.ndarray) -> np.ndarray:  # [N_out, K] with alpha folded in
+        w = w if int(node.attrs.get("transB", 0)) else w.T
+        return np.ascontiguousarray(w * np.float32(node.attrs.get("alpha", 1.0)))
+
+    weight = stored(weight)
     outputs = weight.shape[0]
     bias = None
     if len(node.inputs) > 2 and node.inputs[2].name:
@@ -142,7 +164,8 @@ def match_gemm(node: gs.Node) -> Target | str:
         else:
             return f"C of shape {list(c.shape)} is not a per-output bias"
         bias = (c * np.float32(node.attrs.get("beta", 1.0))).astype(np.float32)
-    return Target(node, "dense", weight, bias, transpose_input=bool(int(node.attrs.get("transA", 0))))
+    return Target(node, "dense", weight, bias, transpose_input=bool(int(node.attrs.get("transA", 0))),
+                  reload=_reloader(node.inputs[1], stored))
 
 
 def match_matmul(node: gs.Node) -> Target | str:
@@ -156,7 +179,13 @@ def match_matmul(node: gs.Node) -> Target | str:
         return reason
     if weight.ndim != 2:
         return f"weight of rank {weight.ndim} (only 2-D weights are compressed)"
-    return Target(node, "dense", np.ascontiguousarray(weight.T), None)
+    return Target(node, "dense", np.ascontiguousarray(weight.T), None,
+                  reload=_reloader(node.inputs[1], lambda w: np.ascontiguousarray(w.T)))
+
+
+def _reloader(tensor: gs.Tensor, stored: Callable[[np.ndarray], np.ndarray] = lambda w: w):
+    """How to read a weight kept in external data again (None for one held in memory)."""
+    return (lambda: stored(constant_value(tensor))) if is_external(tensor) else None
 
 
 def to_plain(graph: gs.Graph) -> int:
@@ -165,7 +194,7 @@ def to_plain(graph: gs.Graph) -> int:
 
     shiftconvs = [n for n in graph.nodes if n.op == OP_TYPE and n.domain == DOMAIN]
     for node in shiftconvs:
-        _plain_node(graph, node, fmt.dequantize(np.asarray(node.inputs[1].values).tobytes()))
+        _plain_node(graph, node, fmt.dequantize(constant_value(node.inputs[1]).tobytes()))
     if shiftconvs:
         graph.cleanup().toposort()
     return len(shiftconvs)

@@ -97,3 +97,29 @@ def test_deterministic_bytes():
     rng = np.random.default_rng(3)
     codes = np.where(rng.random((16, 8, 3, 3)) < 0.3, rng.integers(0, 32, (16, 8, 3, 3)), -1)
     assert fmt.encode(codes, FOCUSED5) == fmt.encode(codes.copy(), FOCUSED5)
+
+
+def test_decoding_a_large_payload_needs_little_memory():
+    """The decoder's window table is built in chunks: a 2 Mbit payload (one layer of a big
+    model) once took ~100 bytes per payload bit (~280 MB here). Peak RSS of a fresh interpreter."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+from fq_onnx import codec
+def hwm():
+    return [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+rng = np.random.default_rng(3)
+symbols = rng.choice(64, size=400_000, p=np.arange(64, 0, -1) / np.arange(64, 0, -1).sum())
+lengths = codec.huffman_lengths(np.bincount(symbols, minlength=64))
+payload = codec.encode_symbols(symbols, lengths)
+assert len(payload) > 250_000
+before = hwm()
+assert np.array_equal(codec.decode_symbols(payload, lengths, symbols.size), symbols)
+print(hwm() - before)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/")
+    assert run.returncode == 0, run.stderr
+    grown = int(run.stdout.split()[-1])
+    assert grown < 40 * 2**20, f"decoding grew the peak RSS by {grown / 2**20:.0f} MiB"

@@ -83,15 +83,9 @@ def scale_count(blob: bytes) -> int:
     return struct.unpack_from("<I", blob, 12 + 4 * blob[7])[0]
 
 
-def shiftconv_model(blob: bytes, x_shape, bias=None, bias_as_input=False, weight_as_input=False,
-                    **attrs) -> onnx.ModelProto:
-    inits = []
+def shiftconv_model(blob: bytes, x_shape, bias=None, bias_as_input=False, **attrs) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.frombuffer(blob, dtype=np.uint8).copy(), "Wq")]
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
-    w = numpy_helper.from_array(np.frombuffer(blob, dtype=np.uint8).copy(), "Wq")
-    if weight_as_input:
-        inputs.append(helper.make_tensor_value_info("Wq", TensorProto.UINT8, [len(blob)]))
-    else:
-        inits.append(w)
     node_inputs = ["X", "Wq"]
     if bias is not None:
         b = numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "B")
@@ -594,19 +588,15 @@ def _set(blob: bytes, offset: int, fmt_char: str, value) -> bytes:
 
 
 def corruptions():
+    """One case per decoder rule on a single-node model. The user-facing corpus (a real
+    converted model, every tool, the common corruptions: magic, version, CRC, lengths, giant
+    sizes, Huffman tables, scales, bias, clip bounds, non-constant weights) is tests/malformed.py."""
     blob = _base_blob()
     h, a, table, payload, symbols = _layout(blob)
     assert a == h + 8
     n_table = payload - table
     cases = {
-        "empty": (b"", "too short"),
         "truncated-header": (blob[:10], "too short"),
-        "truncated": (blob[:-5], "bytes but its header declares"),
-        "extra-byte": (_fix_crc(blob[:-4] + b"\0" + blob[-4:]), "bytes but its header declares"),
-        "crc": (blob[:-1] + bytes([blob[-1] ^ 1]), "CRC-32"),
-        "flipped-payload-byte": (blob[: payload + 1] + bytes([blob[payload + 1] ^ 0x40]) + blob[payload + 2:], "CRC-32"),
-        "magic": (_fix_crc(b"FQX1" + blob[4:]), "magic"),
-        "version": (_fix_crc(_set(blob, 4, "B", 2)), "version 2"),
         "mode": (_fix_crc(_set(blob, 5, "B", 7)), "mode"),
         "bits": (_fix_crc(_set(blob, 6, "B", 9)), "bits"),
         "ndim-0": (_fix_crc(_set(blob, 7, "B", 0)), "ndim"),
@@ -614,32 +604,22 @@ def corruptions():
         "block-0": (_fix_crc(_set(blob, 8, "B", 0)), "block"),
         "reserved": (_fix_crc(_set(blob, 10, "H", 1)), "reserved"),
         "dim-zero": (_fix_crc(_set(blob, 12, "I", 0)), "dimension"),
-        "absurd-dims": (_fix_crc(_set(_set(blob, 12, "I", 1 << 20), 16, "I", 1 << 20)), r"2\^28"),
         "alpha-nan": (_fix_crc(_set(blob, h + 4, "f", float("nan"))), "alpha"),
         "alpha-inf": (_fix_crc(_set(blob, h + 4, "f", float("inf"))), "alpha"),
         "alpha-negative": (_fix_crc(_set(blob, h + 4, "f", -0.1)), "alpha"),
         "alpha-zero": (_fix_crc(_set(blob, h + 4, "f", 0.0)), "alpha"),
         "A-zero": (_fix_crc(_set(blob, h, "I", 0)), "scale count A=0 must be 1 or dims"),
         "A-2-of-8": (_fix_crc(_set(blob, h, "I", 2)), "scale count A=2 must be 1 or dims"),
-        "A-huge": (_fix_crc(_set(blob, h, "I", 2**32 - 1)), "scale count A=4294967295"),
         # A = dims[0] = 8 but the blob holds one scale: the rest of the header is misread.
         "A-8-one-scale": (_fix_crc(_set(blob, h, "I", 8)), "."),
         "centre-inf": (_fix_crc(_set(blob, a, "f", float("-inf"))), "centres"),
         "b-range": (_fix_crc(_set(blob, a + 8, "i", 200)), "exponent offset"),
         "b-int-min": (_fix_crc(_set(blob, a + 8, "i", -(2**31))), "exponent offset"),
         "level-overflow": (_fix_crc(_set(_set(blob, h + 4, "f", 3e38), a + 8, "i", -100)), "overflows"),
-        "tokens-above-elements": (_fix_crc(_set(blob, a + 12, "I", 10**6)), "tokens for a tensor"),
-        "absurd-payload-size": (_fix_crc(_set(blob, a + 16, "I", 2**32 - 1)), "bytes but its header declares"),
         "tokens-beyond-payload": (_fix_crc(_set(blob, a + 12, "I", 288)), "ends|cannot fit|matches no code|tensor has"),
-        "oversubscribed": (_fix_crc(blob[:table] + bytes([0x11]) * (n_table - 1) + bytes([0x01]) + blob[payload:]),
-                           "over-subscribed"),
         # Nibbles cannot exceed 15; all-15 lengths form a valid but incomplete table.
         "all-lengths-15": (_fix_crc(blob[:table] + bytes([0xFF]) * (n_table - 1) + bytes([0x0F]) + blob[payload:]),
                            "matches no code"),
-        "empty-table": (_fix_crc(blob[:table] + bytes(n_table) + blob[payload:]), "code table is empty"),
-        "incomplete-table-bad-bits": (
-            _fix_crc(blob[:table] + bytes([0x01]) + bytes(n_table - 1) + bytes([0xFF]) * (len(blob) - payload - 4)
-                     + blob[-4:]), "matches no code"),
         "too-few-tokens": (_fix_crc(_set(blob, a + 12, "I", struct.unpack_from("<I", blob, a + 12)[0] // 2)),
                            "longer than its tokens|padding|tensor has"),
     }
@@ -662,7 +642,6 @@ def corruptions():
         "rows-A-zero": (_fix_crc(_set(rows, h, "I", 0)), "scale count A=0 must be 1 or dims"),
         "rows-A-2-of-5": (_fix_crc(_set(rows, h, "I", 2)), r"scale count A=2 must be 1 or dims\[0\]=5"),
         "rows-A-6-of-5": (_fix_crc(_set(rows, h, "I", 6)), "scale count A=6 must be 1 or dims"),
-        "rows-A-huge": (_fix_crc(_set(rows, h, "I", 2**32 - 1)), "scale count A=4294967295"),
         # A huge and equal to dims[0] (2^24 rows of 4 elements): refused by the blob's length
         # before 64 MB of scales are read or allocated.
         "rows-A-huge-matching-dims": (
@@ -670,11 +649,8 @@ def corruptions():
                           h, "I", 1 << 24)), "ends inside the scales"),
         # A = 1 on a blob holding five scales: the other scales are read as the later fields.
         "rows-A-1": (_fix_crc(_set(rows, h, "I", 1)), "."),
-        "rows-alpha-nan": (_fix_crc(_set(rows, h + 4 + 4 * 3, "f", float("nan"))), r"alpha\[3\]"),
-        "rows-alpha-negative": (_fix_crc(_set(rows, h + 4 + 4 * 1, "f", -1e-3)), r"alpha\[1\]"),
         "rows-alpha-zero": (_fix_crc(_set(rows, h + 4 + 4 * 4, "f", 0.0)), r"alpha\[4\]"),
         "rows-alpha-minus-zero": (_fix_crc(_set(rows, h + 4, "f", -0.0)), r"alpha\[0\]"),
-        "rows-alpha-inf": (_fix_crc(_set(rows, h + 4 + 4 * 2, "f", float("inf"))), r"alpha\[2\]"),
         # Row 2's scale alone makes its levels overflow (the first row's are fine).
         "rows-level-overflow": (_fix_crc(_set(rows, h + 4 + 4 * 2, "f", 3e37)), "overflows"),
         "rows-truncated-scales": (rows[: h + 4 + 4 * 2], "ends inside the scales"),
@@ -718,12 +694,10 @@ def test_blob_disagreeing_with_node_fails_cleanly(attrs, message):
         runtime.session(shiftconv_model(blob, (1, 4, 6, 6), **attrs))
 
 
-def test_bias_length_and_non_constant_weight_fail_cleanly():
+def test_bias_length_and_conv_rank_fail_cleanly():
     blob = _base_blob()
     with pytest.raises(Exception, match=f"ShiftConv node '{NODE}'.*bias"):
         runtime.session(shiftconv_model(blob, (1, 4, 6, 6), bias=np.zeros(5, np.float32)))
-    with pytest.raises(Exception, match=f"ShiftConv node '{NODE}'.*constant initializer"):
-        runtime.session(shiftconv_model(blob, (1, 4, 6, 6), weight_as_input=True))
     conv3d = fmt.encode(np.zeros((2, 2, 2, 2, 2), np.int64), fmt.QuantParams(mode=0, bits=3, alpha=1.0))
     with pytest.raises(Exception, match=f"ShiftConv node '{NODE}'.*rank 3 or 4"):
         runtime.session(shiftconv_model(conv3d, (1, 2, 4, 4, 4)))

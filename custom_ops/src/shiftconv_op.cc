@@ -1,6 +1,7 @@
 #include "shiftconv_op.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -59,6 +60,16 @@ std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name) {
   std::vector<int64_t> v(size);
   if (size) Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
   return v;
+}
+
+// A NaN or Inf bias would silently poison every output of its channel.
+void check_finite_bias(const float* b, int64_t m) {
+  for (int64_t i = 0; i < m; ++i) {
+    if (!std::isfinite(b[i])) {
+      throw std::invalid_argument("bias B holds NaN or Inf (element " + std::to_string(i) + " is " +
+                                  std::to_string(b[i]) + ")");
+    }
+  }
 }
 
 std::string shape_str(const std::vector<int64_t>& v) {
@@ -141,6 +152,10 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       float v = 0;
       if (attr_float(info, "clip_min", &v)) act_lo_ = v;
       if (attr_float(info, "clip_max", &v)) act_hi_ = v;
+      if (std::isnan(act_lo_) || std::isnan(act_hi_)) {
+        throw std::invalid_argument("clip_min and clip_max must be numbers, got " + std::to_string(act_lo_) +
+                                    " and " + std::to_string(act_hi_));
+      }
       if (!(act_lo_ <= act_hi_)) throw std::invalid_argument("clip_min must not exceed clip_max");
     } else if (activation != "none") {
       throw std::invalid_argument("unknown activation '" + activation + "' (none, relu or clip)");
@@ -209,6 +224,7 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
                                       std::to_string(M) + "]");
         }
         const float* b = bv.GetTensorData<float>();
+        check_finite_bias(b, M);
         bias_.assign(b, b + M);
       } else if (!ki.GetInputName(2).empty()) {
         bias_at_run_ = true;
@@ -320,6 +336,7 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
                                     std::to_string(weight_.M) + "]");
       }
       bias = bv.GetTensorData<float>();
+      check_finite_bias(bias, weight_.M);
     }
   }
 
