@@ -8,6 +8,8 @@ remaining weights absorb it (Frantar & Alistarh, SparseGPT 2023; GPTQ 2022). Pur
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable
 
 import numpy as np
@@ -19,8 +21,30 @@ DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse we
 Rounder = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+_FACTOR_CACHE: list[tuple[tuple, tuple[np.ndarray, np.ndarray]]] = []  # most recent last
+
+
 def inverse_hessian_factor(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
-    """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1``, and the dead inputs."""
+    """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1``, and the dead inputs.
+
+    The last two results are kept, keyed by the matrix's contents: the allocator prunes and
+    rounds one layer at many sparsities and widths with the same statistics, and hashing is
+    much cheaper than the two factorizations.
+    """
+    h = np.ascontiguousarray(hessian, dtype=np.float64)
+    key = (h.shape, damping, hashlib.blake2b(h.data, digest_size=16).digest())
+    for cached_key, result in _FACTOR_CACHE:
+        if cached_key == key:
+            return result
+    result = _inverse_hessian_factor(h, damping)
+    for array in result:
+        array.flags.writeable = False  # shared by every caller
+    _FACTOR_CACHE.append((key, result))
+    del _FACTOR_CACHE[:-2]
+    return result
+
+
+def _inverse_hessian_factor(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
     h = np.array(hessian, dtype=np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
