@@ -7,6 +7,7 @@
 #include "cpu_features.h"
 #include "decode.h"
 #include "execute.h"
+#include "int_op.h"
 
 namespace fq {
 namespace {
@@ -209,6 +210,15 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
 
     std::string choice = kernel_choice.empty() ? kernel_choice_from_env() : kernel_choice;
     kernels_ = select_kernels(choice);
+    IntModeAttrs int_attrs;  // integer mode (docs/SHIFTCONV.md): the node has act_bits
+    int_attrs.has_bits = attr_int(info, "act_bits", &int_attrs.bits);
+    if (int_attrs.has_bits) {
+      int_attrs.has_scale = attr_int(info, "act_scale_log2", &int_attrs.scale_log2);
+      int_attrs.has_signed = attr_int(info, "act_signed", &int_attrs.is_signed);
+      int_ = std::make_shared<IntShiftConv>(dw, dense_, attrs_, wshape_, int_attrs, kernels_, bias_, bias_at_run_,
+                                            act_lo_, act_hi_);
+      return;
+    }
     int max_group = 8;
     if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
     if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
@@ -272,6 +282,10 @@ std::shared_ptr<const Plan> ShiftConvKernel::plan_for(const std::vector<int64_t>
 }
 
 void ShiftConvKernel::compute(OrtKernelContext* context) {
+  if (int_) {
+    int_->compute(context);
+    return;
+  }
   Ort::KernelContext ctx(context);
   Ort::ConstValue xv = ctx.GetInput(0);
   const std::vector<int64_t> x_shape = xv.GetTensorTypeAndShapeInfo().GetShape();

@@ -14,6 +14,8 @@
 
 namespace fq {
 
+class IntShiftConv;  // int_op.h: integer mode, when the node has act_bits
+
 class ShiftConvKernel {
  public:
   // Decodes and validates the weight once. Throws std::exception with a message naming the node.
@@ -45,6 +47,8 @@ class ShiftConvKernel {
   bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
   std::vector<int32_t> tap_dy_, tap_dx_;
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
+
+  std::shared_ptr<IntShiftConv> int_;  // set: every Compute runs in integer mode
 
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
   std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;
