@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx import fmt, rewrite
+from fq_onnx import fmt, intmode, rewrite
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value, load_model
 
@@ -28,6 +28,9 @@ class LayerRow:
     rel_error: float | None
     fp32_bytes: int
     stored_bytes: int
+    # integer mode (SHIFTCONV.md): {"bits", "scale_log2", "signed", "clip_rate"}, or
+    # {"fallback": reason} where the converter kept float activations; None: float activations
+    act: dict | None = None
 
     @property
     def ratio(self) -> float:
@@ -105,6 +108,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
         rel_error=float(node.attrs["rel_error"]) if "rel_error" in node.attrs else None,
         fp32_bytes=4 * size,
         stored_bytes=int(blob.size),
+        act=intmode.node_act(node.attrs),
     )
 
 

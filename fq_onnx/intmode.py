@@ -71,7 +71,8 @@ def act_quant(bits, scale_log2, signed) -> ActQuant:
 
 def quantize(x: np.ndarray, act: ActQuant) -> np.ndarray:
     """SHIFTCONV.md 1.: ``q`` (int32) of float32 activations ``x``."""
-    v = np.asarray(x, dtype=np.float32) * np.float32(2.0 ** -act.scale_log2)
+    with np.errstate(over="ignore", under="ignore"):  # +-inf is clamped, a denormal rounds to 0
+        v = np.asarray(x, dtype=np.float32) * np.float32(2.0 ** -act.scale_log2)
     v = np.where(np.isnan(v), np.float32(0.0), v)
     v = np.clip(v, np.float32(act.qmin), np.float32(act.qmax))
     return np.rint(v).astype(np.int32)  # rint: round half to even
@@ -90,14 +91,14 @@ class CodeTerms:
     active: np.ndarray  # u(v) != 0
 
 
-def _pow2(value: float) -> tuple[int, int]:
+def _pow2(value: float, index: int) -> tuple[int, int]:
     """``(sigma, p)`` with ``value = sigma * 2^p`` exactly (``(0, 0)`` for zero)."""
     v = np.float32(value)
     if v == 0:
         return 0, 0
     mantissa, exponent = np.frexp(v)
     if abs(float(mantissa)) != 0.5:
-        raise IntModeError(f"centre {float(v)!r} is not a power of two (integer mode needs pow2_centres)")
+        raise IntModeError(f"integer mode needs power-of-two centres, centre{index} = {float(v):.9g} is not one")
     return (1 if v > 0 else -1), int(exponent) - 1
 
 
@@ -108,7 +109,7 @@ def code_terms(params: fmt.QuantParams) -> CodeTerms:
     exp = (v & ((1 << k) - 1)) - params.b
     sign = np.where((v >> k) & 1, -1, 1)
     if params.mode == fmt.MODE_FOCUSED:
-        centres = [_pow2(params.centre0), _pow2(params.centre1)]
+        centres = [_pow2(params.centre0, 0), _pow2(params.centre1, 1)]
         component = v >> (k + 1)
         csign = np.array([centres[c][0] for c in component])
         cexp = np.array([centres[c][1] for c in component])
