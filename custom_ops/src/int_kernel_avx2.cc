@@ -1,5 +1,5 @@
 // AVX2 integer path: vpaddd per nonzero, vpsllvd (variable shift) + vpaddd/vpsubd per distinct
-// code. 16 ymm registers: V sums + V accumulators + the shift count, so at most 6 vectors (48
+// code. 16 ymm registers: V sums + V accumulators + V component sums + the shift count, so at most 5 vectors (40
 // output pixels) per tile. Compiled with -mavx2 -ffp-contract=off; entered only after
 // cpu_features.cc confirmed AVX2.
 #include <immintrin.h>
@@ -55,7 +55,7 @@ void IntAvx2::store_out(const int32_t* acc, float* dst, int64_t len, float scale
   int_store_scalar(acc, dst, i, len, scale, b, lo, hi);
 }
 
-const IntKernelTable kTable = make_int_table<IntAvx2, 6>("avx2");
+const IntKernelTable kTable = make_int_table<IntAvx2, 5>("avx2");
 
 }  // namespace
 

@@ -3,21 +3,24 @@
 // int_kernel_avx512.cc). Include only from those files, inside an anonymous namespace.
 //
 // Why this shape: per output row the taps are grouped by code, so a nonzero weight costs one
-// vector add (S += q) and only each distinct code costs shifts (acc += +-(S << e) and the
-// centre term): the paper's shift-add datapath, at the price of a float FMA per nonzero.
-// Everything is 32-bit two's complement; the accumulator bound (SHIFTCONV.md, 4.) makes the
-// final sum exact even if a partial sum wraps.
+// vector add (S += q) and only each distinct code costs a shift and two adds (acc += +-(S << e),
+// Z += S); each mixture component adds its sum Z shifted by its power-of-two centre once. That
+// is the paper's shift-add datapath, with at most 2^bits codes per row. Only one component's Z
+// is live at a time (terms come component by component), so a tile holds 3 V registers.
+// Everything is 32-bit two's complement; the accumulator bound (SHIFTCONV.md, 4.) makes the final
+// sum exact even if a partial sum wraps.
 
 template <class VT, int V>
 void int_tile(const int32_t* q, const int32_t* off, const IntTerm* terms, size_t n, int32_t* out) {
   constexpr int L = VT::kLanes;
-  typename VT::Reg acc[V];
-  for (int v = 0; v < V; ++v) acc[v] = VT::zero();
+  typename VT::Reg acc[V], z[V];
+  for (int v = 0; v < V; ++v) acc[v] = z[v] = VT::zero();
   for (size_t g = 0; g < n; ++g) {
     const IntTerm& t = terms[g];
     typename VT::Reg s[V];
-    for (int v = 0; v < V; ++v) s[v] = VT::zero();
-    for (uint32_t k = t.tap_begin; k < t.tap_end; ++k) {
+    const int32_t* p0 = q + off[t.tap_begin];  // every term has at least one tap
+    for (int v = 0; v < V; ++v) s[v] = VT::load(p0 + v * L);
+    for (uint32_t k = t.tap_begin + 1; k < t.tap_end; ++k) {
       const int32_t* p = q + off[k];
       for (int v = 0; v < V; ++v) s[v] = VT::add(s[v], VT::load(p + v * L));
     }
@@ -28,11 +31,15 @@ void int_tile(const int32_t* q, const int32_t* off, const IntTerm* terms, size_t
       for (int v = 0; v < V; ++v) acc[v] = VT::add(acc[v], VT::sllv(s[v], sh));
     }
     if (t.centre_sign != 0) {
-      const typename VT::Reg ch = VT::set1(t.centre_shift);
-      if (t.centre_sign < 0) {
-        for (int v = 0; v < V; ++v) acc[v] = VT::sub(acc[v], VT::sllv(s[v], ch));
-      } else {
-        for (int v = 0; v < V; ++v) acc[v] = VT::add(acc[v], VT::sllv(s[v], ch));
+      for (int v = 0; v < V; ++v) z[v] = VT::add(z[v], s[v]);
+      if (t.flush) {
+        const typename VT::Reg ch = VT::set1(t.centre_shift);
+        if (t.centre_sign < 0) {
+          for (int v = 0; v < V; ++v) acc[v] = VT::sub(acc[v], VT::sllv(z[v], ch));
+        } else {
+          for (int v = 0; v < V; ++v) acc[v] = VT::add(acc[v], VT::sllv(z[v], ch));
+        }
+        for (int v = 0; v < V; ++v) z[v] = VT::zero();
       }
     }
   }

@@ -8,20 +8,24 @@
 namespace fq {
 
 // One code of one output row: the row's elements with that code are the taps
-// [tap_begin, tap_end) (offsets into the packed input), and each contributes
+// [tap_begin, tap_end) (offsets into the packed input, at least one), and each contributes
 //   q * W,   W = (negative ? -1 : 1) * 2^shift + centre_sign * 2^centre_shift
-// with shift, centre_shift <= 30 (checked when the weight is built).
+// with shift, centre_shift <= 30 (checked when the weight is built). The terms of one mixture
+// component are consecutive and share centre_sign and centre_shift; `flush` marks the last of
+// them when centre_sign != 0.
 struct IntTerm {
   uint32_t tap_begin = 0, tap_end = 0;
   uint32_t shift = 0;
   uint32_t centre_shift = 0;
   int32_t negative = 0;     // 1: s = -1
   int32_t centre_sign = 0;  // sigma_c: -1, 0 (shift mode, or centre 0), +1
+  int32_t flush = 0;        // 1: the component's sum Z is complete after this term
 };
 
 // Sums one sub-tile of V vectors of output pixels of one row, in 32-bit two's complement:
 //   acc[i] = sum over terms g, taps k of g:  q[off[k] + i] * W_g,   0 <= i < V * lanes
-// as S_g = sum_k q[off[k] + i] (adds), then acc += +-(S_g << shift) + sigma (S_g << centre_shift).
+// as S_g = sum_k q[off[k] + i] (adds), acc += +-(S_g << shift) and Z += S_g per code, and
+// acc += sigma_c (Z << centre_shift) once per component (the paper's shift-add datapath).
 using IntTileFn = void (*)(const int32_t* q, const int32_t* off, const IntTerm* terms, size_t n, int32_t* acc);
 
 // q[i] = round_half_even(clamp(nan_to_zero(x[i] * inv_scale), qmin, qmax)), 0 <= i < n.

@@ -149,6 +149,8 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
     }
     uint64_t pos = 0, neg = 0;  // P_r, N_r: <= 2^28 elements * 2^31
     uint32_t at = 0;
+    int last_component = -1;
+    // Codes increase, so the terms come component by component (v >> (k + 1)).
     for (int v = 0; v < V; ++v) {
       const uint32_t n = count[size_t(v)];
       if (n == 0) continue;
@@ -178,8 +180,14 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
       term.centre_shift = uint32_t(cshift);
       term.negative = t.negative;
       term.centre_sign = t.csign;
+      const int component = qp.mode == 1 ? v >> (k + 1) : 0;
+      if (component != last_component && !iw.terms.empty() && iw.terms.size() > iw.row_terms[size_t(m)]) {
+        iw.terms.back().flush = iw.terms.back().centre_sign != 0;
+      }
+      last_component = component;
       iw.terms.push_back(term);
     }
+    if (iw.terms.size() > iw.row_terms[size_t(m)]) iw.terms.back().flush = iw.terms.back().centre_sign != 0;
     iw.row_terms[size_t(m) + 1] = uint32_t(iw.terms.size());
     // The bound (SHIFTCONV.md, 4.): acc in [-(|qmin| P + qmax N), qmax P + |qmin| N] for every input.
     const uint64_t qmax = uint64_t(act.qmax), qmin_abs = uint64_t(-int64_t(act.qmin));
