@@ -57,6 +57,9 @@ class ActQuant:
 
 def act_quant(bits, scale_log2, signed) -> ActQuant:
     """Check untrusted attribute values (the C++ kernel applies the same rules)."""
+    for name, value in zip(ATTRS, (bits, scale_log2, signed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise IntModeError(f"{name} must be an integer attribute")
     if bits is None or scale_log2 is None or signed is None:
         missing = [n for n, v in zip(ATTRS, (bits, scale_log2, signed)) if v is None]
         raise IntModeError(f"integer mode needs {', '.join(missing)}")

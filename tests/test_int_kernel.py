@@ -146,6 +146,9 @@ BLOB = fmt.encode(np.arange(-1, 23).reshape(4, 6) % 32, fmt.QuantParams(1, 5, 0.
     (dict(act_bits=8, act_signed=0), "integer mode needs act_scale_log2"),
     (dict(act_bits=8), "integer mode needs act_scale_log2, act_signed"),
     (dict(act_bits=8, act_scale_log2=0), "integer mode needs act_signed"),
+    (dict(act_bits=8.0, act_scale_log2=0, act_signed=1), "act_bits must be an integer attribute"),
+    (dict(act_bits="8", act_scale_log2=0, act_signed=1), "act_bits must be an integer attribute"),
+    (dict(act_bits=8, act_scale_log2=-3.0, act_signed=1), "act_scale_log2 must be an integer attribute"),
 ])
 def test_bad_attributes_are_clear_errors_naming_the_node(attrs, message):
     model = shiftconv_model(BLOB, (2, 6), kind="dense", **attrs)

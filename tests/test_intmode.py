@@ -260,6 +260,8 @@ def test_too_wide_a_shift_is_refused():
     (dict(act_bits=8, act_scale_log2=0, act_signed=2), "act_signed must be 0 or 1"),
     (dict(act_bits=8, act_signed=1), "needs act_scale_log2"),
     (dict(act_bits=8), "needs act_scale_log2, act_signed"),
+    (dict(act_bits=8.0, act_scale_log2=0, act_signed=1), "act_bits must be an integer attribute"),
+    (dict(act_bits=8, act_scale_log2=0, act_signed=1.0), "act_signed must be an integer attribute"),
 ])
 def test_reference_refuses_bad_attributes_naming_the_node(attrs, message):
     blob = fmt.encode(random_codes(np.random.default_rng(1), (4, 6), 0.3, 5), fmt.QuantParams(0, 5, 0.1, b=4))

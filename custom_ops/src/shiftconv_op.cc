@@ -211,10 +211,19 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     std::string choice = kernel_choice.empty() ? kernel_choice_from_env() : kernel_choice;
     kernels_ = select_kernels(choice);
     IntModeAttrs int_attrs;  // integer mode (docs/SHIFTCONV.md): the node has act_bits
-    int_attrs.has_bits = attr_int(info, "act_bits", &int_attrs.bits);
+    auto int_attr = [&](const char* key, int64_t* value) {
+      if (attr_int(info, key, value)) return true;
+      float f = 0;
+      std::string text;
+      if (attr_float(info, key, &f) || attr_string(info, key, &text)) {
+        throw std::invalid_argument(std::string(key) + " must be an integer attribute");
+      }
+      return false;
+    };
+    int_attrs.has_bits = int_attr("act_bits", &int_attrs.bits);
     if (int_attrs.has_bits) {
-      int_attrs.has_scale = attr_int(info, "act_scale_log2", &int_attrs.scale_log2);
-      int_attrs.has_signed = attr_int(info, "act_signed", &int_attrs.is_signed);
+      int_attrs.has_scale = int_attr("act_scale_log2", &int_attrs.scale_log2);
+      int_attrs.has_signed = int_attr("act_signed", &int_attrs.is_signed);
       int_ = std::make_shared<IntShiftConv>(dw, dense_, attrs_, wshape_, int_attrs, kernels_, bias_, bias_at_run_,
                                             act_lo_, act_hi_);
       return;
