@@ -108,6 +108,33 @@ def test_random_shapes_bit_exact():
         assert same_bits(run(model, x, KERNELS[trial % len(KERNELS)], 1 + trial % 2), ref), trial
 
 
+@pytest.mark.parametrize("mode", ["direct", "packed"])
+def test_depthwise_paths_bit_exact(mode, monkeypatch):
+    """Depthwise convs run plane by plane from X (direct) or through the packed path
+    (FQ_ONNX_DEPTHWISE=0): strides 1-3, dilation, asymmetric and wide pads, 1-D, rows wider than
+    a vector, sparse rows with no tap at all."""
+    if mode == "packed":
+        monkeypatch.setenv("FQ_ONNX_DEPTHWISE", "0")
+    rng = np.random.default_rng(99)
+    for trial in range(24):
+        spatial = 1 if trial % 5 == 4 else 2
+        c = int(rng.integers(1, 9))
+        k = [int(rng.integers(1, 6)) for _ in range(spatial)]
+        s = [int(rng.integers(1, 4)) for _ in range(spatial)]
+        d = [int(rng.integers(1, 3)) for _ in range(spatial)]
+        size = [int(rng.integers(dk * (kk - 1) + 1, dk * (kk - 1) + 70)) for kk, dk in zip(k, d)]
+        x_shape = (int(rng.integers(1, 4)), c, *size)
+        act = intmode.ActQuant(int(rng.integers(4, 9)), int(rng.integers(-8, 1)), bool(trial % 2))
+        model, _ = int_model(rng, (c, 1, *k), x_shape, act, per_row=trial % 2 == 0,
+                             sparsity=float(rng.uniform(0, 0.95)), bias=trial % 3 != 0, strides=s, dilations=d,
+                             pads=[int(rng.integers(0, 5)) for _ in range(2 * spatial)], group=c,
+                             activation=("none", "relu")[trial % 2])
+        x = extreme_inputs(rng, x_shape, act)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            assert same_bits(run(model, x, kernel, 1 + trial % 2), ref), (trial, kernel)
+
+
 def test_accumulator_at_the_int32_limit_is_exact():
     """Row weights 2^0, 2^0, 2^1..2^23 with signed 8-bit inputs: sums up to -2^31 exactly, and
     mixed extreme inputs whose sum needs all 31 bits (float32 accumulation would round)."""

@@ -23,6 +23,13 @@ struct IntAvx2 {
   static Reg add(Reg a, Reg b) { return _mm256_add_epi32(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_epi32(a, b); }
   static Reg sllv(Reg a, Reg s) { return _mm256_sllv_epi32(a, s); }
+  // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
+  static Reg load_lanes(const int32_t* p, int64_t stride, int lo, int hi) {
+    if (stride == 1 && lo == 0 && hi == kLanes) return load(p);
+    alignas(32) int32_t t[kLanes] = {};
+    for (int i = lo; i < hi; ++i) t[i] = p[i * stride];
+    return load(t);
+  }
   static void quantize(const float* x, int32_t* q, size_t n, float inv_scale, float qmin, float qmax);
   static void store_out(const int32_t* acc, float* dst, int64_t len, float scale, float b, float lo, float hi);
 };

@@ -27,6 +27,14 @@ struct IntAvx512 {
   static Reg add(Reg a, Reg b) { return _mm512_add_epi32(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm512_sub_epi32(a, b); }
   static Reg sllv(Reg a, Reg s) { return _mm512_sllv_epi32(a, s); }
+  // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read (masked).
+  static Reg load_lanes(const int32_t* p, int64_t stride, int lo, int hi) {
+    const __mmask16 m = static_cast<__mmask16>(((1u << (hi - lo)) - 1u) << lo);
+    if (stride == 1) return _mm512_maskz_loadu_epi32(m, p);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(static_cast<int>(stride)));
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, p, 4);
+  }
   static void quantize(const float* x, int32_t* q, size_t n, float inv_scale, float qmin, float qmax);
   static void store_out(const int32_t* acc, float* dst, int64_t len, float scale, float b, float lo, float hi);
 };

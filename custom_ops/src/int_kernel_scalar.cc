@@ -41,6 +41,12 @@ struct IntScalar8 {
     for (int i = 0; i < 8; ++i) r.u[i] = a.u[i] << s.u[i];
     return r;
   }
+  // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
+  static Reg load_lanes(const int32_t* p, int64_t stride, int lo, int hi) {
+    Reg r = zero();
+    for (int i = lo; i < hi; ++i) r.u[i] = static_cast<uint32_t>(p[i * stride]);
+    return r;
+  }
   static void quantize(const float* x, int32_t* q, size_t n, float inv_scale, float qmin, float qmax);
   static void store_out(const int32_t* acc, float* dst, int64_t len, float scale, float b, float lo, float hi);
 };

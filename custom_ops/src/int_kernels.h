@@ -35,6 +35,22 @@ using QuantizeFn = void (*)(const float* x, int32_t* q, size_t n, float inv_scal
 // roundings (never fused).
 using IntStoreFn = void (*)(const int32_t* acc, float* dst, int64_t len, float scale, float b, float lo, float hi);
 
+// One (image, channel) plane of a depthwise conv, from the quantized plane q (H x W) straight
+// to y (OH x OW): y[oh * OW + ow] = store(sum over terms and their taps t of
+// q[iy * W + ix] * W_term) with iy = oh * sh + dy[t] - pad_top, ix = ow * sw + dx[t] - pad_left,
+// out-of-image taps omitted (q = 0 there), summed in the same shift-add form as IntTileFn.
+struct IntDepthwiseArgs {
+  const int32_t* q;
+  float* y;
+  int64_t H, W, OH, OW, sh, sw, pad_top, pad_left;
+  const int32_t* dy;  // per tap (index into the layout's taps): ky * dilation_h
+  const int32_t* dx;  // per tap: kx * dilation_w
+  const IntTerm* terms;
+  size_t n;
+  float scale, b, lo, hi;
+};
+using IntDepthwiseFn = void (*)(const IntDepthwiseArgs& a);
+
 struct IntKernelTable {
   const char* name;  // "scalar", "avx2", "avx512"
   int lanes;         // int32 per vector
@@ -42,6 +58,7 @@ struct IntKernelTable {
   IntTileFn fn[17];
   QuantizeFn quantize;
   IntStoreFn store;
+  IntDepthwiseFn depthwise;
 };
 
 const IntKernelTable* int_kernels_scalar();

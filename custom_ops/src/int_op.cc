@@ -1,6 +1,8 @@
 #include "int_op.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -108,6 +110,16 @@ IntShiftConv::IntShiftConv(const DecodedWeight& dw, bool dense, const ConvAttrs&
   }
   w_ = build_int_weight(dw, M, Cg, kh, kw, group, act_);
   kernels_ = select_int_kernels(float_kernels_);
+  const char* dwenv = std::getenv("FQ_ONNX_DEPTHWISE");
+  depthwise_ = !dense_ && Cg == 1 && group == M && !(dwenv && std::string(dwenv) == "0");
+  if (depthwise_) {
+    tap_dy_.resize(w_.layout.taps.size());
+    tap_dx_.resize(w_.layout.taps.size());
+    for (size_t t = 0; t < w_.layout.taps.size(); ++t) {  // Cg = 1: a tap is ky * kw + kx
+      tap_dy_[t] = int32_t(int64_t(w_.layout.taps[t]) / kw * wshape_.dh);
+      tap_dx_[t] = int32_t(int64_t(w_.layout.taps[t]) % kw * wshape_.dw);
+    }
+  }
 }
 
 std::shared_ptr<const Plan> IntShiftConv::plan_for(const std::vector<int64_t>& x_shape) {
@@ -177,6 +189,10 @@ void IntShiftConv::compute(OrtKernelContext* context) {
     return;
   }
 
+  if (depthwise_) {
+    compute_depthwise(ctx, x_shape, bias);
+    return;
+  }
   const std::shared_ptr<const Plan> plan = plan_for(x_shape);
   Ort::UnownedValue yv = ctx.GetOutput(0, plan->out_shape);
   float* y = yv.GetTensorMutableData<float>();
@@ -214,6 +230,62 @@ void IntShiftConv::compute(OrtKernelContext* context) {
         },
         size_t(job.grid.count()), 0, &job);
   }
+}
+
+namespace {
+
+struct IntDepthwiseJob {
+  const IntWeight* w;
+  const IntKernelTable* kt;
+  const ActQuant* act;
+  const int32_t* dy;
+  const int32_t* dx;
+  const float* x;
+  float* y;
+  const float* bias;
+  ConvShape cs;
+  int64_t sh, sw, M, per_task, before, after;
+  float lo, hi;
+  void run(int64_t task) const {
+    const int64_t planes = cs.N * M, plane = cs.H * cs.W;
+    // The quantized plane, with margins so that every pointer the kernel forms (a padded
+    // column's start, a row's end) stays inside the buffer.
+    Lease<int32_t> buf(size_t(before + plane + after));
+    int32_t* q = buf.get() + before;
+    for (int64_t i = task * per_task; i < std::min(planes, (task + 1) * per_task); ++i) {
+      const int64_t m = i % M;
+      const uint32_t g0 = w->row_terms[size_t(m)], g1 = w->row_terms[size_t(m) + 1];
+      if (g1 > g0) kt->quantize(x + i * plane, q, size_t(plane), act->inv_scale, float(act->qmin), float(act->qmax));
+      IntDepthwiseArgs a{q, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, sh, sw, cs.pad_top, cs.pad_left, dy, dx,
+                         w->terms.data() + g0, g1 - g0, w->out_scale[size_t(m)], bias ? bias[m] : 0.0f, lo, hi};
+      kt->depthwise(a);
+    }
+  }
+};
+
+}  // namespace
+
+void IntShiftConv::compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias) {
+  const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);
+  std::vector<int64_t> out_shape = {cs.N, w_.layout.M};
+  if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
+  out_shape.push_back(cs.OW);
+  Ort::UnownedValue yv = ctx.GetOutput(0, out_shape);
+  const int64_t before = cs.pad_left + 1;
+  const int64_t after = cs.OW * wshape_.sw + wshape_.kw * wshape_.dw + kernels_->lanes;
+  IntDepthwiseJob job{&w_, kernels_, &act_, tap_dy_.data(), tap_dx_.data(), ctx.GetInput(0).GetTensorData<float>(),
+                      yv.GetTensorMutableData<float>(), bias, cs, wshape_.sh, wshape_.sw, w_.layout.M, 1, before, after,
+                      act_lo_, act_hi_};
+  const int64_t planes = cs.N * w_.layout.M;
+  const double work = double(planes) * double(cs.OH) * double((cs.OW + kernels_->lanes - 1) / kernels_->lanes);
+  if (work < kInlineWork) {
+    job.per_task = std::max<int64_t>(1, planes);
+    job.run(0);
+    return;
+  }
+  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const IntDepthwiseJob*>(data)->run(int64_t(i)); },
+                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
 }
 
 }  // namespace fq

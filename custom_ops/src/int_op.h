@@ -32,6 +32,7 @@ class IntShiftConv {
 
  private:
   std::shared_ptr<const Plan> plan_for(const std::vector<int64_t>& x_shape);
+  void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   bool dense_;
   ConvAttrs attrs_;
@@ -43,6 +44,10 @@ class IntShiftConv {
   std::vector<float> bias_;
   bool bias_at_run_;
   float act_lo_, act_hi_;
+  // Depthwise convs (one input channel per output channel) run plane by plane straight from X
+  // (FQ_ONNX_DEPTHWISE=0 sends them through the packed path): per tap its row and column offset.
+  bool depthwise_ = false;
+  std::vector<int32_t> tap_dy_, tap_dx_;
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
   std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;
 };
