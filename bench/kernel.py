@@ -6,6 +6,7 @@
     python bench/kernel.py --quick         # fewer repetitions and cases (smoke run)
     python bench/kernel.py --markdown docs/PERFORMANCE.md.table
     python bench/kernel.py --int --threads 1 --batches 1 8   # integer mode vs float vs onnxruntime
+    python bench/kernel.py --int-models model.int8.fq.onnx --threads 1   # the same, whole models
 
 Per layer: ResNet-style 3x3 convs (64@56^2, 128@28^2, 256@14^2, 512@7^2), a stride-2 3x3 and
 a 1x1 conv; batch 1 and 8; sparsity 0.8 and 0.9; unstructured masks and blocks of 4 output
@@ -528,6 +529,38 @@ def bench_int_layers(args, out):
     return rows
 
 
+def bench_int_models(args, out):
+    """Whole converted models in integer mode (``convert --act-bits``) against the same file with
+    the integer-mode attributes removed (float activations) and its decompressed dense twin in
+    plain onnxruntime (``fq_onnx.api.decompress``: the same weights as standard Conv/Gemm)."""
+    from fq_onnx import api
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.int_models:
+            integer = onnx.load(path)
+            flt = onnx.ModelProto()
+            flt.CopyFrom(integer)
+            for node in flt.graph.node:
+                if node.domain == "fq_onnx":
+                    kept = [a for a in node.attribute if not a.name.startswith("act_")]
+                    del node.attribute[:]
+                    node.attribute.extend(kept)
+            dense = Path(tmp) / "dense.onnx"
+            api.decompress(path, dense)
+            sessions = [plain_session(onnx.load(str(dense)), args.threads), our_session(flt, args.threads),
+                        our_session(integer, args.threads)]
+            in_name, shape = input_name_and_shape(integer)
+            for batch in args.batches:
+                x = np.random.default_rng(1).standard_normal([batch] + shape[1:]).astype(np.float32)
+                t_ort, t_float, t_int = time_sessions(sessions, {in_name: x}, max(5, args.runs // 4))
+                row = Row(Path(path).name, batch, 0.0, 1, t_ort * 1e3, t_int * 1e3, {"float_ms": t_float * 1e3})
+                rows.append(row)
+                out(f"  {row.name:30s} b{batch} ort {t_ort * 1e3:8.2f} ms  float {t_float * 1e3:8.2f} ms  "
+                    f"int {t_int * 1e3:8.2f} ms  int/float x{t_int / t_float:5.2f}")
+    return rows
+
+
 def int_markdown(rows, args) -> str:
     lines = [f"Measured by `python bench/kernel.py --int` ({time.strftime('%Y-%m-%d')}), onnxruntime "
              f"{ort.__version__}, {os.cpu_count()} logical CPUs, intra-op threads: "
@@ -620,6 +653,8 @@ def main(argv=None):
     p.add_argument("--layers", action="store_true", help="per-layer table only")
     p.add_argument("--models", action="store_true", help="whole models only")
     p.add_argument("--int", action="store_true", help="integer mode vs float mode vs onnxruntime, per layer, only")
+    p.add_argument("--int-models", nargs="+", default=None, metavar="MODEL",
+                   help="models converted with --act-bits: integer vs float activations vs the dense twin")
     p.add_argument("--quick", action="store_true", help="few cases, few runs")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: onnxruntime default)")
     p.add_argument("--runs", type=int, default=20, help="minimum timed runs per case")
@@ -635,6 +670,16 @@ def main(argv=None):
         args.runs = 5
     both = not (args.layers or args.models)
     print(f"onnxruntime {ort.__version__}, library {runtime.library_path()}")
+    if args.int_models:
+        rows = bench_int_models(args, print)
+        lines = ["| model | batch | onnxruntime (dense twin) | ShiftConv float | ShiftConv int8 | float / int8 | "
+                 "onnxruntime / int8 |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            f = r.extra["float_ms"]
+            lines.append(f"| {r.name} | {r.batch} | {r.ort_ms:.2f} | {f:.2f} | {r.fq_ms:.2f} | {f / r.fq_ms:.2f}x | "
+                         f"{r.ort_ms / r.fq_ms:.2f}x |")
+        print("\n".join(lines))
+        return
     if args.int:
         text = int_markdown(bench_int_layers(args, print), args)
         print()
