@@ -410,6 +410,8 @@ def nonnegative(tensor: gs.Tensor, _seen: dict | None = None) -> bool:
                 (low is not None and low >= 0) or (bool(node.inputs) and nonnegative(node.inputs[0], seen)))
         elif op in _SIGN_KEEPING_OPS:
             result = bool(node.inputs) and nonnegative(node.inputs[0], seen)
+            if op == "Resize" and str(node.attrs.get("mode", "nearest")) == "cubic":
+                result = False  # cubic interpolation overshoots below zero
             if result and op == "Pad" and len(node.inputs) > 2 and node.inputs[2].name:
                 fill = constant_value(node.inputs[2])
                 result = fill is not None and bool(np.all(fill >= 0))
