@@ -390,14 +390,18 @@ def integer_section(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     head = ("| model | setting | baseline top-1 | float act. top-1 | integer act. top-1 | Δ top-1 integer − float "
-            "(95% CI), pp | agreement integer / float | SQNR integer vs float dB | integer layers | clip rate "
+            "(95% CI), pp | agreement integer / float | SQNR integer vs float dB | integer / weight layers | clip rate "
             "median / max | latency b1 ms float / integer act. | latency bN ms float / integer act. |")
     lines = ["## Integer activations (integer mode)", "",
              "Settings with `a<bits>` convert with integer activations (docs/SHIFTCONV.md, \"Integer mode\"): "
              "every ShiftConv quantizes its input to that many bits with a power-of-two scale calibrated on "
              "the calibration images (`--act-calib`, default `mse`) and sums exact int32 shifts and adds. "
              "\"float act.\" is the same file with the integer-mode attributes removed: identical weights, "
-             "float activations. Δ and agreement compare the two on the same images.", "",
+             "float activations. Δ and agreement compare the two on the same images. Weight layers the "
+             "allocator left uncompressed (`r` settings) stay float Conv/Gemm and count as not integer. "
+             "Clip rate: share of the calibration values outside each layer's quantizer range. The "
+             "latency columns are whole-model `run()` medians on the shared machine (see the load note "
+             "above); docs/PERFORMANCE.md has single-thread kernel timings.", "",
              head, "|" + "|".join(["---"] + ["---:"] * (head.count("|") - 2)) + "|"]
     notes = []
     for row in rows:
