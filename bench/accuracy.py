@@ -4,6 +4,7 @@
     python bench/accuracy.py                                  # everything (tens of minutes)
     python bench/accuracy.py --models resnet20 --limit 2000   # a quicker look
     python bench/accuracy.py --settings 5:0.7,7:0.5:4         # bits:sparsity[:block] list
+    python bench/accuracy.py --settings 5:r8:w0:a8 --append   # integer activations, rows added
 
 Models and data come from ``../shared/assets`` (``--assets``): MobileNet-V2 on the 1000 ImageNet
 sample images and ResNet-20 on the 10,000 CIFAR-10 test images (see its README). Each setting
@@ -13,7 +14,12 @@ The images are decoded and resized once per model (Pillow needed for the ImageNe
 kept as uint8; scaling and mean/std are applied per batch by ``evaluate``.
 
 RESULTS.md is rewritten after every setting, so an interrupted run still leaves the rows it
-finished; the raw numbers go to a JSON file next to it.
+finished; the raw numbers go to a JSON file next to it. ``--append`` keeps the rows already in
+that JSON file (a row of the same model and setting is replaced).
+
+A setting with ``a<bits>`` (``5:r8:w0:a8``) converts with integer activations (integer mode,
+docs/SHIFTCONV.md): the compressed model is that one, and the same file with the integer-mode
+attributes removed (the same weights, float activations) is evaluated beside it.
 """
 
 from __future__ import annotations
@@ -70,7 +76,9 @@ def parse_settings(text: str) -> list[dict]:
     per layer by the allocator). Options: an integer block size (``4``), ``plain`` (no
     calibration: magnitude pruning and nearest rounding), ``w<x>`` (``--w-sep x``; ``w0`` makes
     every layer focused), ``perlayer`` (one scale per layer, as in the paper), ``b<digits>`` (the
-    bit widths the allocator may choose per layer, e.g. ``b3456``; with a target ratio only).
+    bit widths the allocator may choose per layer, e.g. ``b3456``; with a target ratio only), ``a<bits>`` or
+    ``a<bits><method>`` (integer activations of that many bits, scales by ``mse`` (default),
+    ``minmax`` or ``percentile``: ``a8``, ``a8minmax``).
     """
     usage = "use bits:amount[:option...], e.g. 5:0.7, 5:r12:w0, 5:r12:w0:b3456, 5:0.5:plain, 5:0.9:4"
     out = []
@@ -79,7 +87,8 @@ def parse_settings(text: str) -> list[dict]:
         if len(parts) < 2:
             raise SystemExit(f"bad setting {item!r}: {usage}")
         setting = {"name": item, "bits": 0, "sparsity": None, "target_ratio": None, "block": 1,
-                   "calibrated": True, "w_sep": 2.0, "per_channel": True, "alloc_bits": None}
+                   "calibrated": True, "w_sep": 2.0, "per_channel": True, "alloc_bits": None,
+                   "act_bits": None, "act_calib": None}
         try:
             setting["bits"] = int(parts[0])
             if parts[1].startswith("r"):
@@ -95,6 +104,12 @@ def parse_settings(text: str) -> list[dict]:
                     setting["w_sep"] = float(option[1:])
                 elif option.startswith("b") and option[1:].isdigit():
                     setting["alloc_bits"] = [int(d) for d in option[1:]]
+                elif option.startswith("a"):
+                    digits = "".join(ch for ch in option[1:] if ch.isdigit())
+                    method = option[1 + len(digits):] or "mse"
+                    if method not in ("mse", "minmax", "percentile"):
+                        raise ValueError(option)
+                    setting["act_bits"], setting["act_calib"] = int(digits), method
                 else:
                     setting["block"] = int(option)
         except ValueError:
@@ -103,6 +118,8 @@ def parse_settings(text: str) -> list[dict]:
             raise SystemExit(f"bad setting {item!r}: a target ratio needs calibration (drop 'plain')")
         if setting["alloc_bits"] and setting["target_ratio"] is None:
             raise SystemExit(f"bad setting {item!r}: b<digits> chooses bits per layer, which needs a target ratio (r..)")
+        if setting["act_bits"] is not None and not setting["calibrated"]:
+            raise SystemExit(f"bad setting {item!r}: integer activations need calibration (drop 'plain')")
         out.append(setting)
     if not out:
         raise SystemExit("no settings given")
@@ -176,7 +193,10 @@ def run(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
-    meta = {
+    if args.append and out_json.exists():
+        saved = json.loads(out_json.read_text())
+        rows, meta = saved["rows"], saved["meta"]
+    run_info = {
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "command": "python bench/accuracy.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {_cpu_name()}",
@@ -186,6 +206,10 @@ def run(args) -> int:
         "calib": args.calib,
         "git": _git_revision(),
     }
+    if args.append and rows:
+        meta.setdefault("appended", []).append(run_info)
+    else:
+        rows, meta = [], dict(run_info)
     for key in keys:
         spec = MODELS[key]
         model = args.assets / spec["model"]
@@ -202,6 +226,10 @@ def run(args) -> int:
             calibration = {} if calib is None or not s["calibrated"] else dict(
                 calib=str(calib), calib_size=args.calib, preset="cifar", target_ratio=s["target_ratio"],
                 alloc_bits=s["alloc_bits"])
+            if s["act_bits"] is not None:
+                if calib is None:
+                    raise SystemExit(f"setting {s['name']!r}: integer activations need --calib > 0")
+                calibration.update(act_bits=s["act_bits"], act_calib=s["act_calib"])
             report = api.convert(model, compressed, sparsity=s["sparsity"] or 0.0, bits=s["bits"],
                                  block=s["block"], seed=args.seed, w_sep=s["w_sep"],
                                  per_channel=s["per_channel"], **calibration)
@@ -216,17 +244,47 @@ def run(args) -> int:
                               progress=True)
             print(result.to_table(), flush=True)
             load = _loadavg()
-            rows.append({"key": key, "title": spec["title"], "data": spec["data_title"],
-                         "pre": spec["pre"], "split": spec["split"], **s, "convert_s": convert_s,
-                         "method": _method(report.settings or {}),
-                         "modes": report.mode_counts(), "loadavg_1min": load,
-                         "result": result.to_dict()})
+            row = {"key": key, "title": spec["title"], "data": spec["data_title"],
+                   "pre": spec["pre"], "split": spec["split"], **s, "convert_s": convert_s,
+                   "method": _method(report.settings or {}),
+                   "modes": report.mode_counts(), "loadavg_1min": load,
+                   "result": result.to_dict(), "run": run_info}
+            if s["act_bits"] is not None:
+                row.update(_integer_rows(report, compressed, model, data, args))
+            rows = [r for r in rows if (r["key"], r.get("name")) != (key, s["name"])] + [row]
             meta["versions"] = result.versions
             write_outputs(out_md, out_json, rows, meta)
             if not args.keep:
                 compressed.unlink(missing_ok=True)
+                compressed.with_name(compressed.stem + "_float_act.onnx").unlink(missing_ok=True)
     print(f"wrote {out_md} and {out_json}")
     return 0
+
+
+def _integer_rows(report, compressed: Path, model: Path, data: Path, args) -> dict:
+    """The integer-mode extras of a row: the per-layer quantizers, and the same weights with
+    float activations (integer-mode attributes removed) against the original and against the
+    integer model."""
+    import onnx
+
+    from fq_onnx.evaluate import evaluate
+
+    twin = compressed.with_name(compressed.stem + "_float_act.onnx")
+    proto = onnx.load(str(compressed))
+    for node in proto.graph.node:
+        if node.domain == "fq_onnx":
+            keep = [a for a in node.attribute if not a.name.startswith("act_")]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+    onnx.save(proto, str(twin))
+    common = dict(limit=args.limit, scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=args.batch_size,
+                  threads=args.threads, progress=True)
+    float_act = evaluate(twin, model, data, latency_runs=args.latency_runs, memory=False, **common)
+    print("float activations, same weights:\n" + float_act.to_table(), flush=True)
+    int_vs_float = evaluate(compressed, twin, data, latency_runs=args.latency_runs, memory=False, **common)
+    print("integer vs float activations:\n" + int_vs_float.to_table(), flush=True)
+    layers = [{"name": r.name, "act": r.act} for r in report.layers]
+    return {"float_act_result": float_act.to_dict(), "int_vs_float": int_vs_float.to_dict(), "act_layers": layers}
 
 
 def _git_revision() -> str:
@@ -338,6 +396,55 @@ def detail_rows(rows: list[dict]) -> list[str]:
     return lines
 
 
+def integer_section(rows: list[dict]) -> list[str]:
+    """Float against integer activations at the same weights, for the ``a<bits>`` settings."""
+    rows = [r for r in rows if r.get("act_bits")]
+    if not rows:
+        return []
+    head = ("| model | setting | baseline top-1 | float act. top-1 | integer act. top-1 | Δ top-1 integer − float "
+            "(95% CI), pp | agreement integer / float | SQNR integer vs float dB | integer / weight layers | clip rate "
+            "median / max | latency b1 ms float / integer act. | latency bN ms float / integer act. |")
+    lines = ["## Integer activations (integer mode)", "",
+             "Settings with `a<bits>` convert with integer activations (docs/SHIFTCONV.md, \"Integer mode\"): "
+             "every ShiftConv quantizes its input to that many bits with a power-of-two scale calibrated on "
+             "the calibration images (`--act-calib`, default `mse`) and sums exact int32 shifts and adds. "
+             "\"float act.\" is the same file with the integer-mode attributes removed: identical weights, "
+             "float activations. Δ and agreement compare the two on the same images. Weight layers the "
+             "allocator left uncompressed (`r` settings) stay float Conv/Gemm and count as not integer. "
+             "Clip rate: share of the calibration values outside each layer's quantizer range. The "
+             "latency columns are whole-model `run()` medians on the shared machine (see the load note "
+             "above); docs/PERFORMANCE.md has single-thread kernel timings.", "",
+             head, "|" + "|".join(["---"] + ["---:"] * (head.count("|") - 2)) + "|"]
+    notes = []
+    for row in rows:
+        integer, floating, pair = row["result"], row["float_act_result"], row["int_vs_float"]
+        d = (pair["comparison"] or {}).get("top1")
+        delta = "-" if not d else (f"{100 * d['difference']:+.2f} [{100 * d['ci_low']:+.2f}, "
+                                   f"{100 * d['ci_high']:+.2f}]")
+        acts = [layer["act"] or {} for layer in row.get("act_layers", [])]
+        rates = sorted(a["clip_rate"] for a in acts if "clip_rate" in a)
+        clip = "-" if not rates else f"{100 * rates[len(rates) // 2]:.3f}% / {100 * rates[-1]:.3f}%"
+        sq = pair["comparison"]["sqnr_db"]
+
+        def lat(result, key):
+            v = result.get(key)
+            return "-" if not v else f"{v['median_ms']:.2f}"
+
+        lines.append(
+            f"| {row['title']} | `{row['name']}` | {_pct(integer['reference']['top1'])} | "
+            f"{_pct(floating['model']['top1'])} | {_pct(integer['model']['top1'])} | {delta} | "
+            f"{100 * pair['comparison']['agreement']:.2f}% | {'∞' if sq is None else f'{sq:.1f}'} | "
+            f"{sum(1 for a in acts if 'bits' in a)} / {len(acts)} | {clip} | "
+            f"{lat(pair['reference'], 'latency_batch1')} / {lat(pair['model'], 'latency_batch1')} | "
+            f"{lat(pair['reference'], 'latency_batch')} / {lat(pair['model'], 'latency_batch')} |")
+        for layer in row.get("act_layers", []):
+            if layer["act"] and "fallback" in layer["act"]:
+                notes.append(f"- {row['title']} `{row['name']}`, {layer['name']}: float activations kept: "
+                             f"{layer['act']['fallback']}")
+    lines += [""] + (["Layers left with float activations (the converter's reason):", "", *notes, ""] if notes else [])
+    return lines
+
+
 def render(rows: list[dict], meta: dict) -> str:
     v = meta.get("versions", {})
     datasets = {}
@@ -353,6 +460,7 @@ def render(rows: list[dict], meta: dict) -> str:
         f"{v.get('onnxruntime', '?')}, fq-onnx {v.get('fq_onnx', '?')} (git "
         f"{meta.get('git', 'unknown')}), threads "
         f"{meta['threads'] or 'onnxruntime default'}.",
+        *[f"Rows added {a['date']} by `{a['command']}` (git {a.get('git', 'unknown')})." for a in meta.get("appended", [])],
         "",
         "Post-training only (no fine-tuning). Every compressed model is compared with its original "
         "on the same images; the drop is what counts (the sample sets are not the standard "
@@ -390,6 +498,7 @@ def render(rows: list[dict], meta: dict) -> str:
         "- agreement: share of images where both models predict the same class. SQNR: "
         "compressed vs original logits.",
         "",
+        *integer_section(rows),
         "## Accuracy against ratio",
         "",
         "![top-1 drop against weights-only ratio](accuracy_vs_ratio.svg)",
@@ -501,6 +610,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="raw results (default: RESULTS.json next to --out)")
     ap.add_argument("--workdir", default=None, help="where compressed models go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the compressed models")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the JSON file (same model and setting: replaced)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite --out from the JSON of an earlier run without measuring")
     args = ap.parse_args(argv)

@@ -6,6 +6,8 @@
     python bench/kernel.py --models        # whole models only
     python bench/kernel.py --quick         # fewer repetitions and cases (smoke run)
     python bench/kernel.py --markdown docs/PERFORMANCE.md.table
+    python bench/kernel.py --int --threads 1 --batches 1 8   # integer mode vs float vs onnxruntime
+    python bench/kernel.py --int-models model.int8.fq.onnx --threads 1   # the same, whole models
 
 Per layer: ResNet-style 3x3 convs (64@56^2, 128@28^2, 256@14^2, 512@7^2), a stride-2 3x3 and
 a 1x1 conv; batch 1 and 8; sparsity 0.8 and 0.9; unstructured masks and blocks of 4 output
@@ -19,6 +21,11 @@ process that creates the session and runs it once.
 
 Compressed models are made here directly (magnitude pruning, power-of-two codes, fmt.encode):
 the kernel's speed depends on the sparsity pattern, not on how the levels were chosen.
+
+``--int`` times integer mode (docs/SHIFTCONV.md: 8-bit activations, int32 shift-adds) against
+the float path of the same ShiftConv and onnxruntime's dense Conv, per layer. Its weights are
+5-bit focused-quantized (fq_onnx.focus.quantize, w_sep 0: power-of-two centres, as the
+converter makes them), since integer mode needs them; all three compute with the same weights.
 """
 
 from __future__ import annotations
@@ -507,6 +514,120 @@ def bench_layers(args, out):
     return rows
 
 
+INT_LAYERS = LAYERS + [
+    # name, c_in, c_out, size, k, stride, group (MobileNet-V2 shapes)
+    ("dw 3x3 144@56²", 144, 144, 56, 3, 1, 144),
+    ("dw 3x3 s2 144 56²→28²", 144, 144, 56, 3, 2, 144),
+    ("1x1 96→576 @14²", 96, 576, 14, 1, 1, 1),
+]
+
+
+def int_layer_models(c_in, c_out, size, k, stride, group, sparsity, block, x):
+    """The same Conv+ReLU three ways: onnxruntime's Conv on the dequantized weight, ShiftConv
+    in float mode and ShiftConv in integer mode (8-bit signed input, min/max scale of x)."""
+    from fq_onnx import focus
+
+    rng = np.random.default_rng(c_in * 1000 + c_out + k + group)
+    fan_in = c_in // group * k * k
+    w = (rng.standard_normal((c_out, c_in // group, k, k)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    mask = prune_mask(w, sparsity, block if c_out % block == 0 else 1)
+    blob = focus.quantize(w, mask, bits=BITS, w_sep=0.0).encode(block)
+    weight = fmt.dequantize(blob)
+    bias = (rng.standard_normal(c_out) * 0.01).astype(np.float32)
+    attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+    scale_log2 = int(np.ceil(np.log2(np.abs(x).max() / 127)))
+    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")]
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["pre"], **attrs), helper.make_node("Relu", ["pre"], ["Y"])]
+    models = [(nodes, inits, [])]
+    q_inits = [numpy_helper.from_array(np.frombuffer(blob, np.uint8).copy(), "Wq"), inits[1]]
+    for extra in ({}, dict(act_bits=8, act_scale_log2=scale_log2, act_signed=1)):
+        node = helper.make_node("ShiftConv", ["X", "Wq", "B"], ["Y"], domain="fq_onnx", activation="relu", **attrs,
+                                **extra)
+        models.append(([node], q_inits, [helper.make_opsetid("fq_onnx", 1)]))
+    out = []
+    for nodes, inits, opsets in models:
+        graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                                 ["N", c_in, size, size])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)] + opsets)
+        model.ir_version = 8
+        out.append(model)
+    return out
+
+
+def bench_int_layers(args, out):
+    rows = []
+    settings = [(s, b) for s in args.sparsities for b in args.blocks]
+    for name, c_in, c_out, size, k, stride, *rest in INT_LAYERS[: (2 if args.quick else None)]:
+        group = rest[0] if rest else 1
+        if args.only and not any(o in name for o in args.only):
+            continue
+        for batch in args.batches:
+            x = np.random.default_rng(0).standard_normal((batch, c_in, size, size)).astype(np.float32)
+            for sparsity, block in settings:
+                if group > 1 and block > 1:
+                    continue  # one input channel per output: blocks share nothing
+                orig, flt, integer = int_layer_models(c_in, c_out, size, k, stride, group, sparsity, block, x)
+                sessions = [plain_session(orig, args.threads), our_session(flt, args.threads),
+                            our_session(integer, args.threads)]
+                ys = [s.run(None, {"X": x})[0] for s in sessions]
+                err = float(np.abs(ys[2] - ys[1]).max() / (np.abs(ys[1]).max() + 1e-12))
+                t_ort, t_float, t_int = time_many(sessions, {"X": x}, args.runs)
+                row = Row(name, batch, sparsity, block, t_ort * 1e3, t_int * 1e3,
+                          {"float_ms": t_float * 1e3, "int_vs_float_rel_diff": err})
+                rows.append(row)
+                out(f"  {name:26s} b{batch} {fmt_sparsity(sparsity, block):10s} ort {t_ort * 1e3:8.3f} ms  "
+                    f"float {t_float * 1e3:8.3f} ms  int {t_int * 1e3:8.3f} ms  int/float x{t_int / t_float:5.2f}  "
+                    f"(int vs float output: max rel diff {err:.1e})")
+    return rows
+
+
+def bench_int_models(args, out):
+    """Whole converted models in integer mode (``convert --act-bits``) against the same file with
+    the integer-mode attributes removed (float activations) and its decompressed dense twin in
+    plain onnxruntime (``fq_onnx.api.decompress``: the same weights as standard Conv/Gemm)."""
+    from fq_onnx import api
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.int_models:
+            integer = onnx.load(path)
+            flt = onnx.ModelProto()
+            flt.CopyFrom(integer)
+            for node in flt.graph.node:
+                if node.domain == "fq_onnx":
+                    kept = [a for a in node.attribute if not a.name.startswith("act_")]
+                    del node.attribute[:]
+                    node.attribute.extend(kept)
+            dense = Path(tmp) / "dense.onnx"
+            api.decompress(path, dense)
+            sessions = [plain_session(onnx.load(str(dense)), args.threads), our_session(flt, args.threads),
+                        our_session(integer, args.threads)]
+            in_name, shape = input_name_and_shape(integer)
+            for batch in args.batches:
+                x = np.random.default_rng(1).standard_normal([batch] + shape[1:]).astype(np.float32)
+                t_ort, t_float, t_int = time_many(sessions, {in_name: x}, max(5, args.runs // 4))
+                row = Row(Path(path).name, batch, 0.0, 1, t_ort * 1e3, t_int * 1e3, {"float_ms": t_float * 1e3})
+                rows.append(row)
+                out(f"  {row.name:30s} b{batch} ort {t_ort * 1e3:8.2f} ms  float {t_float * 1e3:8.2f} ms  "
+                    f"int {t_int * 1e3:8.2f} ms  int/float x{t_int / t_float:5.2f}")
+    return rows
+
+
+def int_markdown(rows, args) -> str:
+    lines = [f"Measured by `python bench/kernel.py --int` ({time.strftime('%Y-%m-%d')}), onnxruntime "
+             f"{ort.__version__}, {os.cpu_count()} logical CPUs, intra-op threads: "
+             f"{args.threads or 'onnxruntime default'}. Conv+ReLU, median ms; FQ 5-bit weights; integer mode with "
+             "8-bit signed activations. Ratios > 1: integer mode faster.", "",
+             "| layer | batch | sparsity | onnxruntime | ShiftConv float | ShiftConv int8 | float / int8 | "
+             "onnxruntime / int8 |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r.extra["float_ms"]
+        lines.append(f"| {r.name} | {r.batch} | {fmt_sparsity(r.sparsity, r.block)} | {r.ort_ms:.3f} | {f:.3f} | "
+                     f"{r.fq_ms:.3f} | {f / r.fq_ms:.2f}x | {r.ort_ms / r.fq_ms:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def whole_models(args):
     """(name, factory(sparsity, block) -> (orig, comp)) for every model the run covers."""
     models = [("ResNet-18 224²", lambda s, b: resnet18_pair(s, b))]
@@ -600,6 +721,9 @@ def main(argv=None):
     p.add_argument("--dense", action="store_true",
                    help="dense / low-sparsity layers only: onnxruntime ALL and NCHW vs ShiftConv own / ort / auto")
     p.add_argument("--dense-sparsities", type=float, nargs="+", default=[0.0, 0.5])
+    p.add_argument("--int", action="store_true", help="integer mode vs float mode vs onnxruntime, per layer, only")
+    p.add_argument("--int-models", nargs="+", default=None, metavar="MODEL",
+                   help="models converted with --act-bits: integer vs float activations vs the dense twin")
     p.add_argument("--quick", action="store_true", help="few cases, few runs")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: onnxruntime default)")
     p.add_argument("--runs", type=int, default=20, help="minimum timed runs per case")
@@ -617,6 +741,23 @@ def main(argv=None):
         args.runs = 5
     both = not (args.layers or args.models or args.dense)
     print(f"onnxruntime {ort.__version__}, library {runtime.library_path()}")
+    if args.int_models:
+        rows = bench_int_models(args, print)
+        lines = ["| model | batch | onnxruntime (dense twin) | ShiftConv float | ShiftConv int8 | float / int8 | "
+                 "onnxruntime / int8 |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            f = r.extra["float_ms"]
+            lines.append(f"| {r.name} | {r.batch} | {r.ort_ms:.2f} | {f:.2f} | {r.fq_ms:.2f} | {f / r.fq_ms:.2f}x | "
+                         f"{r.ort_ms / r.fq_ms:.2f}x |")
+        print("\n".join(lines))
+        return
+    if args.int:
+        text = int_markdown(bench_int_layers(args, print), args)
+        print()
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        return
     dense_rows = bench_dense(args, print) if (both or args.dense) else []
     layer_rows = bench_layers(args, print) if (both or args.layers) else []
     run_models = both or args.models

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, allocate, calibrate, focus, fmt, rewrite
+from fq_onnx import __version__, allocate, calibrate, focus, fmt, intmode, rewrite
 from fq_onnx.compress import PRUNE_METHODS, ROUNDINGS, LayerOptions, compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
@@ -38,10 +38,13 @@ class ConversionReport(ModelReport):
         totals = self.totals
         counts = self.mode_counts()
         modes = ", ".join(f"{counts[m]} {m}" for m in ("FQ", "shift", "float") if counts.get(m))
+        integer = [r for r in self.layers if r.act and "bits" in r.act]
+        acts = (f", {integer[0].act['bits']}-bit integer activations in {len(integer)} of "
+                f"{sum(1 for r in self.layers if r.act)} layers") if integer else ""
         return (
             f"{Path(self.input_path).name} {_mb(self.input_file_bytes)} -> {_mb(self.file_bytes)} "
             f"({totals.ratio:.1f}x weights-only), {len(self.layers)} layers: {modes}, "
-            f"sparsity {100 * totals.sparsity:.0f}%"
+            f"sparsity {100 * totals.sparsity:.0f}%{acts}"
         )
 
     def to_dict(self) -> dict:
@@ -136,6 +139,8 @@ def convert(
     eval_size: int = 1000,
     keep_float: bool = True,
     alloc_bits: Iterable[int] | None = None,
+    act_bits: int | None = None,
+    act_calib: str = "mse",
     progress: Callable[[str, int, int], None] | None = None,
     report_dir: str | os.PathLike | None = None,
 ) -> ConversionReport:
@@ -166,8 +171,16 @@ def convert(
 
     ``report_dir``: also write ``report_dir/index.html``, a self-contained report with the layer
     table and charts (fq_onnx.report); its path is the result's ``report_path``.
+
+    Integer mode (needs ``calib``): ``act_bits`` quantizes every ShiftConv's input to that many
+    bits with a power-of-two scale chosen on the calibration data by ``act_calib`` (``mse``,
+    ``minmax`` or ``percentile``), so the node computes with integer shifts and adds
+    (docs/SHIFTCONV.md). A layer whose int32 accumulator could overflow keeps float activations;
+    each row's ``act`` says which and why.
     """
     _check_options(sparsity, bits, w_sep, block, assign)
+    if act_bits is not None:
+        intmode.check_convert_options(act_bits, act_calib, calib, pow2_centres)
     options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
                              bias_correction, per_channel)
     input_path, output_path = Path(input_path), Path(output_path)
@@ -238,6 +251,10 @@ def convert(
         if progress:
             progress(name, index + 1, len(targets))
     graph.cleanup()
+    if act_bits is not None:  # integer mode: each ShiftConv's input scale, on the compressed model
+        acts = intmode.assign_scales(graph, inputs, act_bits, act_calib, seed=seed, progress=progress)
+        for row in rows:
+            row.act = acts.get(row.name, row.act)
     for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
         rows.append(float_row(target))
     if workdir:
@@ -254,7 +271,8 @@ def convert(
                 "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
                                                             "preset": preset},
                 "target_ratio": target_ratio, "max_drop": max_drop,
-                "allocation": allocation.to_dict() if allocation else None}
+                "allocation": allocation.to_dict() if allocation else None,
+                "act_bits": act_bits, "act_calib": act_calib if act_bits is not None else None}
     out_model = _export(graph, model, settings)
     file_bytes = save_model(out_model, output_path)
     conversion = ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),

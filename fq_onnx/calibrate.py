@@ -159,32 +159,18 @@ def collect(
     so converting the same model again skips inference.
     """
     size = len(inputs)
-    probe = graph.copy()
-    wanted = []
-    for target in targets:
-        name = target.node.inputs[0].name
-        tensor = probe.tensors()[name]
-        if name not in [t.name for t in probe.outputs] and name not in wanted:
-            probe.outputs.append(tensor.to_variable(dtype=np.float32, shape=tensor.shape) if isinstance(tensor, gs.Variable) else tensor)
-        wanted.append(name)
-    model = gs.export_onnx(probe)
+    wanted = [target.node.inputs[0].name for target in targets]
+    model = probe_model(graph, wanted)
     key = _cache_key(model, targets, description, size, seed)
     path = cache_dir() / f"{key}.npz"
     if use_cache and path.exists():
         with np.load(path) as saved:
             return {t.node.name: LayerStats(saved[f"{i}/gram"], saved[f"{i}/total"], int(saved[f"{i}/count"]))
                     for i, t in enumerate(targets)}
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    if len(session.get_inputs()) != 1:
-        raise FqOnnxError("calibration supports models with one input")
     stats: dict[str, LayerStats] = {}
     rng = np.random.default_rng(seed)
     seen = 0
-    for start in range(0, size, batch_size):
-        x = np.ascontiguousarray(inputs[start : start + batch_size])
-        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x})))
-        values[input_name] = x
+    for count, values in tensor_batches(model, inputs, batch_size):
         for target, name in zip(targets, wanted):
             vectors = layer_inputs(target, values[name].astype(np.float64), rng)
             gram = np.einsum("gpk,gpl->gkl", vectors, vectors)
@@ -195,7 +181,7 @@ def collect(
                 entry.gram += gram
                 entry.total += vectors.sum(axis=1)
                 entry.count += vectors.shape[1]
-        seen += len(x)
+        seen += count
         if progress:
             progress(seen, size)
     if use_cache:
@@ -208,3 +194,32 @@ def collect(
         np.savez(temp, **arrays)
         os.replace(temp, path)
     return stats
+
+
+def probe_model(graph: gs.Graph, names: list[str]) -> onnx.ModelProto:
+    """The graph exported with the tensors ``names`` added to its outputs."""
+    probe = graph.copy()
+    present = {t.name for t in probe.outputs}
+    tensors = probe.tensors()
+    for name in dict.fromkeys(names):
+        if name in present:
+            continue
+        tensor = tensors[name]
+        probe.outputs.append(tensor.to_variable(dtype=np.float32, shape=tensor.shape) if isinstance(tensor, gs.Variable) else tensor)
+        present.add(name)
+    return gs.export_onnx(probe)
+
+
+def tensor_batches(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 32):
+    """Run ``model`` (one input) over ``inputs`` in batches; yields ``(batch size, {tensor name: value})``
+    with every graph output and the input itself."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    if len(session.get_inputs()) != 1:
+        raise FqOnnxError("calibration supports models with one input")
+    input_name = session.get_inputs()[0].name
+    output_names = [o.name for o in session.get_outputs()]
+    for start in range(0, len(inputs), batch_size):
+        x = np.ascontiguousarray(inputs[start : start + batch_size])
+        values = dict(zip(output_names, session.run(None, {input_name: x})))
+        values[input_name] = x
+        yield len(x), values

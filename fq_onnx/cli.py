@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fq_onnx import __version__, api
+from fq_onnx import __version__, api, intmode
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.inspect import ModelReport
 
@@ -99,16 +99,20 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def layer_table(report: ModelReport, title: str) -> Table:
     """Per-layer table: node, op, shape, sparsity, mode, bits, W2, error, bytes, ratio."""
     table = Table(title=title, title_justify="left")
-    for column in ("node", "op", "weight shape", "sparsity", "mode", "bits", "W2", "rel. error", "bytes before",
-                   "bytes after", "ratio"):
-        table.add_column(column, justify="left" if column in ("node", "op", "mode") else "right")
+    acts = any(r.act for r in report.layers)  # integer mode: input quantizer, clipping rate
+    columns = ["node", "op", "weight shape", "sparsity", "mode", "bits", "W2", "rel. error", "bytes before",
+               "bytes after", "ratio"] + (["act", "clip"] if acts else [])
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("node", "op", "mode", "act") else "right")
     for r in report.layers:
+        extra = [intmode.describe(r.act), f"{100 * r.act['clip_rate']:.3f}%" if r.act and "clip_rate" in r.act
+                 else "-"] if acts else []
         table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, str(r.bits),
                       "-" if r.w2 is None else f"{r.w2:.2f}", "-" if r.rel_error is None else f"{r.rel_error:.3f}",
-                      f"{r.fp32_bytes:,}", f"{r.stored_bytes:,}", f"{r.ratio:.1f}x")
+                      f"{r.fp32_bytes:,}", f"{r.stored_bytes:,}", f"{r.ratio:.1f}x", *extra)
     t = report.totals
     table.add_row("total", "", "", f"{100 * t.sparsity:.1f}%", "", "", "", "", f"{t.fp32_bytes:,}",
-                  f"{t.compressed_bytes:,}", f"{t.ratio:.1f}x", style="bold")
+                  f"{t.compressed_bytes:,}", f"{t.ratio:.1f}x", *([""] * 2 if acts else []), style="bold")
     return table
 
 
@@ -131,6 +135,9 @@ def detail_table(path: Path) -> Table:
 def _print_skipped(report: ModelReport) -> None:
     for name, op, reason in report.skipped:
         _info(f"skipped {name} ({op}): {reason}")
+    for r in report.layers:
+        if r.act and "fallback" in r.act:
+            _info(f"float activations in {r.name}: {r.act['fallback']}")
 
 
 def _show_progress() -> bool:
@@ -193,6 +200,8 @@ def convert(
     eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
     keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
+    act_bits: Optional[int] = typer.Option(None, help="Integer mode: quantize every layer's input to this many bits (4..8; needs --calib)."),
+    act_calib: str = typer.Option("mse", help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write DIR/index.html: layer table, charts, weight histograms."),
     quiet: bool = QUIET,
@@ -205,7 +214,7 @@ def convert(
                          per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
                          prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
                          sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
-                         eval_size=eval_size, keep_float=keep_float,
+                         eval_size=eval_size, keep_float=keep_float, act_bits=act_bits, act_calib=act_calib,
                          alloc_bits=_int_list(alloc_bits, "--alloc-bits"), progress=_progress("compressing"),
                          report_dir=report_dir)
     allocation = report.settings.get("allocation")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx import fmt, rewrite, validate
+from fq_onnx import fmt, intmode, rewrite, validate
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value, load_model
 
@@ -29,6 +29,9 @@ class LayerRow:
     fp32_bytes: int
     stored_bytes: int
     out_error: float | None = None  # relative output error on the calibration data (calibrated only)
+    # integer mode (SHIFTCONV.md): {"bits", "scale_log2", "signed", "clip_rate"}, or
+    # {"fallback": reason} where the converter kept float activations; None: float activations
+    act: dict | None = None
 
     @property
     def ratio(self) -> float:
@@ -106,6 +109,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
         fp32_bytes=4 * size,
         stored_bytes=int(blob.size),
         out_error=float(node.attrs["out_error"]) if "out_error" in node.attrs else None,
+        act=intmode.node_act(node.attrs),
     )
 
 

@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv import _conv_implementation
 
-from fq_onnx import fmt, validate
+from fq_onnx import fmt, intmode, validate
 from fq_onnx.graph import load_model
 
 
@@ -23,12 +23,21 @@ class ShiftConv(OpRun):
 
     def _run(self, X, W, B=None, kind="conv", auto_pad="NOTSET", dilations=None, group=1,
              kernel_shape=None, pads=None, strides=None, activation="none", clip_min=None, clip_max=None,
-             M=None, **informational):
+             M=None, act_bits=None, act_scale_log2=None, act_signed=None, **informational):
         weight = self._weight(W)
         if M is not None and M != weight.shape[0]:
             raise ValueError(f"ShiftConv {self.onnx_node.name}: attribute M={M}, the weight stores {weight.shape[0]} outputs")
         if B is not None:
             validate.check_bias_values(self.onnx_node.name, B)
+        if act_bits is not None:  # integer mode (SHIFTCONV.md "Integer mode")
+            try:
+                layer = self._int_layer(W, intmode.act_quant(act_bits, act_scale_log2, act_signed))
+                y = intmode.forward(layer, X, B, kind, activation, clip_min, clip_max, auto_pad=auto_pad,
+                                    dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                                    strides=strides)
+            except (intmode.IntModeError, fmt.FormatError) as exc:
+                raise intmode.IntModeError(f"ShiftConv {self.onnx_node.name}: {exc}") from None
+            return (y,)
         if kind == "dense":
             if X.shape[-1] != weight.shape[1]:
                 raise ValueError(f"ShiftConv {self.onnx_node.name}: input has {X.shape[-1]} features, weight expects {weight.shape[1]}")
@@ -61,6 +70,15 @@ class ShiftConv(OpRun):
             raise fmt.FormatError(f"ShiftConv node '{self.onnx_node.name}': {exc}") from None
         self._decoded = (blob, weight)
         return weight
+
+
+    def _int_layer(self, blob: np.ndarray, act) -> "intmode.IntLayer":
+        cached = getattr(self, "_int", None)
+        if cached is not None and cached[1] == act and (cached[0] is blob or np.array_equal(cached[0], blob)):
+            return cached[2]
+        layer = intmode.prepare(np.asarray(blob, dtype=np.uint8).tobytes(), act)
+        self._int = (blob, act, layer)
+        return layer
 
 
 def evaluator(model: onnx.ModelProto | str | os.PathLike) -> ReferenceEvaluator:

@@ -60,6 +60,12 @@ def _attributes():
         default("rel_error", 0.0, "||W - W_hat|| / ||W|| at conversion (informational)."),
         default("source_op", "", "The op the node replaced: Conv, Gemm or MatMul (informational)."),
         optional("out_error", AttrType.FLOAT, "Relative output error on the calibration data (informational)."),
+        # integer mode (docs/SHIFTCONV.md "Integer mode"): act_bits selects it
+        optional("act_bits", AttrType.INT, "Integer mode: bits of a quantized input activation (2..8)."),
+        optional("act_scale_log2", AttrType.INT, "Integer mode: the input scale is 2^act_scale_log2."),
+        optional("act_signed", AttrType.INT, "Integer mode: 1 signed inputs, 0 non-negative inputs."),
+        optional("act_clip_rate", AttrType.FLOAT, "Integer mode: calibration values clipped (informational)."),
+        optional("act_fallback", AttrType.STRING, "Why the converter kept float activations (informational)."),
     ]
 
 

@@ -9,6 +9,7 @@
 #include "decode.h"
 #include "dense_path.h"
 #include "execute.h"
+#include "int_op.h"
 
 namespace fq {
 namespace {
@@ -233,6 +234,24 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
 
     std::string choice = kernel_choice.empty() ? kernel_choice_from_env() : kernel_choice;
     kernels_ = select_kernels(choice);
+    IntModeAttrs int_attrs;  // integer mode (docs/SHIFTCONV.md): the node has act_bits
+    auto int_attr = [&](const char* key, int64_t* value) {
+      if (attr_int(info, key, value)) return true;
+      float f = 0;
+      std::string text;
+      if (attr_float(info, key, &f) || attr_string(info, key, &text)) {
+        throw std::invalid_argument(std::string(key) + " must be an integer attribute");
+      }
+      return false;
+    };
+    int_attrs.has_bits = int_attr("act_bits", &int_attrs.bits);
+    if (int_attrs.has_bits) {
+      int_attrs.has_scale = int_attr("act_scale_log2", &int_attrs.scale_log2);
+      int_attrs.has_signed = int_attr("act_signed", &int_attrs.is_signed);
+      int_ = std::make_shared<IntShiftConv>(dw, dense_, attrs_, wshape_, int_attrs, kernels_, bias_, bias_at_run_,
+                                            act_lo_, act_hi_);
+      return;
+    }
     int max_group = 8;
     if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
     if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
@@ -320,6 +339,10 @@ std::shared_ptr<const Plan> ShiftConvKernel::plan_for(const std::vector<int64_t>
 }
 
 void ShiftConvKernel::compute(OrtKernelContext* context) {
+  if (int_) {
+    int_->compute(context);
+    return;
+  }
   Ort::KernelContext ctx(context);
   Ort::ConstValue xv = ctx.GetInput(0);
   const std::vector<int64_t> x_shape = xv.GetTensorTypeAndShapeInfo().GetShape();

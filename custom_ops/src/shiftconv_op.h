@@ -15,6 +15,8 @@
 
 namespace fq {
 
+class IntShiftConv;  // int_op.h: integer mode, when the node has act_bits
+
 class ShiftConvKernel {
  public:
   // Decodes and validates the weight once. Throws std::exception with a message naming the node.
@@ -51,6 +53,8 @@ class ShiftConvKernel {
   std::unique_ptr<OrtDelegate> delegate_;
   bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
+
+  std::shared_ptr<IntShiftConv> int_;  // set: every Compute runs in integer mode
 
   std::mutex plans_mutex_;  // guards plans_ only; a Plan is immutable once published
   std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;

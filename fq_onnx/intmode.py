@@ -1,0 +1,515 @@
+"""Integer mode of ShiftConv: B-bit activations, integer weights, exact int32 sums.
+
+docs/SHIFTCONV.md ("Integer mode") defines the arithmetic; this module is its numpy reference
+(bit-exact with the C++ kernel in custom_ops/src/int_*), the accumulator bound, and the
+calibration that chooses each node's power-of-two activation scale.
+
+    q   = clamp(round_half_even(x * 2^-a), qmin, qmax)        int
+    W   = u(v) * 2^-m_r = s*2^(e-b-m_r) + sigma_c*2^(p_c-m_r)  int (per row r)
+    acc = sum q*W                                              exact, |acc| < 2^31 by the bound
+    Y   = act(float32(acc) * (alpha_r * 2^(a+m_r)) + B)        two float32 roundings
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from fq_onnx import calibrate, fmt, rewrite
+from fq_onnx.errors import FqOnnxError
+from fq_onnx.graph import constant_value
+
+BITS_RANGE = (2, 8)  # what the op accepts
+CONVERT_BITS_RANGE = (4, 8)  # what the converter offers (below 4 bits post-training is useless)
+SCALE_LOG2_RANGE = (-64, 63)  # keeps x * 2^-a clear of denormal effects (SHIFTCONV.md, 1.)
+MAX_SHIFT = 30  # a larger shift alone overflows int32 for any act_bits
+INT32_MAX = 2**31 - 1
+METHODS = ("mse", "minmax", "percentile")
+PERCENTILE = 99.99  # share of calibration values the "percentile" scale keeps unclipped
+MSE_CANDIDATES = 8  # the "mse" method tries a_minmax - 7 .. a_minmax
+SAMPLE_VALUES = 1 << 18  # values per layer kept (seeded, uniform) to evaluate the MSE
+ATTRS = ("act_bits", "act_scale_log2", "act_signed")
+
+
+class IntModeError(ValueError):
+    """A node's integer-mode attributes or weight break a rule of SHIFTCONV.md."""
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """The input quantizer of one node: ``bits``, scale ``2^scale_log2``, signed or not."""
+
+    bits: int
+    scale_log2: int
+    signed: bool
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+def act_quant(bits, scale_log2, signed) -> ActQuant:
+    """Check untrusted attribute values (the C++ kernel applies the same rules)."""
+    for name, value in zip(ATTRS, (bits, scale_log2, signed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise IntModeError(f"{name} must be an integer attribute")
+    if bits is None or scale_log2 is None or signed is None:
+        missing = [n for n, v in zip(ATTRS, (bits, scale_log2, signed)) if v is None]
+        raise IntModeError(f"integer mode needs {', '.join(missing)}")
+    if not BITS_RANGE[0] <= int(bits) <= BITS_RANGE[1]:
+        raise IntModeError(f"act_bits {bits} outside {BITS_RANGE[0]}..{BITS_RANGE[1]}")
+    if not SCALE_LOG2_RANGE[0] <= int(scale_log2) <= SCALE_LOG2_RANGE[1]:
+        raise IntModeError(f"act_scale_log2 {scale_log2} outside {SCALE_LOG2_RANGE[0]}..{SCALE_LOG2_RANGE[1]}")
+    if int(signed) not in (0, 1):
+        raise IntModeError(f"act_signed must be 0 or 1, got {signed}")
+    return ActQuant(int(bits), int(scale_log2), bool(int(signed)))
+
+
+def quantize(x: np.ndarray, act: ActQuant) -> np.ndarray:
+    """SHIFTCONV.md 1.: ``q`` (int32) of float32 activations ``x``."""
+    with np.errstate(over="ignore", under="ignore"):  # +-inf is clamped, a denormal rounds to 0
+        v = np.asarray(x, dtype=np.float32) * np.float32(2.0 ** -act.scale_log2)
+    v = np.where(np.isnan(v), np.float32(0.0), v)
+    v = np.clip(v, np.float32(act.qmin), np.float32(act.qmax))
+    return np.rint(v).astype(np.int32)  # rint: round half to even
+
+
+# --- integer weights -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CodeTerms:
+    """Per code v of a level set: ``u(v) = sign*2^exp + csign*2^cexp`` exactly."""
+
+    exp: np.ndarray  # e - b
+    sign: np.ndarray  # +-1
+    cexp: np.ndarray  # p_c (meaningless where csign == 0)
+    csign: np.ndarray  # sigma_c: -1, 0, +1
+    active: np.ndarray  # u(v) != 0
+
+
+def _pow2(value: float, index: int) -> tuple[int, int]:
+    """``(sigma, p)`` with ``value = sigma * 2^p`` exactly (``(0, 0)`` for zero)."""
+    v = np.float32(value)
+    if v == 0:
+        return 0, 0
+    mantissa, exponent = np.frexp(v)
+    if abs(float(mantissa)) != 0.5:
+        raise IntModeError(f"integer mode needs power-of-two centres, centre{index} = {float(v):.9g} is not one")
+    return (1 if v > 0 else -1), int(exponent) - 1
+
+
+def code_terms(params: fmt.QuantParams) -> CodeTerms:
+    fmt.check_params(params)
+    v = np.arange(params.value_count)
+    k = params.exponent_bits
+    exp = (v & ((1 << k) - 1)) - params.b
+    sign = np.where((v >> k) & 1, -1, 1)
+    if params.mode == fmt.MODE_FOCUSED:
+        centres = [_pow2(params.centre0, 0), _pow2(params.centre1, 1)]
+        component = v >> (k + 1)
+        csign = np.array([centres[c][0] for c in component])
+        cexp = np.array([centres[c][1] for c in component])
+    else:
+        csign, cexp = np.zeros_like(v), np.zeros_like(v)
+    active = ~((csign == -sign) & (cexp == exp))
+    return CodeTerms(exp.astype(np.int64), sign.astype(np.int64), cexp.astype(np.int64), csign.astype(np.int64), active)
+
+
+@dataclass(frozen=True)
+class IntWeight:
+    """A decoded tensor as integers: ``weight[r, ...] = u(code) * 2^-base[r]`` (0 where pruned)."""
+
+    weight: np.ndarray  # int64, the blob's shape
+    base: np.ndarray  # int64 [rows], m_r (0 for a row without active codes)
+    nonempty: np.ndarray  # bool [rows]
+    alphas: np.ndarray  # float32 [rows]
+    positive: np.ndarray  # int64 [rows], P_r: sum of the row's positive W
+    negative: np.ndarray  # int64 [rows], N_r: sum of the row's |negative W|
+
+
+def integer_weight(decoded: fmt.Decoded) -> IntWeight:
+    """SHIFTCONV.md 2.: the integer weights of a decoded blob. Raises IntModeError when a
+    centre is not a power of two or a shift exceeds MAX_SHIFT (an overflow)."""
+    terms = code_terms(decoded.params)
+    rows = decoded.shape[0]
+    values = terms.exp.size
+    codes = decoded.codes.reshape(rows, -1).astype(np.int64)
+    row_of = np.broadcast_to(np.arange(rows)[:, None], codes.shape)
+    coded = codes >= 0
+    counts = np.bincount(row_of[coded] * values + codes[coded], minlength=rows * values).reshape(rows, values)
+    used = (counts > 0) & terms.active[None, :]
+    low = np.where(terms.csign != 0, np.minimum(terms.exp, terms.cexp), terms.exp)
+    big = np.iinfo(np.int64).max
+    base_all = np.where(used, low[None, :], big).min(axis=1)
+    nonempty = base_all != big
+    base = np.where(nonempty, base_all, 0)
+    shift = terms.exp[None, :] - base[:, None]
+    cshift = terms.cexp[None, :] - base[:, None]
+    worst = np.where(used, np.maximum(shift, np.where(terms.csign != 0, cshift, 0)), 0)
+    if worst.size and worst.max() > MAX_SHIFT:
+        r = int(np.argmax(worst.max(axis=1)))
+        raise IntModeError(f"row {r} needs a shift of {int(worst[r].max())} bits (above {MAX_SHIFT}): "
+                           "its levels span too wide a range for int32")
+    table = np.where(used, terms.sign * (np.int64(1) << np.clip(shift, 0, MAX_SHIFT))
+                     + terms.csign * (np.int64(1) << np.clip(cshift, 0, MAX_SHIFT)), 0)
+    weight = np.where(coded, np.take_along_axis(table, np.maximum(codes, 0), axis=1), 0)
+    alphas = np.broadcast_to(np.asarray(decoded.alphas, np.float32), (rows,)) if decoded.alphas.size == 1 \
+        else np.asarray(decoded.alphas, np.float32)
+    positive = (counts * np.maximum(table, 0)).sum(axis=1)  # <= 2^28 elements * 2^31: fits int64
+    negative = (counts * np.maximum(-table, 0)).sum(axis=1)
+    return IntWeight(weight.reshape(decoded.shape), base, nonempty, alphas.copy(), positive, negative)
+
+
+def accumulator_range(iw: IntWeight, act: ActQuant) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the largest and the (negated) smallest ``acc`` any input in range gives:
+    ``qmax*P + |qmin|*N`` and ``|qmin|*P + qmax*N`` (Python ints, exact)."""
+    hi = [act.qmax * int(p) + -act.qmin * int(n) for p, n in zip(iw.positive, iw.negative)]
+    lo = [-act.qmin * int(p) + act.qmax * int(n) for p, n in zip(iw.positive, iw.negative)]
+    return np.array(hi, dtype=object), np.array(lo, dtype=object)
+
+
+def check_bound(iw: IntWeight, act: ActQuant) -> None:
+    """SHIFTCONV.md 4.: raise IntModeError unless no input in range can overflow int32."""
+    hi, lo = accumulator_range(iw, act)
+    for r, (h, l) in enumerate(zip(hi, lo)):
+        if h > INT32_MAX or l > INT32_MAX + 1:
+            raise IntModeError(
+                f"row {r}: {act.bits}-bit {'signed' if act.signed else 'unsigned'} inputs can drive the accumulator "
+                f"to {h} or -{l}, beyond int32 (fan-in {iw.weight[r].size}, max |W| {int(np.abs(iw.weight[r]).max())})")
+
+
+def output_scales(iw: IntWeight, act: ActQuant) -> np.ndarray:
+    """``s_r = alpha_r * 2^(a + m_r)`` (float32, exact), 0 for rows without active codes."""
+    with np.errstate(over="ignore", under="ignore"):
+        s = np.ldexp(iw.alphas.astype(np.float32), (act.scale_log2 + iw.base).astype(np.int32)).astype(np.float32)
+    bad = iw.nonempty & ~(np.isfinite(s) & (np.abs(s) >= np.finfo(np.float32).tiny))
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise IntModeError(f"row {r}: output scale alpha * 2^({act.scale_log2} + {int(iw.base[r])}) is not a "
+                           "normal float32")
+    return np.where(iw.nonempty, s, np.float32(0.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class IntLayer:
+    """Everything a node's integer mode needs, checked once."""
+
+    act: ActQuant
+    weight: IntWeight
+    scales: np.ndarray  # float32 [rows]
+
+
+def prepare(blob: bytes, act: ActQuant) -> IntLayer:
+    """Decode ``blob`` and check it for integer mode with ``act`` (bound and scales)."""
+    iw = integer_weight(fmt.decode(blob))
+    check_bound(iw, act)
+    return IntLayer(act, iw, output_scales(iw, act))
+
+
+# --- the integer forward pass (the reference) ------------------------------------------------
+
+def conv_accumulate(q: np.ndarray, w: np.ndarray, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                    pads=None, strides=None) -> np.ndarray:
+    """Exact int64 ONNX Conv of integer input ``q`` [N, C, (H,) W] with integer weight ``w``."""
+    spatial = w.ndim - 2
+    if q.ndim != w.ndim or spatial not in (1, 2):
+        raise IntModeError(f"input rank {q.ndim} does not match weight rank {w.ndim}")
+    group = int(group or 1)
+    attrs = {"auto_pad": auto_pad or "NOTSET", "group": group}
+    for key, value in (("dilations", dilations), ("pads", pads), ("strides", strides)):
+        if value is not None:
+            attrs[key] = [int(v) for v in value]
+    if kernel_shape is not None and list(kernel_shape) != list(w.shape[2:]):
+        raise IntModeError(f"kernel_shape {list(kernel_shape)} disagrees with the weight's {list(w.shape[2:])}")
+    if spatial == 1:  # a 1-D conv is a 2-D conv of height 1
+        q, w = q[:, :, None, :], w[:, :, None, :]
+        attrs.update({k: [1, *attrs[k]] for k in ("dilations", "strides") if k in attrs})
+        if "pads" in attrs:
+            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+    n, c = q.shape[:2]
+    m, cg, kh, kw = w.shape
+    if c != cg * group or m % group:
+        raise IntModeError(f"input has {c} channels, the weight expects {cg * group} ({cg} x group {group})")
+    pad = calibrate.conv_pads(attrs, q.shape[2:], (kh, kw))
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    x = np.pad(q.astype(np.int64), [(0, 0), (0, 0), (pad[0], pad[2]), (pad[1], pad[3])])
+    span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    if x.shape[2] < span[0] or x.shape[3] < span[1]:
+        raise IntModeError(f"input {list(q.shape)} is smaller than the (dilated) kernel")
+    windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    mg = m // group
+    out = np.empty((n, m) + windows.shape[2:4], dtype=np.int64)
+    for g in range(group):
+        part = np.tensordot(windows[:, g * cg:(g + 1) * cg], w[g * mg:(g + 1) * mg].astype(np.int64),
+                            axes=([1, 4, 5], [1, 2, 3]))  # [N, OH, OW, Mg], exact in int64
+        out[:, g * mg:(g + 1) * mg] = part.transpose(0, 3, 1, 2)
+    return out[:, :, 0, :] if spatial == 1 else out
+
+
+def dense_accumulate(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if q.shape[-1] != w.shape[1]:
+        raise IntModeError(f"input has {q.shape[-1]} features, weight expects {w.shape[1]}")
+    return (q.reshape(-1, w.shape[1]).astype(np.int64) @ w.T.astype(np.int64)).reshape(q.shape[:-1] + (w.shape[0],))
+
+
+def finish(acc: np.ndarray, scales: np.ndarray, bias: np.ndarray | None, axis: int, activation: str = "none",
+           clip_min=None, clip_max=None) -> np.ndarray:
+    """SHIFTCONV.md 3.: ``act(float32(acc) * s_r + B_r)`` with the row axis ``axis`` of acc."""
+    if acc.size and (acc.max() > INT32_MAX or acc.min() < -INT32_MAX - 1):
+        raise IntModeError("accumulator outside int32 (the bound check should have refused this node)")
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    y = acc.astype(np.int32).astype(np.float32) * scales.astype(np.float32).reshape(shape)
+    y = y + (np.zeros(scales.shape, np.float32) if bias is None else np.asarray(bias, np.float32)).reshape(shape)
+    if activation == "relu":
+        y = np.maximum(y, np.float32(0.0))
+    elif activation == "clip":
+        lo = np.float32(-np.inf if clip_min is None else clip_min)
+        hi = np.float32(np.inf if clip_max is None else clip_max)
+        y = np.minimum(np.maximum(y, lo), hi)
+    elif activation not in (None, "none"):
+        raise IntModeError(f"unknown activation {activation!r}")
+    return y.astype(np.float32)
+
+
+def forward(layer: IntLayer, x: np.ndarray, bias=None, kind="conv", activation="none", clip_min=None,
+            clip_max=None, **conv_attrs) -> np.ndarray:
+    """The node's output in integer mode (the reference the C++ kernel is tested against)."""
+    q = quantize(x, layer.act)
+    if bias is not None and np.asarray(bias).shape != (layer.weight.weight.shape[0],):
+        raise IntModeError(f"bias has shape {list(np.asarray(bias).shape)}, expected [{layer.weight.weight.shape[0]}]")
+    if kind == "dense":
+        if layer.weight.weight.ndim != 2:
+            raise IntModeError("a dense weight must have rank 2")
+        acc = dense_accumulate(q, layer.weight.weight)
+        return finish(acc, layer.scales, bias, acc.ndim - 1, activation, clip_min, clip_max)
+    if kind != "conv":
+        raise IntModeError(f"unknown kind {kind!r}")
+    acc = conv_accumulate(q, layer.weight.weight, **conv_attrs)
+    return finish(acc, layer.scales, bias, 1, activation, clip_min, clip_max)
+
+
+# --- choosing the activation scales ----------------------------------------------------------
+
+_LOW, _HIGH = SCALE_LOG2_RANGE
+
+
+class ActStats:
+    """Streaming statistics of one node's input: for every scale 2^a how many values it clips
+    (exactly), plus a seeded uniform sample for the MSE choice."""
+
+    def __init__(self, bits: int, signed: bool, quota: int, rng: np.random.Generator):
+        self.bits, self.signed, self.quota, self.rng = bits, signed, quota, rng
+        # need[i]: values first representable at a = _LOW + i; the last bin: at no a in range
+        self.need = np.zeros(_HIGH - _LOW + 2, dtype=np.int64)
+        self.always = 0  # negative values of an unsigned input: clipped at every scale
+        self.total = 0
+        self.max_abs = 0.0
+        self.samples: list[np.ndarray] = []
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        self.total += x.size
+        if x.size == 0:
+            return
+        act = ActQuant(self.bits, 0, self.signed)
+        finite = x[np.isfinite(x)]
+        if finite.size:
+            self.max_abs = max(self.max_abs, float(np.abs(finite).max()))
+        self.need[-1] += int(np.count_nonzero(np.isinf(x)))
+        positive, negative = finite[finite > 0].astype(np.float64), finite[finite < 0].astype(np.float64)
+        if not self.signed:
+            self.always += negative.size
+            negative = negative[:0]
+        for values, limit in ((positive, act.qmax), (-negative, -act.qmin)):
+            if values.size == 0:
+                continue
+            # smallest a with values <= limit * 2^a, corrected for log2's rounding (exact compare)
+            a = np.ceil(np.log2(values / limit))
+            a = np.where(values > limit * np.exp2(a), a + 1, a)
+            a = np.where(values <= limit * np.exp2(a - 1), a - 1, a)
+            self.need += np.bincount((np.clip(a, _LOW, _HIGH + 1) - _LOW).astype(np.int64), minlength=self.need.size)
+        keep = finite if finite.size <= self.quota else finite[self.rng.integers(0, finite.size, self.quota)]
+        self.samples.append(keep.copy())
+
+    def clipped(self, a: int) -> int:
+        """Values outside ``[qmin * 2^a, qmax * 2^a]``."""
+        return int(self.need[a - _LOW + 1:].sum()) + self.always
+
+    def choose(self, method: str) -> tuple[int, float]:
+        """``(act_scale_log2, clip rate on the calibration values)`` by ``method``."""
+        if method not in METHODS:
+            raise FqOnnxError(f"activation calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+        if self.max_abs == 0.0 and not self.need[-1]:
+            return 0, self.always / max(self.total, 1)  # only zeros seen: any scale is exact
+        minmax = next((a for a in range(_LOW, _HIGH + 1) if self.clipped(a) == self.always), _HIGH)
+        if method == "minmax":
+            a = minmax
+        elif method == "percentile":
+            allowed = (1 - PERCENTILE / 100) * self.total + self.always
+            a = next((a for a in range(_LOW, _HIGH + 1) if self.clipped(a) <= allowed), _HIGH)
+        else:
+            sample = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
+            errors = []
+            for a in range(max(_LOW, minmax - MSE_CANDIDATES + 1), minmax + 1):
+                q = quantize(sample, ActQuant(self.bits, a, self.signed)).astype(np.float64)
+                errors.append((float(((sample - np.ldexp(q, a)) ** 2).sum()), -a))
+            a = -min(errors)[1]  # smallest error; on a tie the larger scale
+        return a, self.clipped(a) / max(self.total, 1)
+
+
+# Ops whose output is >= 0 whatever their input, and ops that keep an input's sign.
+_NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus"}
+_SIGN_KEEPING_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
+                     "Unsqueeze", "Transpose", "Identity", "Slice", "Dropout", "Resize", "Upsample", "SpaceToDepth",
+                     "DepthToSpace", "Pad"}
+_ALL_INPUTS_OPS = {"Concat", "Add", "Sum", "Mul", "Max", "Min"}
+
+
+def nonnegative(tensor: gs.Tensor, _seen: dict | None = None) -> bool:
+    """True when the graph guarantees ``tensor >= 0`` (a ReLU or Clip(0, .) before it, through
+    pooling, reshapes, concatenations and sums of such tensors); False when unknown."""
+    seen = {} if _seen is None else _seen
+    if tensor.name in seen:
+        return seen[tensor.name]
+    seen[tensor.name] = False  # cycles (none in a valid graph) and unknowns are "may be negative"
+    value = constant_value(tensor)
+    if value is not None:
+        result = bool(value.size == 0 or np.all(value >= 0))
+    elif len(tensor.inputs) != 1:
+        result = False
+    else:
+        node = tensor.inputs[0]
+        op = node.op
+        if node.domain == rewrite.DOMAIN and op == rewrite.OP_TYPE:
+            act = node.attrs.get("activation", "none")
+            result = act == "relu" or (act == "clip" and float(node.attrs.get("clip_min", -np.inf)) >= 0)
+        elif node.domain not in (None, "", "ai.onnx"):
+            result = False
+        elif op in _NONNEGATIVE_OPS:
+            result = True
+        elif op == "Clip":
+            low = node.attrs.get("min")
+            if len(node.inputs) > 1 and node.inputs[1].name:
+                bound = constant_value(node.inputs[1])
+                low = None if bound is None or bound.size != 1 else float(bound.reshape(()))
+            high = node.attrs.get("max")
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                bound = constant_value(node.inputs[2])
+                high = None if bound is None or bound.size != 1 else float(bound.reshape(()))
+                high = -np.inf if high is None else high  # unknown upper bound: may be negative
+            result = (high is None or high >= 0) and (
+                (low is not None and low >= 0) or (bool(node.inputs) and nonnegative(node.inputs[0], seen)))
+        elif op in _SIGN_KEEPING_OPS:
+            result = bool(node.inputs) and nonnegative(node.inputs[0], seen)
+            if op == "Resize" and str(node.attrs.get("mode", "nearest")) == "cubic":
+                result = False  # cubic interpolation overshoots below zero
+            if result and op == "Pad" and len(node.inputs) > 2 and node.inputs[2].name:
+                fill = constant_value(node.inputs[2])
+                result = fill is not None and bool(np.all(fill >= 0))
+        elif op in _ALL_INPUTS_OPS:
+            result = bool(node.inputs) and all(nonnegative(t, seen) for t in node.inputs if t.name)
+        else:
+            result = False
+    seen[tensor.name] = result
+    return result
+
+
+def _shiftconvs(graph: gs.Graph) -> list[gs.Node]:
+    return [n for n in graph.nodes if n.op == rewrite.OP_TYPE and n.domain == rewrite.DOMAIN]
+
+
+def check_convert_options(act_bits, method: str, calib, pow2_centres: bool) -> None:
+    if not isinstance(act_bits, int) or isinstance(act_bits, bool) or \
+            not CONVERT_BITS_RANGE[0] <= act_bits <= CONVERT_BITS_RANGE[1]:
+        raise FqOnnxError(f"--act-bits must be an integer in {CONVERT_BITS_RANGE[0]}..{CONVERT_BITS_RANGE[1]}, "
+                          f"got {act_bits}")
+    if method not in METHODS:
+        raise FqOnnxError(f"--act-calib must be one of {', '.join(METHODS)}, got {method!r}")
+    if calib is None:
+        raise FqOnnxError("--act-bits needs calibration data (--calib) to choose the activation scales")
+    if not pow2_centres:
+        raise FqOnnxError("--act-bits needs power-of-two centres: drop --no-pow2-centres")
+
+
+def assign_scales(graph: gs.Graph, inputs: np.ndarray, act_bits: int, method: str = "mse", *, batch_size: int = 32,
+                  seed: int = 0, progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
+    """Calibrate and set the integer-mode attributes of every ShiftConv node of ``graph``.
+
+    Runs the compressed model (its ShiftConvs replaced by plain float ops on the dequantized
+    weights) over the calibration ``inputs``; for each node chooses the power-of-two input
+    scale by ``method`` and checks the accumulator bound and output scales. A node that fails
+    keeps float activations and gets the reason in ``act_fallback``. Returns, per node, the
+    ``act`` entry of its report row.
+    """
+    nodes = _shiftconvs(graph)
+    if not nodes:
+        return {}
+    seen: dict = {}
+    signed = {n.name: not nonnegative(n.inputs[0], seen) for n in nodes}
+    plain = graph.copy()
+    rewrite.to_plain(plain)
+    names = [n.inputs[0].name for n in nodes]
+    model = calibrate.probe_model(plain, names)
+    batches = -(-len(inputs) // batch_size)
+    rng = np.random.default_rng(seed)
+    stats: dict[tuple[str, bool], ActStats] = {}
+    for node, name in zip(nodes, names):
+        stats.setdefault((name, signed[node.name]), ActStats(act_bits, signed[node.name],
+                                                             -(-SAMPLE_VALUES // batches), rng))
+    done = 0
+    for count, values in calibrate.tensor_batches(model, inputs, batch_size):
+        for (name, _), entry in stats.items():
+            entry.update(values[name])
+        done += count
+        if progress:
+            progress("activation scales", done, len(inputs))
+    results = {}
+    for node, name in zip(nodes, names):
+        entry = stats[(name, signed[node.name])]
+        a, rate = entry.choose(method)
+        act = ActQuant(act_bits, a, signed[node.name])
+        for key in (*ATTRS, "act_clip_rate", "act_fallback"):
+            node.attrs.pop(key, None)
+        try:
+            prepare(np.asarray(node.inputs[1].values).tobytes(), act)
+        except IntModeError as exc:
+            node.attrs["act_fallback"] = str(exc)
+            results[node.name] = {"fallback": str(exc)}
+            continue
+        node.attrs.update(act_bits=act.bits, act_scale_log2=act.scale_log2, act_signed=int(act.signed),
+                          act_clip_rate=float(rate))
+        results[node.name] = {"bits": act.bits, "scale_log2": act.scale_log2, "signed": act.signed,
+                              "clip_rate": float(rate), "method": method}
+    return results
+
+
+def node_act(attrs: dict) -> dict | None:
+    """The ``act`` entry of a report row, read from a ShiftConv node's attributes."""
+    if "act_bits" in attrs:
+        entry = {"bits": int(attrs["act_bits"]), "scale_log2": int(attrs.get("act_scale_log2", 0)),
+                 "signed": bool(int(attrs.get("act_signed", 1)))}
+        if "act_clip_rate" in attrs:
+            entry["clip_rate"] = float(attrs["act_clip_rate"])
+        return entry
+    if "act_fallback" in attrs:
+        reason = attrs["act_fallback"]
+        return {"fallback": reason.decode() if isinstance(reason, bytes) else str(reason)}
+    return None
+
+
+def describe(act: dict | None) -> str:
+    """Short text of a report row's ``act`` entry: ``u8 2^-5``, ``s8 2^-3``, ``float``."""
+    if not act:
+        return "float"
+    if "fallback" in act:
+        return "float*"
+    return f"{'s' if act['signed'] else 'u'}{act['bits']} 2^{act['scale_log2']}"
