@@ -98,6 +98,25 @@ def _edit_blob(node: str, edit: Callable[[bytes], bytes], fix_crc: bool = True) 
     return _edit_model(apply)
 
 
+def _drop_m(node: str) -> Callable[[bytes], bytes]:
+    def apply(model: onnx.ModelProto) -> None:
+        attrs = _node(model, node).attribute
+        kept = [a for a in attrs if a.name != "M"]
+        del attrs[:]
+        attrs.extend(kept)
+
+    return _edit_model(apply)
+
+
+def _then(*builders: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    def build(data: bytes) -> bytes:
+        for builder in builders:
+            data = builder(data)
+        return data
+
+    return build
+
+
 def _offsets(blob: bytes) -> dict[str, int]:
     """Field offsets of FORMAT.md's layout: dims, A, scales, centres, b, T, P, table, payload
     (read from the bytes alone, so edits can be chained on a blob that no longer decodes)."""
@@ -217,7 +236,9 @@ CASES = [
          "format version 2 is not supported"),
     Case("shape-vs-kernel-shape", _edit_blob("conv", _reencode((8, 3, 9, 1))), "conv",
          r"kernel_shape \[3, 3\] disagrees with the weight's \[9, 1\]"),
-    Case("shape-vs-bias", _edit_blob("fc", _reencode((20, 144))), "fc", r"bias B has shape \[10\], expected \[20\]"),
+    # without the node's M attribute (models written before it), so the bias check is the one reached
+    Case("shape-vs-bias", _then(_edit_blob("fc", _reencode((20, 144))), _drop_m("fc")), "fc",
+         r"bias B has shape \[10\], expected \[20\]"),
     Case("rank-vs-kind", _edit_blob("conv", _reencode((8, 27))), "conv", "a conv weight must have rank 3 or 4"),
     Case("bit-flip", _edit_blob("conv", _flip_payload_bit, fix_crc=False), "conv", "CRC-32 mismatch"),
     Case("payload-shorter", _edit_blob("conv", _payload_resize(-1)), "conv", "bytes but its header declares"),
