@@ -76,68 +76,74 @@ inline void int_store_scalar(const int32_t* acc, float* dst, int64_t begin, int6
   }
 }
 
-// Depthwise plane (IntDepthwiseArgs). R vectors of one output row are summed at once while the
-// terms stream by; lanes whose input column is padding load zero. SW > 0: the column stride as
-// a constant; SW = 0: a.sw.
+// Depthwise plane (IntDepthwiseArgs). NV vectors of one output row (a block starting at column
+// o0, cnt <= NV * lanes pixels) are summed at once while the terms stream by; lanes whose input
+// column is padding load zero. NV is a template argument so that a short row (7 or 14 pixels)
+// does the per-code work on one vector, not on four. SW > 0: the column stride as a constant.
+template <class VT, int SW, int NV>
+void int_depthwise_block(const IntDepthwiseArgs& a, int64_t oh, int64_t o0, int64_t cnt, int32_t* tmp) {
+  constexpr int L = VT::kLanes;
+  const int64_t sw = SW > 0 ? SW : a.sw;
+  typename VT::Reg acc[NV], z[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = z[v] = VT::zero();
+  for (size_t g = 0; g < a.n; ++g) {
+    const IntTerm& t = a.terms[g];
+    typename VT::Reg s[NV];
+    for (int v = 0; v < NV; ++v) s[v] = VT::zero();
+    for (uint32_t k = t.tap_begin; k < t.tap_end; ++k) {
+      const int64_t iy = oh * a.sh + a.dy[k] - a.pad_top;
+      if (iy < 0 || iy >= a.H) continue;
+      // Output columns [ow_lo, ow_hi) of this tap read inside the row.
+      const int64_t c0 = a.dx[k] - a.pad_left;
+      const int64_t ow_lo = c0 < 0 ? (-c0 + sw - 1) / sw : 0;
+      const int64_t ow_hi = a.W - 1 - c0 < 0 ? 0 : (a.W - 1 - c0) / sw + 1;
+      const int32_t* row = a.q + iy * a.W + c0;
+      for (int v = 0; v < NV; ++v) {
+        const int64_t p0 = o0 + v * L;
+        const int32_t* src = row + p0 * sw;
+        if (p0 >= ow_lo && p0 + L <= ow_hi) {
+          s[v] = VT::add(s[v], VT::load_lanes(src, sw, 0, L));
+          continue;
+        }
+        const int64_t lo = ow_lo - p0 > 0 ? ow_lo - p0 : 0;
+        const int64_t c = cnt - v * L < L ? cnt - v * L : L;
+        const int64_t hi = ow_hi - p0 < c ? ow_hi - p0 : c;
+        if (lo < hi) s[v] = VT::add(s[v], VT::load_lanes(src, sw, int(lo), int(hi)));
+      }
+    }
+    const typename VT::Reg sh = VT::set1(t.shift);
+    for (int v = 0; v < NV; ++v) {
+      acc[v] = t.negative ? VT::sub(acc[v], VT::sllv(s[v], sh)) : VT::add(acc[v], VT::sllv(s[v], sh));
+    }
+    if (t.centre_sign != 0) {
+      for (int v = 0; v < NV; ++v) z[v] = VT::add(z[v], s[v]);
+      if (t.flush) {
+        const typename VT::Reg ch = VT::set1(t.centre_shift);
+        for (int v = 0; v < NV; ++v) {
+          acc[v] = t.centre_sign < 0 ? VT::sub(acc[v], VT::sllv(z[v], ch)) : VT::add(acc[v], VT::sllv(z[v], ch));
+          z[v] = VT::zero();
+        }
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) VT::store(tmp + v * L, acc[v]);
+  VT::store_out(tmp, a.y + oh * a.OW + o0, cnt, a.scale, a.b, a.lo, a.hi);
+}
+
 template <class VT, int SW>
 void int_depthwise_sw(const IntDepthwiseArgs& a) {
   constexpr int L = VT::kLanes;
-  constexpr int R = 4;
-  const int64_t sw = SW > 0 ? SW : a.sw;
+  constexpr int R = 4;  // vectors per block
   alignas(64) int32_t tmp[R * L];
   for (int64_t oh = 0; oh < a.OH; ++oh) {
-    float* yrow = a.y + oh * a.OW;
     for (int64_t o0 = 0; o0 < a.OW; o0 += R * L) {
       const int64_t cnt = a.OW - o0 < R * L ? a.OW - o0 : R * L;
-      const int64_t nv = (cnt + L - 1) / L;
-      typename VT::Reg acc[R], z[R];
-      for (int v = 0; v < R; ++v) acc[v] = z[v] = VT::zero();
-      for (size_t g = 0; g < a.n; ++g) {
-        const IntTerm& t = a.terms[g];
-        typename VT::Reg s[R];
-        for (int v = 0; v < R; ++v) s[v] = VT::zero();
-        for (uint32_t k = t.tap_begin; k < t.tap_end; ++k) {
-          const int64_t iy = oh * a.sh + a.dy[k] - a.pad_top;
-          if (iy < 0 || iy >= a.H) continue;
-          // Output columns [ow_lo, ow_hi) of this tap read inside the row.
-          const int64_t c0 = a.dx[k] - a.pad_left;
-          const int64_t ow_lo = c0 < 0 ? (-c0 + sw - 1) / sw : 0;
-          const int64_t ow_hi = a.W - 1 - c0 < 0 ? 0 : (a.W - 1 - c0) / sw + 1;
-          const int32_t* row = a.q + iy * a.W + c0;
-          for (int v = 0; v < R; ++v) {
-            if (v >= nv) break;
-            const int64_t p0 = o0 + v * L;
-            const int32_t* src = row + p0 * sw;
-            if (p0 >= ow_lo && p0 + L <= ow_hi) {
-              s[v] = VT::add(s[v], VT::load_lanes(src, sw, 0, L));
-              continue;
-            }
-            const int64_t lo = ow_lo - p0 > 0 ? ow_lo - p0 : 0;
-            const int64_t c = cnt - v * L < L ? cnt - v * L : L;
-            const int64_t hi = ow_hi - p0 < c ? ow_hi - p0 : c;
-            if (lo < hi) s[v] = VT::add(s[v], VT::load_lanes(src, sw, int(lo), int(hi)));
-          }
-        }
-        const typename VT::Reg sh = VT::set1(t.shift);
-        for (int v = 0; v < R; ++v) {
-          acc[v] = t.negative ? VT::sub(acc[v], VT::sllv(s[v], sh)) : VT::add(acc[v], VT::sllv(s[v], sh));
-        }
-        if (t.centre_sign != 0) {
-          for (int v = 0; v < R; ++v) z[v] = VT::add(z[v], s[v]);
-          if (t.flush) {
-            const typename VT::Reg ch = VT::set1(t.centre_shift);
-            for (int v = 0; v < R; ++v) {
-              acc[v] = t.centre_sign < 0 ? VT::sub(acc[v], VT::sllv(z[v], ch)) : VT::add(acc[v], VT::sllv(z[v], ch));
-              z[v] = VT::zero();
-            }
-          }
-        }
+      switch ((cnt + L - 1) / L) {
+        case 1: int_depthwise_block<VT, SW, 1>(a, oh, o0, cnt, tmp); break;
+        case 2: int_depthwise_block<VT, SW, 2>(a, oh, o0, cnt, tmp); break;
+        case 3: int_depthwise_block<VT, SW, 3>(a, oh, o0, cnt, tmp); break;
+        default: int_depthwise_block<VT, SW, R>(a, oh, o0, cnt, tmp); break;
       }
-      for (int v = 0; v < R; ++v) {
-        if (v >= nv) break;
-        VT::store(tmp + v * L, acc[v]);
-      }
-      VT::store_out(tmp, yrow + o0, cnt, a.scale, a.b, a.lo, a.hi);
     }
   }
 }
