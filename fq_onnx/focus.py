@@ -9,14 +9,13 @@ minimises the layer's squared weight error; codes are then the nearest float32 l
 
 from __future__ import annotations
 
-import hashlib
 
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from fq_onnx import fmt
+from fq_onnx import fmt, memo
 
 FIT_SAMPLES = 20_000  # weights used to fit the mixture (seeded subsample of larger layers)
 SEARCH_SAMPLES = 50_000  # weights used to search the scale
@@ -88,27 +87,12 @@ class QuantizedLayer:
         return fmt.encode(self.codes, self.params, block=block, alphas=self.alphas)
 
 
-_MIXTURE_CACHE: list[tuple[tuple, tuple[Mixture, object]]] = []  # most recent last
-
-
+@memo.by_contents()
 def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
     """Fit a seeded two-component GaussianMixture to 1-D values (subsampled when large).
 
-    The last two fits are kept, keyed by the values' contents: the allocator fits the same
-    pruned layer once per bit width.
+    Kept for the last two arrays: the allocator fits the same pruned layer once per bit width.
     """
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    key = (values.shape, seed, hashlib.blake2b(values.data, digest_size=16).digest())
-    for cached_key, result in _MIXTURE_CACHE:
-        if cached_key == key:
-            return result
-    result = _fit_mixture(values, seed)
-    _MIXTURE_CACHE.append((key, result))
-    del _MIXTURE_CACHE[:-2]
-    return result
-
-
-def _fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 

@@ -8,11 +8,11 @@ remaining weights absorb it (Frantar & Alistarh, SparseGPT 2023; GPTQ 2022). Pur
 
 from __future__ import annotations
 
-import hashlib
-
 from collections.abc import Callable
 
 import numpy as np
+
+from fq_onnx import memo
 
 COLUMN_BLOCK = 128  # columns whose pruning mask is chosen together
 DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse well conditioned
@@ -21,26 +21,16 @@ DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse we
 Rounder = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-_FACTOR_CACHE: list[tuple[tuple, tuple[np.ndarray, np.ndarray]]] = []  # most recent last
-
-
+@memo.by_contents()
 def inverse_hessian_factor(hessian: np.ndarray, damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1``, and the dead inputs.
 
-    The last two results are kept, keyed by the matrix's contents: the allocator prunes and
-    rounds one layer at many sparsities and widths with the same statistics, and hashing is
-    much cheaper than the two factorizations.
+    Kept for the last two matrices: the allocator prunes and rounds one layer at many
+    sparsities and widths with the same statistics.
     """
-    h = np.ascontiguousarray(hessian, dtype=np.float64)
-    key = (h.shape, damping, hashlib.blake2b(h.data, digest_size=16).digest())
-    for cached_key, result in _FACTOR_CACHE:
-        if cached_key == key:
-            return result
-    result = _inverse_hessian_factor(h, damping)
+    result = _inverse_hessian_factor(hessian, damping)
     for array in result:
         array.flags.writeable = False  # shared by every caller
-    _FACTOR_CACHE.append((key, result))
-    del _FACTOR_CACHE[:-2]
     return result
 
 

@@ -81,3 +81,16 @@ def test_conv_patches_reproduce_the_convolution(variant):
     out = out.reshape(groups, n, -1, m // groups).transpose(1, 0, 3, 2).reshape(n, m, -1)
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})[0]
     np.testing.assert_allclose(out, expected.reshape(n, m, -1), atol=1e-5)
+
+
+def test_factor_is_reused_for_equal_statistics_and_recomputed_for_new_ones():
+    from fq_onnx.reconstruct import inverse_hessian_factor
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 6))
+    h = a.T @ a
+    first = inverse_hessian_factor(h.copy(), 0.01)
+    assert inverse_hessian_factor(h.copy(), 0.01)[0] is first[0]  # same contents: the kept result
+    assert not first[0].flags.writeable
+    other = inverse_hessian_factor(h * 2.0, 0.01)
+    assert other[0] is not first[0] and not np.allclose(other[0], first[0])
