@@ -173,7 +173,7 @@ def collect(
     for count, values in tensor_batches(model, inputs, batch_size):
         for target, name in zip(targets, wanted):
             vectors = layer_inputs(target, values[name].astype(np.float64), rng)
-            gram = np.einsum("gpk,gpl->gkl", vectors, vectors)
+            gram = np.matmul(vectors.transpose(0, 2, 1), vectors)  # BLAS: einsum here is ~40x slower
             entry = stats.get(target.node.name)
             if entry is None:
                 stats[target.node.name] = LayerStats(gram, vectors.sum(axis=1), vectors.shape[1])

@@ -50,10 +50,9 @@ def prune_rows(weight: np.ndarray, sparsity: float, options: LayerOptions,
     groups = stats.gram.shape[0]
     rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
     if options.prune_method == "obs":
-        pruned = [reconstruct.reconstruct(rows[g], stats.second_moment[g], sparsity=sparsity,
-                                          block_rows=options.block) for g in range(groups)]
-        keep = np.stack([p[1] for p in pruned]).reshape(weight.shape)
-        return keep, np.stack([p[0] for p in pruned]).reshape(weight.shape)
+        updated, keep, _ = reconstruct.reconstruct(rows, stats.second_moment, sparsity=sparsity,
+                                                   block_rows=options.block)
+        return keep.reshape(weight.shape), updated.reshape(weight.shape)
     keep = prune.magnitude_mask(weight, sparsity, options.block)
     return keep, np.where(keep, w64, 0.0)
 
@@ -85,22 +84,14 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
     if options.rounding == "gptq":
         table = fmt.levels(levels.params).astype(np.float64)
-        group_rows = weight.shape[0] // groups
 
-        def rounder_for(group: int):
-            row_scale = scales[group * group_rows : (group + 1) * group_rows]
+        def rounder(values: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s = scales[row]
+            codes = levels.codes(values / s, "nearest")
+            return codes, table[codes] * s
 
-            def rounder(values: np.ndarray, rows_in_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                s = row_scale[rows_in_group]
-                codes = levels.codes(values / s, "nearest")
-                return codes, table[codes] * s
-
-            return rounder
-
-        keep_rows = keep.reshape(rows.shape)
-        rounded = [reconstruct.reconstruct(rows[g], hessians[g], keep=keep_rows[g], rounder=rounder_for(g))
-                   for g in range(groups)]
-        codes = np.stack([r[2] for r in rounded]).reshape(weight.shape)[keep]
+        codes = reconstruct.reconstruct(rows, hessians, keep=keep.reshape(rows.shape), rounder=rounder)[2]
+        codes = codes.reshape(weight.shape)[keep]
     else:
         codes = levels.codes(normalised[keep], options.assign, np.random.default_rng(options.seed))
     layer = focus.finish(w64, keep, levels, codes, focus.fitted_alphas(levels, scales) if options.per_channel else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -117,9 +117,13 @@ def row_alphas(alphas, params: QuantParams, rows: int) -> np.ndarray:
     alphas = np.asarray(alphas, dtype=np.float32).reshape(-1)
     if alphas.size != rows:
         raise FormatError(f"{alphas.size} scales for a tensor of {rows} rows: give one per row")
-    for alpha in np.unique(alphas):
-        check_params(QuantParams(params.mode, params.bits, float(alpha), params.centre0, params.centre1, params.b))
-        levels(QuantParams(params.mode, params.bits, float(alpha), params.centre0, params.centre1, params.b))
+    if not np.all(np.isfinite(alphas)) or not np.all(alphas > 0):
+        raise FormatError("alpha must be finite and positive and the centres finite")
+    # levels() of every row at once: its last step is one float32 product by alpha
+    unit = levels(replace(params, alpha=1.0))
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(alphas[:, None] * unit[None, :])):
+            raise FormatError("a quantization level overflows float32")
     return alphas
 
 

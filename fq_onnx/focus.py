@@ -10,6 +10,7 @@ minimises the layer's squared weight error; codes are then the nearest float32 l
 from __future__ import annotations
 
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -112,52 +113,76 @@ def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
                    (float(weights[0]), float(weights[1]))), (gmm, order)
 
 
-def _nearest_pow2_error(residual: np.ndarray, unit: float, e_max: int) -> np.ndarray:
+def _nearest_pow2_error(residual: np.ndarray, unit, e_max: int) -> np.ndarray:
     """Squared error of coding each residual as sign * unit * 2^e, e in [0, e_max] (nearest)."""
-    magnitude = np.abs(residual) / unit
-    e = np.floor(np.log2(np.maximum(magnitude, 1e-300)))
-    e = np.where(magnitude >= 1.5 * np.exp2(e), e + 1, e)  # nearest in the linear domain
-    e = np.clip(e, 0, e_max)
-    return (np.abs(residual) - unit * np.exp2(e)) ** 2
+    magnitude = np.abs(residual)
+    mantissa, e = np.frexp(magnitude / unit)  # magnitude / unit = mantissa * 2^e, mantissa in [0.5, 1)
+    e = np.clip(e - (mantissa < 0.75), 0, e_max)  # nearest in the linear domain: round up from 1.5 * 2^(e-1)
+    return (magnitude - np.ldexp(unit, e)) ** 2
 
 
-def _best_centre(values: np.ndarray, guess: float, unit: float, e_max: int, pow2: bool) -> tuple[float, float]:
-    """Centre (absolute) for one component and its squared error on ``values``."""
+ERROR_CHUNK = 1 << 16  # elements of one (candidate x value) error block: stays in cache
+
+
+def _error_sums(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+    """For each (centre, unit) pair: the summed squared error of coding ``values - centre``."""
+    sums = np.empty(len(centres))
+    step = max(1, ERROR_CHUNK // max(values.size, 1))
+    for i in range(0, len(centres), step):
+        residual = values[None, :] - centres[i : i + step, None]
+        sums[i : i + step] = _nearest_pow2_error(residual, units[i : i + step, None], e_max).sum(axis=1)
+    return sums
+
+
+def _lloyd_step(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+    """Each centre moved to the mean of ``values`` minus their residual codes (one per unit)."""
+    moved = np.empty(len(centres))
+    step = max(1, ERROR_CHUNK // max(values.size, 1))
+    for i in range(0, len(centres), step):
+        r = values[None, :] - centres[i : i + step, None]
+        coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, units[i : i + step, None], e_max)))
+        moved[i : i + step] = np.mean(values[None, :] - coded, axis=1)
+    return moved
+
+
+def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: int,
+                  pow2: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit step: the centre (absolute) for one component and its squared error on ``values``."""
     if values.size == 0:
-        return (unit if guess >= 0 else -unit), 0.0
+        return (units if guess >= 0 else -units), np.zeros(len(units))
     if pow2:
         sign = 1.0 if guess >= 0 else -1.0
-        q0 = np.round(np.log2(max(abs(guess), 1e-30) / unit))
-        candidates = [sign * unit * np.exp2(q) for q in (q0 - 1, q0, q0 + 1)]
+        q0 = np.round(np.log2(max(abs(guess), 1e-30) / units))
+        candidates = np.stack([sign * units * np.exp2(q0 + d) for d in (-1, 0, 1)], axis=1)
     else:
-        candidates = [guess]
+        steps = [np.full(len(units), float(guess))]
         for _ in range(2):  # Lloyd steps: move the centre to the mean of its residual-coded weights
-            c = candidates[-1]
-            r = values - c
-            coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, unit, e_max)))
-            candidates.append(float(np.mean(values - coded)))
-    errors = [float(_nearest_pow2_error(values - c, unit, e_max).sum()) for c in candidates]
-    i = int(np.argmin(errors))
-    return float(candidates[i]), errors[i]
+            steps.append(_lloyd_step(values, steps[-1], units, e_max))
+        candidates = np.stack(steps, axis=1)
+    errors = _error_sums(values, candidates.ravel(), np.repeat(units, 3), e_max).reshape(-1, 3)
+    pick = np.argmin(errors, axis=1)
+    rows = np.arange(len(units))
+    return candidates[rows, pick], errors[rows, pick]
 
 
 def _search_shift(values: np.ndarray, e_max: int) -> float:
     unit0 = np.max(np.abs(values)) / 2.0**e_max
-    errors = [_nearest_pow2_error(values, unit0 * 2.0**g, e_max).sum() for g in SCALE_GRID]
-    return float(unit0 * 2.0 ** SCALE_GRID[int(np.argmin(errors))])
+    units = unit0 * 2.0**SCALE_GRID
+    errors = _error_sums(values, np.zeros(len(units)), units, e_max)
+    return float(units[int(np.argmin(errors))])
 
 
 def _search_focused(values, components, means, e_max, pow2) -> tuple[float, tuple[float, float]]:
     spread = max(np.max(np.abs(values[components == c] - means[c])) if np.any(components == c) else 0.0 for c in (0, 1))
     unit0 = max(spread, 1e-30) / 2.0**e_max
-    best = (np.inf, unit0, (means[0], means[1]))
-    for g in SCALE_GRID:
-        unit = unit0 * 2.0**g
-        c0, err0 = _best_centre(values[components == 0], means[0], unit, e_max, pow2)
-        c1, err1 = _best_centre(values[components == 1], means[1], unit, e_max, pow2)
-        if err0 + err1 < best[0]:
-            best = (err0 + err1, unit, (c0, c1))
-    return best[1], best[2]
+    units = unit0 * 2.0**SCALE_GRID
+    c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2)
+    c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2)
+    total = err0 + err1
+    best = int(np.argmin(total))
+    if not np.isfinite(total[best]):
+        return unit0, (means[0], means[1])
+    return float(units[best]), (float(c0[best]), float(c1[best]))
 
 
 def _nearest_codes(values: np.ndarray, table: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -181,13 +206,18 @@ class LevelSet:
     gmm: object | None = None  # (GaussianMixture, component order) in focused mode
     histogram: Histogram | None = None  # of the values it was fitted on
 
+    @functools.cached_property
+    def table(self) -> np.ndarray:
+        """The float32 level of every code (computed once: GPTQ rounds one column at a time)."""
+        return fmt.levels(self.params)
+
     @property
     def focused(self) -> bool:
         return self.params.mode == fmt.MODE_FOCUSED
 
     def codes(self, values: np.ndarray, assign: str = "nearest", rng: np.random.Generator | None = None) -> np.ndarray:
         """Code of the nearest level for each value, within its component unless ``nearest``."""
-        table = fmt.levels(self.params)
+        table = self.table
         if not self.focused or assign == "nearest" or values.size == 0:
             return _nearest_codes(values, table, np.ones(table.size, bool))
         gmm, order = self.gmm
@@ -321,7 +351,7 @@ def refine_alphas(weight: np.ndarray, codes: np.ndarray, params: fmt.QuantParams
         num, den = (w * u).sum(axis=1), (u * u).sum(axis=1)
     else:
         groups = metric.shape[0]
-        hu = np.einsum("gmk,gkl->gml", u.reshape(groups, rows // groups, -1), metric).reshape(rows, -1)
+        hu = np.matmul(u.reshape(groups, rows // groups, -1), metric).reshape(rows, -1)
         num, den = (w * hu).sum(axis=1), (u * hu).sum(axis=1)
     best = np.where((den > 0) & (num > 0), num / np.where(den > 0, den, 1.0), alphas)
     best = best.astype(np.float32)

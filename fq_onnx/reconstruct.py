@@ -35,27 +35,32 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DAMPING) -> tup
 
 
 def _inverse_hessian_factor(hessian: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    h = np.array(hessian, dtype=np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h += damping * np.mean(np.diag(h)) * np.eye(h.shape[0])
+    h = np.array(hessian, dtype=np.float64)  # [K, K], or a stack [G, K, K]
+    diagonal = np.diagonal(h, axis1=-2, axis2=-1)
+    dead = diagonal <= 0
+    eye = np.eye(h.shape[-1])
+    h = np.where(dead[..., None] & (eye > 0), 1.0, h)
+    h += damping * np.mean(np.diagonal(h, axis1=-2, axis2=-1), axis=-1)[..., None, None] * eye
     lower = np.linalg.cholesky(h)
-    lower_inv = np.linalg.solve(lower, np.eye(h.shape[0]))
-    h_inv = lower_inv.T @ lower_inv
-    return np.linalg.cholesky(h_inv).T, dead
+    lower_inv = np.linalg.solve(lower, np.broadcast_to(eye, h.shape))
+    h_inv = np.swapaxes(lower_inv, -1, -2) @ lower_inv
+    return np.swapaxes(np.linalg.cholesky(h_inv), -1, -2), dead
 
 
 def _block_prune_mask(scores: np.ndarray, sparsity: float, block_rows: int) -> np.ndarray:
-    """True where a weight is pruned: the lowest scores, shared by groups of ``block_rows`` rows."""
-    rows, cols = scores.shape
-    groups = -(-rows // block_rows)
-    padded = np.full((groups * block_rows, cols), 0.0)
-    padded[:rows] = scores
-    grouped = padded.reshape(groups, block_rows, cols).sum(axis=1)
-    count = int(round(sparsity * grouped.size))
-    prune = np.zeros(grouped.size, dtype=bool)
-    prune[np.argsort(grouped.ravel(), kind="stable")[:count]] = True
-    return np.repeat(prune.reshape(groups, 1, cols), block_rows, axis=1).reshape(-1, cols)[:rows]
+    """True where a weight is pruned: per group [G, M, cols], the lowest scores, shared by
+    groups of ``block_rows`` rows."""
+    count_groups, rows, cols = scores.shape
+    blocks = -(-rows // block_rows)
+    padded = np.zeros((count_groups, blocks * block_rows, cols))
+    padded[:, :rows] = scores
+    grouped = padded.reshape(count_groups, blocks, block_rows, cols).sum(axis=2).reshape(count_groups, -1)
+    count = int(round(sparsity * grouped.shape[1]))
+    prune = np.zeros(grouped.shape, dtype=bool)
+    order = np.argsort(grouped, axis=1, kind="stable")[:, :count]
+    np.put_along_axis(prune, order, True, axis=1)
+    prune = np.repeat(prune.reshape(count_groups, blocks, 1, cols), block_rows, axis=2)
+    return prune.reshape(count_groups, -1, cols)[:, :rows]
 
 
 def reconstruct(
@@ -72,39 +77,52 @@ def reconstruct(
 
     Either ``keep`` fixes the mask, or one is chosen block by block from the OBS saliency
     ``w^2 / [H^-1]_jj^2`` at ``sparsity``. With a ``rounder`` every kept weight is also rounded
-    to its level set. Returns ``(new_weight, keep, codes)`` (codes -1 where pruned, or None).
+    to its level set; it gets the row indices of the values (``g * M + row`` when grouped).
+    Returns ``(new_weight, keep, codes)`` (codes -1 where pruned, or None).
+
+    A grouped convolution passes ``weight`` [G, M, K] with ``hessian`` [G, K, K] (and ``keep``
+    [G, M, K]): the groups are independent and processed together, each at ``sparsity``.
     """
-    w = np.array(weight, dtype=np.float64)
-    rows, cols = w.shape
+    grouped = np.ndim(weight) == 3
+    w = np.array(weight, dtype=np.float64).reshape((-1,) + np.shape(weight)[-2:])
+    hessian = np.asarray(hessian).reshape((-1,) + np.shape(hessian)[-2:])
+    if keep is not None:
+        keep = np.asarray(keep).reshape(w.shape)
+    groups, rows, cols = w.shape
     factor, dead = inverse_hessian_factor(hessian, damping)
-    w[:, dead] = 0.0  # inputs that are always zero: their weights do nothing
+    w[np.broadcast_to(dead[:, None, :], w.shape)] = 0.0  # inputs that are always zero: their weights do nothing
     out = np.zeros_like(w)
     keep_out = np.zeros(w.shape, dtype=bool)
     codes = np.full(w.shape, -1, dtype=np.int64) if rounder else None
+    row_index = np.arange(groups * rows).reshape(groups, rows)
     for i1 in range(0, cols, COLUMN_BLOCK):
         i2 = min(i1 + COLUMN_BLOCK, cols)
-        w1 = w[:, i1:i2].copy()
-        f1 = factor[i1:i2, i1:i2]
+        w1 = w[:, :, i1:i2].copy()
+        f1 = factor[:, i1:i2, i1:i2]
         errors = np.zeros_like(w1)
         if keep is None:
-            keep1 = ~_block_prune_mask(w1**2 / np.diag(f1)[None, :] ** 2, sparsity, block_rows)
+            diagonal = np.diagonal(f1, axis1=1, axis2=2)
+            keep1 = ~_block_prune_mask(w1**2 / diagonal[:, None, :] ** 2, sparsity, block_rows)
         else:
-            keep1 = keep[:, i1:i2]
+            keep1 = keep[:, :, i1:i2]
         for j in range(i2 - i1):
-            column = w1[:, j]
-            q = np.where(keep1[:, j], column, 0.0)
-            if rounder is not None and keep1[:, j].any():
-                c, v = rounder(column[keep1[:, j]], np.flatnonzero(keep1[:, j]))
-                q[keep1[:, j]] = v
-                codes[keep1[:, j], i1 + j] = c
-            err = (column - q) / f1[j, j]
-            w1[:, j:] -= np.outer(err, f1[j, j:])
-            errors[:, j] = err
-            out[:, i1 + j] = q
-        keep_out[:, i1:i2] = keep1
-        w[:, i2:] -= errors @ factor[i1:i2, i2:]
+            column = w1[:, :, j]
+            kept = keep1[:, :, j]
+            q = np.where(kept, column, 0.0)
+            if rounder is not None and kept.any():
+                c, v = rounder(column[kept], row_index[kept])
+                q[kept] = v
+                codes[:, :, i1 + j][kept] = c
+            err = (column - q) / f1[:, j, j][:, None]
+            w1[:, :, j:] -= err[:, :, None] * f1[:, j, None, j:]
+            errors[:, :, j] = err
+            out[:, :, i1 + j] = q
+        keep_out[:, :, i1:i2] = keep1
+        w[:, :, i2:] -= errors @ factor[:, i1:i2, i2:]
     if rounder is None:
         keep_out &= out != 0  # a kept weight that ended at exactly 0 (a dead input) is pruned
+    if not grouped:
+        out, keep_out, codes = out[0], keep_out[0], None if codes is None else codes[0]
     return out, keep_out, codes
 
 
@@ -118,6 +136,7 @@ def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) ->
     d = w - approx
     if w.ndim == 2:
         w, d, hessian = w[None], d[None], np.asarray(hessian)[None]
-    num = float(np.einsum("gmk,gkl,gml->", d, hessian, d))
-    den = float(np.einsum("gmk,gkl,gml->", w, hessian, w))
+    hessian = np.asarray(hessian)
+    num = float(np.sum(np.matmul(d, hessian) * d))  # matmul runs BLAS; the einsum did not
+    den = float(np.sum(np.matmul(w, hessian) * w))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
