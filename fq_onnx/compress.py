@@ -51,7 +51,8 @@ def prune_rows(weight: np.ndarray, sparsity: float, options: LayerOptions,
     rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
     if options.prune_method == "obs":
         updated, keep, _ = reconstruct.reconstruct(rows, stats.second_moment, sparsity=sparsity,
-                                                   block_rows=options.block)
+                                                   block_rows=options.block,
+                                                   damping=reconstruct.damping_for(rows.shape[-1], stats.count))
         return keep.reshape(weight.shape), updated.reshape(weight.shape)
     keep = prune.magnitude_mask(weight, sparsity, options.block)
     return keep, np.where(keep, w64, 0.0)
@@ -90,7 +91,8 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
             codes = levels.codes(values / s, "nearest")
             return codes, table[codes] * s
 
-        codes = reconstruct.reconstruct(rows, hessians, keep=keep.reshape(rows.shape), rounder=rounder)[2]
+        codes = reconstruct.reconstruct(rows, hessians, keep=keep.reshape(rows.shape), rounder=rounder,
+                                        damping=reconstruct.damping_for(rows.shape[-1], stats.count))[2]
         codes = codes.reshape(weight.shape)[keep]
     else:
         codes = levels.codes(normalised[keep], options.assign, np.random.default_rng(options.seed))

@@ -94,3 +94,38 @@ def test_factor_is_reused_for_equal_statistics_and_recomputed_for_new_ones():
     assert not first[0].flags.writeable
     other = inverse_hessian_factor(h * 2.0, 0.01)
     assert other[0] is not first[0] and not np.allclose(other[0], first[0])
+
+
+def test_grouped_reconstruction_equals_one_group_at_a_time():
+    """A depthwise or grouped layer is processed as one batch; each group as if alone."""
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((12, 2, 9))
+    mix = rng.standard_normal((12, 9, 30))
+    hessian = mix @ mix.transpose(0, 2, 1)
+    hessian[4, 3, :] = hessian[4, :, 3] = 0.0  # a dead input in one group
+    together, keep, _ = reconstruct.reconstruct(weight, hessian, sparsity=0.5)
+    for g in range(12):
+        alone, keep_alone, _ = reconstruct.reconstruct(weight[g], hessian[g], sparsity=0.5)
+        assert np.array_equal(keep[g], keep_alone)
+        assert np.allclose(together[g], alone, rtol=0, atol=1e-12)
+    assert np.all(together[4][:, 3] == 0)
+
+
+def test_more_damping_when_a_layer_has_fewer_samples_than_inputs():
+    """With fewer calibration vectors than inputs (a classifier fed one vector per image) the
+    compensation fits the samples; the extra damping lowers the error on unseen inputs."""
+    assert reconstruct.damping_for(64, 256) == reconstruct.DAMPING  # enough samples: unchanged
+    assert reconstruct.damping_for(1280, 256) == pytest.approx(0.25)
+    assert reconstruct.damping_for(100_000, 1) == 1.0
+    rng = np.random.default_rng(6)
+    cols, seen = 128, 48
+    mixing = rng.standard_normal((cols, cols)) * 0.3 + np.eye(cols)
+    weight = rng.standard_normal((32, cols)) * 0.1
+    calib = rng.standard_normal((seen, cols)) @ mixing
+    unseen = rng.standard_normal((20_000, cols)) @ mixing
+    h_calib, h_unseen = calib.T @ calib / seen, unseen.T @ unseen / len(unseen)
+    errors = {}
+    for damping in (reconstruct.DAMPING, reconstruct.damping_for(cols, seen)):
+        pruned, _, _ = reconstruct.reconstruct(weight, h_calib, sparsity=0.6, damping=damping)
+        errors[damping] = reconstruct.output_error(weight, pruned, h_unseen)
+    assert errors[reconstruct.damping_for(cols, seen)] < errors[reconstruct.DAMPING]
