@@ -249,8 +249,11 @@ def test_fused_clip_matches_onnxruntime_clip(kind):
                                         **attrs))
 
 
+@pytest.mark.parametrize("packed", ["auto", "0", "1"])
 @pytest.mark.parametrize("case", sorted(DENSE_CASES))
-def test_dense_matches_reference_and_matmul(case):
+def test_dense_matches_reference_and_matmul(case, packed, monkeypatch):
+    """Under auto the denser weights take the packed GEMM; 0 keeps the sparse kernels, 1 forces it."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", packed)
     rng = np.random.default_rng(11)
     x_shape, w_shape = DENSE_CASES[case]
     for sparsity, block, per_row in ((0.8, 1, False), (0.5, 4, True), (0.0, 1, False), (0.0, 1, True)):
@@ -334,9 +337,11 @@ def test_depthwise_direct_path_matches_reference(mode, monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])
-def test_few_row_dense_matvec_matches_reference(rows):
+def test_few_row_dense_matvec_matches_reference(rows, monkeypatch):
     """Dense inputs of at most 2 rows use sparse_matvec (inline, and split over threads when
-    large); 3 rows take the tiled path. Grouped (block) and unstructured masks."""
+    large); 3 rows take the tiled path. Grouped (block) and unstructured masks. The packed GEMM
+    (which these densities would get) is disabled."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", "0")
     rng = np.random.default_rng(40 + rows)
     for w_shape, sparsity, block in (((40, 24), 0.6, 1), ((520, 1024), 0.5, 1), ((512, 600), 0.7, 4)):
         blob = make_blob(rng, w_shape, sparsity=sparsity, block=block, per_row=block == 4)

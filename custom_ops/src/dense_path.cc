@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "cpu_features.h"
 
@@ -27,6 +28,17 @@ constexpr double kNchwcAbove = 0.35;
 // at 8 rows ours was faster at every cost measured but 0.40; at 2-4 rows slower.
 constexpr double kMatMulAbove = 0.22;
 constexpr int64_t kMatMulMaxRows = 4;
+
+// Our packed dense GEMM (packed_gemm.h) against onnxruntime's session Gemm, 1280 -> 1000, 1
+// thread: 0.98-1.03x at 1-4 rows, 1.28x at 8, 1.09x at 16, 1.00-1.08x at 32-64, whatever the
+// density (it multiplies the zeros). The sparse kernels against the same Gemm: at relative
+// cost 0.30 (70%) 0.45-0.80x at 1-16 rows; at 0.20 (80%) 1.30x at 1 row (matvec), 0.70-0.85x
+// at 2-4, 1.03-1.09x at 8-16, 1.48x from 32; at 0.15 (85%) 0.99-1.07x at 2-4 and 1.33x+ above.
+// So: packed for every row count above kPackedAbove; between kPackedBand and it both are kept,
+// the packed GEMM taking 2..kPackedBandMaxRows rows; below, the sparse kernels alone.
+constexpr double kPackedAbove = 0.22;
+constexpr double kPackedBand = 0.17;
+constexpr int64_t kPackedBandMinRows = 2, kPackedBandMaxRows = 16;
 
 // Depthwise convs: our per-plane kernel against onnxruntime's NCHWc depthwise (16 channels per
 // vector) depends on the output plane size more than on the density. Smallest density at which
@@ -106,16 +118,39 @@ bool too_sparse_to_hold_dense(const SparseWeight& w) {
 
 }  // namespace
 
-DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w) {
+PackedGemmMode packed_gemm_mode_from_env() {
+  const char* v = std::getenv("FQ_ONNX_PACKED_GEMM");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return PackedGemmMode::kAuto;
+  if (s == "0") return PackedGemmMode::kNever;
+  if (s == "1") return PackedGemmMode::kAlways;
+  throw std::invalid_argument("FQ_ONNX_PACKED_GEMM must be auto, 0 or 1, got '" + s + "'");
+}
+
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w, PackedGemmMode packed) {
   DensePath p;
   p.cost = relative_cost(w);
-  if (mode == DenseMode::kOwn || too_sparse_to_hold_dense(w)) return p;
+  if (too_sparse_to_hold_dense(w)) return p;
+  if (mode == DenseMode::kAuto || mode == DenseMode::kOwn) {
+    if (packed == PackedGemmMode::kAlways || (packed == PackedGemmMode::kAuto && p.cost > kPackedAbove)) {
+      p.packed = true;
+      return p;
+    }
+    if (packed == PackedGemmMode::kAuto && p.cost > kPackedBand) {
+      p.packed = p.keep_own = true;
+      return p;
+    }
+    if (mode == DenseMode::kOwn || packed == PackedGemmMode::kAuto) return p;
+  }
+  // Forced onnxruntime, or auto without the packed GEMM: its MatMul (no prepacked weight).
   p.delegate = mode != DenseMode::kAuto || p.cost > kMatMulAbove;
   p.keep_own = p.delegate && mode == DenseMode::kAuto;  // rows are known per run
   return p;
 }
 
 bool matmul_prefers_ort(int64_t rows) { return rows <= kMatMulMaxRows; }
+
+bool matmul_prefers_packed(int64_t rows) { return rows >= kPackedBandMinRows && rows <= kPackedBandMaxRows; }
 
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static) {
   DensePath p;

@@ -22,6 +22,7 @@ class AlignedFloats {
     }
     return ptr_.get();
   }
+  const float* get() const { return ptr_.get(); }
 
  private:
   struct Free {

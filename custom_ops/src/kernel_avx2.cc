@@ -20,6 +20,8 @@ struct Avx2 {
   static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
   static Reg load_lanes(const float* p, int64_t stride, int lo, int hi) {
@@ -43,7 +45,7 @@ struct Avx2 {
 
 #include "kernel_impl.h"
 
-const KernelTable kTable = make_table<Avx2, 12>("avx2");
+const KernelTable kTable = make_table<Avx2, 12, 2, 6>("avx2");
 
 }  // namespace
 

@@ -39,6 +39,16 @@ struct DepthwiseArgs {
 };
 using DepthwiseFn = void (*)(const DepthwiseArgs& a);
 
+// Dense rows times one packed weight panel (packed_gemm.h), 1 <= rows <= gemm_mr:
+//   s[r][c] = sum_k x[r * ldx + k] * panel[k * gemm_nr + c]      (k < K, c < gemm_nr)
+// plus part[r * gemm_nr + c] if flags & kGemmAccumulate (partial sums of earlier K blocks).
+// Without kGemmFinal s goes to part; with it y[r * ldy + c] = min(max(s + b[c], lo), hi) for
+// c < cols. panel holds K rows of gemm_nr floats and b gemm_nr floats (zero past the matrix
+// edge); only the first `cols` outputs of a row of y are written.
+constexpr int kGemmAccumulate = 1, kGemmFinal = 2;
+using GemmFn = void (*)(const float* x, size_t ldx, int rows, const float* panel, size_t K, float* part, int flags,
+                        const float* b, float* y, size_t ldy, int cols, float lo, float hi);
+
 struct KernelTable {
   const char* name;   // "scalar", "avx2", "avx512"
   int lanes;          // floats per vector register
@@ -54,6 +64,10 @@ struct KernelTable {
   // The same for stride 1 with W == OW (ONNX "same" padding): the plane as one flat run of
   // pixels, masks per lane instead of per row (short rows). Null where the ISA has no masks.
   DepthwiseFn depthwise_flat;
+  // Small-M dense GEMM: panel width (floats) and the most rows one call keeps in registers.
+  int gemm_nr;
+  int gemm_mr;
+  GemmFn gemm;
 };
 
 const KernelTable* kernels_scalar();

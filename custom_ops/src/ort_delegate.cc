@@ -255,6 +255,15 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
 
 }  // namespace
 
+void log_for_kernel(const OrtKernelInfo* info, OrtLoggingLevel level, const std::string& msg) {
+  const OrtLogger* logger = nullptr;
+  if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
+    api().ReleaseStatus(st);
+    return;
+  }
+  log_message(logger, level, msg);
+}
+
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
                                                  const DecodedWeight& weight, int nchwc_block, double cost,
                                                  bool per_shape) {

@@ -42,6 +42,10 @@ void scatter_weight(const DecodedWeight& w, float* dst, size_t size, const std::
 // input size (auto_pad SAME_* with a stride above 1).
 bool static_pads(const ConvAttrs& attrs, const ConvWeightShape& ws, std::vector<int64_t>* pads);
 
+// Logs `msg` through the node's logger at `level` (nothing when the logger is unavailable or
+// filters that level).
+void log_for_kernel(const OrtKernelInfo* info, OrtLoggingLevel level, const std::string& msg);
+
 class OrtDelegate {
  public:
   struct Layer {

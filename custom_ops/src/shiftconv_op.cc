@@ -271,14 +271,22 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       OrtDelegate::Layer layer{wshape_, {}, bias_, bias_at_run_, act_lo_, act_hi_};
       layer.ws.M = M;
       layer.ws.Cg = Cg;
-      const DensePath path = dense_ ? choose_matmul_path(mode, weight_)
+      const DensePath path = dense_ ? choose_matmul_path(mode, weight_, packed_gemm_mode_from_env())
                                     : choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
+      if (path.packed) {
+        packed_ = std::make_unique<PackedGemm>(dw, M, Cg, *kernels_);
+        log_for_kernel(info, ORT_LOGGING_LEVEL_INFO,
+                       where + "relative cost " + std::to_string(path.cost) + ", dense path: packed GEMM" +
+                           (path.keep_own ? " or the sparse kernel, chosen per input shape" : ""));
+      }
       if (path.delegate) {
         delegate_ = dense_ ? OrtDelegate::create_matmul(info, where, std::move(layer), dw, path.cost, path.keep_own)
                            : OrtDelegate::create(info, where, std::move(layer), dw, path.nchwc_block, path.cost,
                                                  path.keep_own);
-        // onnxruntime runs the layer: drop the tap lists (memory stays at the dense model's).
-        if (delegate_ && !path.keep_own) {
+      }
+      if (delegate_ || packed_) {
+        // Another kernel runs the layer: drop the tap lists (memory stays at the dense model's).
+        if (!path.keep_own) {
           SparseWeight shape_only;
           shape_only.M = weight_.M;
           shape_only.Cg = weight_.Cg;
@@ -287,7 +295,7 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
           shape_only.group = weight_.group;
           weight_ = std::move(shape_only);
         }
-        choose_per_shape_ = delegate_ && path.keep_own;
+        choose_per_shape_ = path.keep_own;
       }
     }
     // Depthwise: every row group is one channel reading one input channel (FQ_ONNX_DEPTHWISE=0
@@ -389,6 +397,16 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
     return;
   }
 
+  if (packed_) {
+    if (x_shape.empty() || x_shape.back() != weight_.Cg) {
+      throw std::invalid_argument("input X " + shape_str(x_shape) + " does not end in K = " + std::to_string(weight_.Cg));
+    }
+    const int64_t rows = elements / weight_.Cg;
+    if (!choose_per_shape_ || matmul_prefers_packed(rows)) {
+      compute_packed(ctx, x_shape, rows, bias);
+      return;
+    }
+  }
   if (delegate_ && dense_) {
     if (x_shape.empty() || x_shape.back() != weight_.Cg) {
       throw std::invalid_argument("input X " + shape_str(x_shape) + " does not end in K = " + std::to_string(weight_.Cg));
@@ -485,6 +503,34 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
         },
         size_t(job.grid.count()), 0, &job);
   }
+}
+
+void ShiftConvKernel::compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows,
+                                     const float* bias) {
+  std::vector<int64_t> out_shape(x_shape.begin(), x_shape.end() - 1);
+  out_shape.push_back(weight_.M);
+  Ort::UnownedValue yv = ctx.GetOutput(0, out_shape);
+  struct Job {
+    const PackedGemm* g;
+    const float* x;
+    int64_t rows, per_task;
+    Epilogue ep;
+    float* y;
+  } job{packed_.get(), ctx.GetInput(0).GetTensorData<float>(), rows, packed_->panels(), Epilogue{bias, act_lo_, act_hi_},
+        yv.GetTensorMutableData<float>()};
+  const int64_t panels = packed_->panels();
+  if (packed_->work(rows) < kInlineWork || panels < 2) {
+    packed_->run(job.x, rows, 0, panels, job.ep, job.y);
+    return;
+  }
+  job.per_task = (panels + kTargetTasks - 1) / kTargetTasks;
+  ctx.ParallelFor(
+      [](void* data, size_t i) {
+        const Job& j = *static_cast<const Job*>(data);
+        const int64_t b = int64_t(i) * j.per_task;
+        j.g->run(j.x, j.rows, b, std::min(j.g->panels(), b + j.per_task), j.ep, j.y);
+      },
+      size_t((panels + job.per_task - 1) / job.per_task), 0, &job);
 }
 
 namespace {

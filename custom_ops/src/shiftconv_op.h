@@ -11,6 +11,7 @@
 #include "kernels.h"
 #include "ort_api.h"
 #include "ort_delegate.h"
+#include "packed_gemm.h"
 #include "plan.h"
 
 namespace fq {
@@ -52,6 +53,9 @@ class ShiftConvKernel {
   // keeps only its shape, unless both are kept and chosen per input shape.
   std::unique_ptr<OrtDelegate> delegate_;
   bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
+  // Dense kind too dense for the sparse kernels: the packed small-M GEMM (packed_gemm.h).
+  std::unique_ptr<PackedGemm> packed_;
+  void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   std::shared_ptr<IntShiftConv> int_;  // set: every Compute runs in integer mode
