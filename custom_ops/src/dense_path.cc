@@ -46,6 +46,8 @@ constexpr int64_t kPackedBandMinRows = 2, kPackedBandMaxRows = 16;
 // MobileNet-V2 shapes (7x7 ... 112x112, 32-960 channels) at densities 0.1 ... 1, as single
 // layers and inside the whole model (onnxruntime profiling, where the delegate's two reorders
 // cost more than in a one-layer model; ours/theirs below, > 1 = ours faster).
+constexpr int64_t kSmallPlaneDenseMaxPixels = 64;
+constexpr double kSmallPlaneDenseAbove = 0.85;
 struct DepthwiseRule {
   int64_t max_pixels;
   double stride1, stride2;
@@ -100,7 +102,12 @@ double relative_cost(const SparseWeight& w) {
   return dense_macs > 0 ? units / dense_macs : 0.0;
 }
 
-bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided) {
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane) {
+  // The small-plane kernel against onnxruntime alone (bench, 1 thread, batch 1 / 8): 960@7²
+  // 0.83x / 1.44x dense, 1.05x / 1.85x at density 0.7, 1.17x / 2.34x at 0.5, 1.7-1.9x / 3.3-3.6x
+  // at 0.2-0.1; 576@14² and 384@14² 1.21-1.93x dense and more when sparser. Only a nearly dense
+  // 7x7 layer at batch 1 is left to onnxruntime (inside a model its reorders cost more).
+  if (small_plane) return out_pixels <= kSmallPlaneDenseMaxPixels && density > kSmallPlaneDenseAbove;
   for (const DepthwiseRule& r : kDepthwise) {
     if (out_pixels <= r.max_pixels) return density > (strided ? r.stride2 : r.stride1);
   }

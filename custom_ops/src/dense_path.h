@@ -58,8 +58,9 @@ bool matmul_prefers_ort(int64_t rows);
 bool matmul_prefers_packed(int64_t rows);
 
 // For a depthwise conv of this density (nonzero taps / all taps): is onnxruntime's NCHWc kernel
-// faster at `out_pixels` output pixels per plane? `strided`: a stride above 1.
-bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided);
+// faster at `out_pixels` output pixels per plane? `strided`: a stride above 1. `small_plane`:
+// our small-plane kernel (kernels.h: DepthwiseSmallArgs) would run it.
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane = false);
 
 // The choice for a conv layer. `pads_static`: the pads do not depend on the input size
 // (static_pads), a precondition of delegating.

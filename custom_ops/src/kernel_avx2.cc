@@ -20,6 +20,12 @@ struct Avx2 {
   static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes whose bit is set in m hold p[i], the others zero (vmaskmovps does not read them).
+  static Reg maskz_load(uint32_t m, const float* p) {
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
+    return _mm256_maskload_ps(p, sel);
+  }
   static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.

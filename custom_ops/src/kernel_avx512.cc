@@ -24,6 +24,8 @@ struct Avx512 {
   static void store(float* p, Reg r) { _mm512_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes whose bit is set in m hold p[i], the others zero (masked-off lanes are not read).
+  static Reg maskz_load(uint32_t m, const float* p) { return _mm512_maskz_loadu_ps(__mmask16(m), p); }
   static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.

@@ -187,6 +187,40 @@ void gemm_panel(const float* x, size_t ldx, int rows, const float* panel, size_t
   }
 }
 
+// Small depthwise planes (kernels.h: DepthwiseSmallArgs). Up to R vectors of a plane are summed
+// at once (independent FMA chains) while the channel's taps stream by; a masked load gives
+// zero for lanes whose input is padding (and reads nothing there).
+template <class VT>
+void depthwise_small(const DepthwiseSmallArgs& a) {
+  constexpr int L = VT::kLanes;
+  constexpr int R = 8;
+  static_assert(kSmallPlaneMax % L == 0, "tmp holds whole vectors");
+  alignas(64) float tmp[kSmallPlaneMax];
+  for (int64_t j = 0; j < a.planes; ++j) {
+    const float* x = a.x + j * a.x_plane;
+    for (int64_t v0 = 0; v0 < a.nvec; v0 += R) {
+      const int64_t nv = a.nvec - v0 < R ? a.nvec - v0 : R;
+      typename VT::Reg acc[R];
+      for (int v = 0; v < R; ++v) acc[v] = VT::zero();
+      for (uint32_t t = a.tap_ptr[j]; t < a.tap_ptr[j + 1]; ++t) {
+        const uint32_t p = a.taps[t];
+        const typename VT::Reg wb = VT::set1(a.w[t]);
+        const uint32_t* m = a.masks + int64_t(p) * a.nvec + v0;
+        const float* src = x + a.offs[p] + v0 * L;
+        for (int v = 0; v < R; ++v) {
+          if (v >= nv) break;
+          acc[v] = VT::fma(wb, VT::maskz_load(m[v], src + v * L), acc[v]);
+        }
+      }
+      for (int v = 0; v < R; ++v) {
+        if (v >= nv) break;
+        VT::store(tmp + (v0 + v) * L, acc[v]);
+      }
+    }
+    VT::store_run(tmp, a.y + j * a.P, a.P, a.bias ? a.bias[j] : 0.0f, a.lo, a.hi);
+  }
+}
+
 template <class VT, int G, int V, int MaxAcc>
 constexpr TileFn pick_kernel() {
   if constexpr (G * V <= MaxAcc && (G == 1 ? V + 1 : (G + 1) * V + 1) <= VT::kRegs) {
@@ -213,7 +247,7 @@ template <class VT, int MaxAcc, int GemmNV, int GemmMR>
 constexpr KernelTable make_table(const char* name) {
   static_assert(GemmMR * GemmNV + GemmNV + 1 <= VT::kRegs, "GEMM tile does not fit the registers");
   KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, &VT::deinterleave, &depthwise_plane<VT>,
-                 VT::depthwise_flat, GemmNV * VT::kLanes, GemmMR, &gemm_panel<VT, GemmNV, GemmMR>};
+                 VT::depthwise_flat, &depthwise_small<VT>, GemmNV * VT::kLanes, GemmMR, &gemm_panel<VT, GemmNV, GemmMR>};
   fill_row<VT, 1, MaxAcc>(t.fn[0]);
   fill_row<VT, 2, MaxAcc>(t.fn[1]);
   fill_row<VT, 4, MaxAcc>(t.fn[2]);

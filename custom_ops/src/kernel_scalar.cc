@@ -34,6 +34,12 @@ struct Scalar8 {
     for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] * b.f[i] + c.f[i];
     return r;
   }
+  // Lanes whose bit is set in m hold p[i], the others zero (and are not read).
+  static Reg maskz_load(uint32_t m, const float* p) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = (m >> i) & 1u ? p[i] : 0.0f;
+    return r;
+  }
   // a < b ? a : b and a > b ? a : b: the second operand when either is NaN, as minps/maxps.
   static Reg min(const Reg& a, const Reg& b) {
     Reg r;

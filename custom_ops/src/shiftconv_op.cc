@@ -312,7 +312,11 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     flat_depthwise_ = !(dwenv && std::string(dwenv) == "rows");
     if (const char* mv = std::getenv("FQ_ONNX_MATVEC_ROWS")) matvec_rows_ = std::atoi(mv);
     force_flat_depthwise_ = dwenv && std::string(dwenv) == "flat";
+    if (dwenv && (std::string(dwenv) == "rows" || std::string(dwenv) == "flat")) small_depthwise_ = 0;
     if (depthwise_) {
+      tap_ptr_.resize(weight_.groups.size() + 1);
+      for (size_t m = 0; m < weight_.groups.size(); ++m) tap_ptr_[m] = weight_.groups[m].tap_begin;
+      tap_ptr_.back() = uint32_t(weight_.taps.size());
       tap_dy_.resize(weight_.taps.size());
       tap_dx_.resize(weight_.taps.size());
       for (size_t t = 0; t < weight_.taps.size(); ++t) {
@@ -421,7 +425,8 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   if (delegate_ && !dense_) {
     const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);  // validates X against the node
     const double density = double(weight_.nonzeros) / double(weight_.M * weight_.kh * weight_.kw);
-    if (!choose_per_shape_ || depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1)) {
+    if (!choose_per_shape_ ||
+        depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1, small_depthwise_ok(cs))) {
       std::vector<int64_t> out_shape = {cs.N, weight_.M};
       if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
       out_shape.push_back(cs.OW);
@@ -561,7 +566,71 @@ struct DepthwiseJob {
   }
 };
 
+struct SmallDepthwiseJob {
+  const KernelTable* kernels;
+  DepthwiseSmallArgs proto;  // x, y, planes, tap_ptr, bias for channel 0 of image 0
+  int64_t M, per_task, planes;
+  void run(int64_t task) const {
+    // Planes [b, e) of all N * M, cut at image boundaries (channel m selects taps and bias).
+    int64_t i = task * per_task;
+    const int64_t e = std::min(planes, i + per_task);
+    while (i < e) {
+      const int64_t m = i % M, n = std::min(e - i, M - m);
+      DepthwiseSmallArgs a = proto;
+      a.x += i * a.x_plane;
+      a.y += i * a.P;
+      a.planes = n;
+      a.tap_ptr += m;
+      if (a.bias) a.bias += m;
+      kernels->depthwise_small(a);
+      i += n;
+    }
+  }
+};
+
 }  // namespace
+
+bool ShiftConvKernel::small_depthwise_ok(const ConvShape& cs) const {
+  // Stride 1 and equal row lengths in and out: every tap is one flat offset. Planes up to
+  // kSmallPlaneMax pixels (the masks and the kernel's scratch); measured (AVX-512, 1 thread,
+  // MobileNet-V2 shapes) 1.4-2.3x faster than the flat kernel at 7x7 and 14x14.
+  const int64_t P = cs.OH * cs.OW;
+  return small_depthwise_ != 0 && depthwise_ && kernels_->depthwise_small && wshape_.sh == 1 && wshape_.sw == 1 &&
+         cs.W == cs.OW && P > 0 && P <= kSmallPlaneMax;
+}
+
+bool ShiftConvKernel::run_small_depthwise(Ort::KernelContext& ctx, const ConvShape& cs, const float* bias, float* y) {
+  if (!small_depthwise_ok(cs)) return false;
+  const int64_t P = cs.OH * cs.OW, L = kernels_->lanes;
+  const int64_t nvec = (P + L - 1) / L, taps = wshape_.kh * wshape_.kw;
+  // Per window tap: its flat offset and which output lanes read inside the image. Per call,
+  // not per plane: kh * kw * nvec masks.
+  std::vector<uint32_t> masks(size_t(taps * nvec), 0u);
+  std::vector<int32_t> offs(static_cast<size_t>(taps));
+  for (int64_t p = 0; p < taps; ++p) {
+    const int64_t dy = p / wshape_.kw * wshape_.dh - cs.pad_top, dx = p % wshape_.kw * wshape_.dw - cs.pad_left;
+    offs[size_t(p)] = int32_t(dy * cs.W + dx);
+    for (int64_t q = 0; q < P; ++q) {
+      const int64_t iy = q / cs.OW + dy, ix = q % cs.OW + dx;
+      if (iy >= 0 && iy < cs.H && ix >= 0 && ix < cs.W) masks[size_t(p * nvec + q / L)] |= 1u << unsigned(q % L);
+    }
+  }
+  const int64_t planes = cs.N * weight_.M;
+  SmallDepthwiseJob job{kernels_,
+                        DepthwiseSmallArgs{ctx.GetInput(0).GetTensorData<float>(), y, 0, P, nvec, cs.H * cs.W,
+                                           masks.data(), offs.data(), tap_ptr_.data(), weight_.taps.data(),
+                                           weight_.weights.data(), bias, act_lo_, act_hi_},
+                        weight_.M, planes, planes};
+  const double work = double(weight_.nonzeros) * double(cs.N) * double(nvec);  // FMA-vectors
+  if (work < kInlineWork) {
+    job.run(0);
+    return true;
+  }
+  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const SmallDepthwiseJob*>(data)->run(int64_t(i)); },
+                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
+  return true;
+}
 
 void ShiftConvKernel::compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape,
                                         const float* bias) {
@@ -570,6 +639,7 @@ void ShiftConvKernel::compute_depthwise(Ort::KernelContext& ctx, const std::vect
   if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
   out_shape.push_back(cs.OW);
   Ort::UnownedValue yv = ctx.GetOutput(0, out_shape);
+  if (run_small_depthwise(ctx, cs, bias, yv.GetTensorMutableData<float>())) return;
   DepthwiseJob job{&weight_, kernels_, tap_dy_.data(), tap_dx_.data(), ctx.GetInput(0).GetTensorData<float>(), yv.GetTensorMutableData<float>(),
                    bias, cs, wshape_.sh, wshape_.sw, weight_.M, 1, act_lo_, act_hi_,
                    kernels_->depthwise_flat != nullptr && flat_depthwise_ &&

@@ -49,6 +49,10 @@ class ShiftConvKernel {
   bool flat_depthwise_ = true;         // FQ_ONNX_DEPTHWISE=rows: always the per-row kernel
   bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
   std::vector<int32_t> tap_dy_, tap_dx_;
+  std::vector<uint32_t> tap_ptr_;  // depthwise: channel m's taps are [tap_ptr_[m], tap_ptr_[m + 1])
+  int small_depthwise_ = 1;        // 0: FQ_ONNX_DEPTHWISE=rows/flat/0 (the other kernels only)
+  bool small_depthwise_ok(const ConvShape& cs) const;
+  bool run_small_depthwise(Ort::KernelContext& ctx, const ConvShape& cs, const float* bias, float* y);
   // A layer too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
   // keeps only its shape, unless both are kept and chosen per input shape.
   std::unique_ptr<OrtDelegate> delegate_;
