@@ -106,9 +106,6 @@ std::vector<float> compute_levels(const QuantParams& p) {
   return out;
 }
 
-float DecodedWeight::level(uint64_t row, uint32_t c) const {
-  return alphas[alphas.size() == 1 ? 0 : size_t(row)] * units[c];  // one binary32 multiplication
-}
 
 DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   if (data == nullptr && size != 0) throw FormatError("no data");
@@ -198,6 +195,8 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
     w.index.reserve(w.tokens);
     w.code.reserve(w.tokens);
   }
+  const unsigned code_bits = unsigned(w.params.bits);
+  const uint32_t code_mask = uint32_t(V - 1);
   uint64_t pos = 0;
   huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t sym) {
     if (sym == escape) {
@@ -208,13 +207,13 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
       }
       return;
     }
-    pos += sym / V;
+    pos += sym >> code_bits;  // V = 2^bits: the run and the code without divisions
     if (pos >= n) {
       throw FormatError("tokens describe " + std::to_string(pos + 1) +
                         " elements but the tensor has " + std::to_string(n));
     }
     w.index.push_back(uint32_t(pos));
-    w.code.push_back(uint8_t(sym % V));
+    w.code.push_back(uint8_t(sym & code_mask));
     ++pos;
   });
   return w;

@@ -10,8 +10,6 @@
 namespace fq {
 namespace {
 
-int log2_group(int g) { return g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0; }
-
 // Relative cost (see relative_cost) above which onnxruntime's kernel is faster, per layer class,
 // measured with bench/kernel.py --dense at 1 thread (docs/PERFORMANCE.md, "Dense layers").
 // 1x1 stride 1, plain Conv (a direct SGEMM): at cost 0.40 (60% unstructured) ours was 1.04-1.21x
@@ -95,11 +93,8 @@ bool nchwc_eligible(const ConvWeightShape& ws, int B) {
 }
 
 double relative_cost(const SparseWeight& w) {
-  const GroupCosts costs;
-  double units = 0;
-  for (const RowGroup& g : w.groups) units += double(g.tap_end - g.tap_begin) * costs.c[log2_group(g.g)];
   const double dense_macs = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
-  return dense_macs > 0 ? units / dense_macs : 0.0;
+  return dense_macs > 0 ? w.cost_units / dense_macs : 0.0;
 }
 
 bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane) {

@@ -126,7 +126,15 @@ int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 struct BlockedFilter {
   int64_t Cg, KS, B;
   bool bibo;
+  // B is a power of two (8 or 16): shifts and masks instead of divisions, once per element.
   size_t operator()(int64_t m, int64_t c, int64_t k) const {
+    const int sh = B == 16 ? 4 : B == 8 ? 3 : -1;
+    if (sh < 0) return slow(m, c, k);
+    const int64_t mask = B - 1;
+    if (bibo) return size_t((((m >> sh) * (Cg >> sh) + (c >> sh)) * KS + k) * B * B + (c & mask) * B + (m & mask));
+    return size_t((((m >> sh) * Cg + c) * KS + k) * B + (m & mask));
+  }
+  size_t slow(int64_t m, int64_t c, int64_t k) const {
     if (bibo) return size_t((((m / B) * (Cg / B) + c / B) * KS + k) * B * B + (c % B) * B + m % B);
     return size_t((((m / B) * Cg + c) * KS + k) * B + m % B);
   }
@@ -200,15 +208,6 @@ int probed_block_size(OrtKernelContext* ctx, const OrtOp* reorder_in) {
 }
 
 }  // namespace
-
-void scatter_weight(const DecodedWeight& w, float* dst, size_t size, const std::function<size_t(uint64_t)>& at) {
-  std::fill(dst, dst + size, 0.0f);
-  const uint64_t row_len = w.dims.empty() || w.dims[0] == 0 ? 1 : w.elements / w.dims[0];
-  for (size_t i = 0; i < w.index.size(); ++i) {
-    const float v = w.level(w.index[i] / row_len, w.code[i]);
-    if (v != 0.0f) dst[at(w.index[i])] = v;  // +-0 levels stay +0, as in the sparse path
-  }
-}
 
 bool static_pads(const ConvAttrs& a, const ConvWeightShape& ws, std::vector<int64_t>* pads) {
   const size_t r = size_t(ws.spatial);
@@ -324,16 +323,17 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
     d->reorder_input_ = !(ws.group == 1 && ws.Cg < B);
     const BlockedFilter at{ws.Cg, KS, B, bibo};
     d->weight_floats_ = size_t(d->m_padded_ * ws.Cg * KS);
-    const int64_t row = ws.Cg * KS;
-    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
-      return at(int64_t(i) / row, int64_t(i) % row / KS, int64_t(i) % KS);
+    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t m, uint64_t r) {
+      const int64_t c = int64_t(r) / KS;
+      return at(int64_t(m), c, int64_t(r) - c * KS);
     });
     d->set_weight_value({d->m_padded_, ws.Cg, ws.kh, ws.kw});
   } else {
     d->m_padded_ = M;
     d->weight_floats_ = size_t(weight.elements);
+    const uint64_t row = uint64_t(weight.elements / std::max<uint64_t>(1, uint64_t(M)));
     scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_,
-                   [](uint64_t i) { return size_t(i); });
+                   [row](uint64_t m, uint64_t r) { return size_t(m * row + r); });
     std::vector<int64_t> shape = {M, ws.Cg};
     if (ws.spatial == 2) shape.push_back(ws.kh);
     shape.push_back(ws.kw);
@@ -372,8 +372,8 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* inf
   d->matmul_ = true;
   d->m_padded_ = M;
   d->weight_floats_ = size_t(M * K);
-  scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
-    return size_t(int64_t(i) % K * M + int64_t(i) / K);  // [M, K] -> [K, M]
+  scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t m, uint64_t k) {
+    return size_t(int64_t(k) * M + int64_t(m));  // [M, K] -> [K, M]
   });
   d->set_weight_value({K, M});
   if (!layer.bias.empty()) std::copy(layer.bias.begin(), layer.bias.end(), d->bias_.reserve(size_t(M)));

@@ -26,8 +26,13 @@ PackedGemm::PackedGemm(const DecodedWeight& w, int64_t M, int64_t K, const Kerne
   std::memset(d, 0, floats * sizeof(float));
   // Element (m, k) goes to panel m / nr, row k, column m % nr. Indices come from the decoder,
   // which checked each is below elements = M * K.
+  uint64_t m = 0, row_begin = 0;
   for (size_t i = 0; i < w.index.size(); ++i) {
-    const uint64_t m = w.index[i] / uint64_t(K), k = w.index[i] - m * uint64_t(K);
+    while (w.index[i] >= row_begin + uint64_t(K)) {  // indices increase: no division per element
+      ++m;
+      row_begin += uint64_t(K);
+    }
+    const uint64_t k = w.index[i] - row_begin;
     const float v = w.level(m, w.code[i]);
     if (v == 0.0f) continue;  // +-0 levels stay +0, as on the sparse path
     d[(size_t(m) / size_t(nr_) * size_t(K) + size_t(k)) * size_t(nr_) + size_t(m) % size_t(nr_)] = v;

@@ -265,14 +265,34 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     if (const char* v = std::getenv("FQ_ONNX_TILE_VECTORS")) {
       max_vectors_ = std::max(1, std::min(kernels_->max_vectors, std::atoi(v)));
     }
-    weight_ = build_sparse_weight(dw, M, Cg, kh, kw, group, max_group);
+    // Groups are chosen first (cheap); the tap lists are built only if our kernel may run.
+    SparseWeightBuilder builder(dw, M, Cg, kh, kw, group, max_group);
     {
       const DenseMode mode = parse_dense_mode(dense_choice.empty() ? dense_mode_from_env() : dense_choice);
+      const PackedGemmMode packed_mode = dense_ ? packed_gemm_mode_from_env() : PackedGemmMode::kAuto;
       OrtDelegate::Layer layer{wshape_, {}, bias_, bias_at_run_, act_lo_, act_hi_};
       layer.ws.M = M;
       layer.ws.Cg = Cg;
-      const DensePath path = dense_ ? choose_matmul_path(mode, weight_, packed_gemm_mode_from_env())
-                                    : choose_dense_path(mode, weight_, wshape_, static_pads(attrs_, wshape_, &layer.pads));
+      const bool pads_static = dense_ || static_pads(attrs_, wshape_, &layer.pads);
+      auto choose = [&](const SparseWeight& w) {
+        return dense_ ? choose_matmul_path(mode, w, packed_mode) : choose_dense_path(mode, w, wshape_, pads_static);
+      };
+      // Merging every block of rows to get the exact cost took a third of session creation for
+      // half-dense models. An estimate from every kSampleStride-th block decides when, made
+      // kCostMargin cheaper, it still hands the whole layer to another kernel; otherwise (our
+      // kernel may run) the exact cost decides, as the rule was calibrated with.
+      constexpr int64_t kSampleStride = 8;
+      constexpr double kCostMargin = 1.15;
+      SparseWeight estimate = builder.shape();
+      estimate.cost_units = builder.estimate_cost_units(kSampleStride) / kCostMargin;
+      DensePath path = choose(estimate);
+      if ((path.delegate || path.packed) && !path.keep_own) {
+        weight_ = builder.shape();
+        path.cost = relative_cost(estimate) * kCostMargin;
+      } else {
+        weight_ = builder.header();
+        path = choose(weight_);
+      }
       if (path.packed) {
         packed_ = std::make_unique<PackedGemm>(dw, M, Cg, *kernels_);
         log_for_kernel(info, ORT_LOGGING_LEVEL_INFO,
@@ -284,19 +304,9 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
                            : OrtDelegate::create(info, where, std::move(layer), dw, path.nchwc_block, path.cost,
                                                  path.keep_own);
       }
-      if (delegate_ || packed_) {
-        // Another kernel runs the layer: drop the tap lists (memory stays at the dense model's).
-        if (!path.keep_own) {
-          SparseWeight shape_only;
-          shape_only.M = weight_.M;
-          shape_only.Cg = weight_.Cg;
-          shape_only.kh = weight_.kh;
-          shape_only.kw = weight_.kw;
-          shape_only.group = weight_.group;
-          weight_ = std::move(shape_only);
-        }
-        choose_per_shape_ = path.keep_own;
-      }
+      // Another kernel runs the layer: no tap lists (memory stays at the dense model's).
+      choose_per_shape_ = (delegate_ || packed_) && path.keep_own;
+      if (!(delegate_ || packed_) || path.keep_own) weight_ = builder.build();
     }
     // Depthwise: every row group is one channel reading one input channel (FQ_ONNX_DEPTHWISE=0
     // sends it through the packed path instead, for comparisons).
