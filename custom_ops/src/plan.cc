@@ -45,6 +45,35 @@ void merge_rows(const uint32_t* taps, const size_t* row_start, size_t m0, int g,
   }
 }
 
+// merge_rows by marking: bit j of mark[tap] for every tap of row m0 + j, then one scan of the
+// row length. Faster where the rows are not much sparser than their length; `mark` holds
+// row_len zero bytes and is left zeroed.
+void mark_rows(const uint32_t* taps, const size_t* row_start, size_t m0, int g, std::vector<uint8_t>* mark,
+               std::vector<uint32_t>* u, std::vector<uint8_t>* bits) {
+  u->clear();
+  bits->clear();
+  uint8_t* mk = mark->data();
+  for (int j = 0; j < g; ++j) {
+    for (size_t i = row_start[m0 + size_t(j)]; i < row_start[m0 + size_t(j) + 1]; ++i) mk[taps[i]] |= uint8_t(1u << j);
+  }
+  // Branch-free compaction (the marks are unpredictable at these densities).
+  const size_t n = mark->size();
+  u->resize(n);
+  bits->resize(n);
+  uint32_t* uo = u->data();
+  uint8_t* bo = bits->data();
+  size_t k = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const uint8_t b = mk[t];
+    uo[k] = uint32_t(t);
+    bo[k] = b;
+    mk[t] = 0;
+    k += b != 0;
+  }
+  u->resize(k);
+  bits->resize(k);
+}
+
 // Union sizes of the aligned sub-blocks of a block of up to 8 rows: sizes[s][o] for rows
 // [o * 2^s, (o + 1) * 2^s) of the block (s = 0: the rows themselves).
 struct BlockUnions {
@@ -206,19 +235,30 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
   }
   for (size_t m = 0; m < size_t(M); ++m) row_start_[m + 1] += row_start_[m];
   sw.nonzeros = taps_.size();
+  // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
+  // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,
+  // whatever size it declares); otherwise the merge.
+  const uint64_t per_block = 8 * uint64_t(sw.nonzeros) / std::max<uint64_t>(1, uint64_t(M));
+  use_mark_ = row_len_ <= 4 * per_block;
+}
+
+void SparseWeightBuilder::collect(size_t m0, int g, std::vector<uint32_t>* u, std::vector<uint8_t>* bits) {
+  if (use_mark_) {
+    if (mark_.size() != row_len_) mark_.assign(size_t(row_len_), 0);
+    mark_rows(taps_.data(), row_start_.data(), m0, g, &mark_, u, bits);
+  } else {
+    merge_rows(taps_.data(), row_start_.data(), m0, g, u, bits);
+  }
 
 }
 
-double SparseWeightBuilder::group_blocks(int64_t stride, bool record) {
+template <class Visit>
+void SparseWeightBuilder::for_blocks(int64_t stride, Visit visit) {
   // Groups inside each Conv group (rows of one group read the same input channels), chosen per
   // block of up to 8 rows from the union sizes of its aligned sub-blocks.
   const SparseWeight& sw = head_;
   const int64_t Mg = sw.M / sw.group;
   const int top = std::max(1, std::min(max_group_, 8));
-  std::vector<uint32_t> touched;
-  std::vector<uint8_t> bits;
-  std::vector<std::pair<int, int>> local;
-  double units = 0;
   int64_t block = 0;
   for (int64_t grp = 0; grp < sw.group; ++grp) {
     size_t m = size_t(grp * Mg);
@@ -226,68 +266,79 @@ double SparseWeightBuilder::group_blocks(int64_t stride, bool record) {
     while (m < end) {
       int g = top;
       while (g > 1 && m + size_t(g) > end) g /= 2;
-      if (block++ % stride == 0) {
-        merge_rows(taps_.data(), row_start_.data(), m, g, &touched, &bits);
-        const BlockUnions u = count_unions(bits);
-        local.clear();
-        // A sampled block stands for the `stride` blocks it represents.
-        units += choose_groups(u, 0, g, costs_, &local) * double(stride);
-        for (const auto& [o, gg] : local) {
-          if (!record) continue;
-          const uint32_t n = u.sizes[log2_small(gg)][o / gg];
-          choice_.push_back(Choice{m + size_t(o), gg, n});
-          head_.stored_taps += n;
-          head_.stored_macs += uint64_t(n) * uint64_t(gg);
-        }
-      }
+      if (block++ % stride == 0) visit(m, g);
       m += size_t(g);
     }
   }
-  return units;
 }
 
 double SparseWeightBuilder::estimate_cost_units(int64_t stride) {
-  if (chosen_ || stride <= 1) return header().cost_units;
-  return group_blocks(stride, false);
-}
-
-const SparseWeight& SparseWeightBuilder::header() {
-  if (!chosen_) {
-    head_.cost_units = group_blocks(1, true);
-    chosen_ = true;
-  }
-  return head_;
+  stride = std::max<int64_t>(1, stride);
+  std::vector<uint32_t> u;
+  std::vector<uint8_t> bits;
+  std::vector<std::pair<int, int>> local;
+  double units = 0;
+  for_blocks(stride, [&](size_t m, int g) {
+    collect(m, g, &u, &bits);
+    local.clear();
+    // A sampled block stands for the `stride` blocks it represents.
+    units += choose_groups(count_unions(bits), 0, g, costs_, &local) * double(stride);
+  });
+  return units;
 }
 
 SparseWeight SparseWeightBuilder::build() {
-  SparseWeight sw = header();
+  SparseWeight sw = head_;
   const int64_t Mg = sw.M / sw.group;
-  sw.groups.reserve(choice_.size());
-  sw.taps.reserve(size_t(sw.stored_taps));
-  sw.weights.reserve(size_t(sw.stored_macs));
   std::vector<uint32_t> u;
   std::vector<uint8_t> bits;
-  for (const Choice& c : choice_) {
-    RowGroup rg;
-    rg.m0 = int32_t(c.m0);
-    rg.g = c.g;
-    rg.conv_group = int32_t(int64_t(c.m0) / Mg);
-    rg.tap_begin = uint32_t(sw.taps.size());
-    rg.w_begin = sw.weights.size();
-    merge_rows(taps_.data(), row_start_.data(), c.m0, c.g, &u, &bits);
-    sw.taps.insert(sw.taps.end(), u.begin(), u.end());
-    const size_t base = sw.weights.size();
-    sw.weights.resize(base + u.size() * size_t(c.g), 0.0f);
-    size_t next[8];  // per row: its next value, in the same increasing tap order as u
-    for (int j = 0; j < c.g; ++j) next[j] = row_start_[c.m0 + size_t(j)];
-    for (size_t k = 0; k < u.size(); ++k) {
-      for (int j = 0; j < c.g; ++j) {
-        if ((bits[k] >> j) & 1u) sw.weights[base + k * size_t(c.g) + size_t(j)] = vals_[next[j]++];
+  std::vector<std::pair<int, int>> local;
+  // One union per block of rows serves both the choice and the lists: a chosen group's taps
+  // are the block's (increasing) taps that one of its rows has.
+  for_blocks(1, [&](size_t m, int g) {
+    collect(m, g, &u, &bits);
+    const BlockUnions counts = count_unions(bits);
+    local.clear();
+    sw.cost_units += choose_groups(counts, 0, g, costs_, &local);
+    for (const auto& [o, gg] : local) {
+      RowGroup rg;
+      rg.m0 = int32_t(m + size_t(o));
+      rg.g = gg;
+      rg.conv_group = int32_t(int64_t(rg.m0) / Mg);
+      rg.tap_begin = uint32_t(sw.taps.size());
+      rg.w_begin = sw.weights.size();
+      const size_t n = counts.sizes[log2_small(gg)][o / gg];
+      if (gg == 1) {  // a row alone: its own lists (not a filter over the block's union)
+        const size_t r0 = row_start_[m + size_t(o)], r1 = row_start_[m + size_t(o) + 1];
+        sw.taps.insert(sw.taps.end(), taps_.begin() + std::ptrdiff_t(r0), taps_.begin() + std::ptrdiff_t(r1));
+        sw.weights.insert(sw.weights.end(), vals_.begin() + std::ptrdiff_t(r0), vals_.begin() + std::ptrdiff_t(r1));
+        rg.tap_end = uint32_t(sw.taps.size());
+        sw.stored_taps += n;
+        sw.stored_macs += n;
+        sw.groups.push_back(rg);
+        continue;
       }
+      const unsigned sub = ((1u << gg) - 1u) << o;
+      const size_t base = sw.weights.size();
+      sw.weights.resize(base + n * size_t(gg), 0.0f);
+      size_t next[8];  // per row: its next value, in the same increasing tap order as u
+      for (int j = 0; j < gg; ++j) next[j] = row_start_[m + size_t(o + j)];
+      size_t k = 0;
+      for (size_t i = 0; i < u.size(); ++i) {
+        const unsigned b = (bits[i] & sub) >> o;
+        if (!b) continue;
+        sw.taps.push_back(u[i]);
+        for (int j = 0; j < gg; ++j) {
+          if ((b >> j) & 1u) sw.weights[base + k * size_t(gg) + size_t(j)] = vals_[next[j]++];
+        }
+        ++k;
+      }
+      rg.tap_end = uint32_t(sw.taps.size());
+      sw.stored_taps += n;
+      sw.stored_macs += uint64_t(n) * uint64_t(gg);
+      sw.groups.push_back(rg);
     }
-    rg.tap_end = uint32_t(sw.taps.size());
-    sw.groups.push_back(rg);
-  }
+  });
   return sw;
 }
 

@@ -282,15 +282,16 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       // kCostMargin cheaper, it still hands the whole layer to another kernel; otherwise (our
       // kernel may run) the exact cost decides, as the rule was calibrated with.
       constexpr int64_t kSampleStride = 8;
-      constexpr double kCostMargin = 1.15;
+      constexpr double kCostMargin = 1.08;
       SparseWeight estimate = builder.shape();
       estimate.cost_units = builder.estimate_cost_units(kSampleStride) / kCostMargin;
       DensePath path = choose(estimate);
-      if ((path.delegate || path.packed) && !path.keep_own) {
+      const bool decided = (path.delegate || path.packed) && !path.keep_own;
+      if (decided) {
         weight_ = builder.shape();
         path.cost = relative_cost(estimate) * kCostMargin;
       } else {
-        weight_ = builder.header();
+        weight_ = builder.build();
         path = choose(weight_);
       }
       if (path.packed) {
@@ -306,7 +307,11 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       }
       // Another kernel runs the layer: no tap lists (memory stays at the dense model's).
       choose_per_shape_ = (delegate_ || packed_) && path.keep_own;
-      if (!(delegate_ || packed_) || path.keep_own) weight_ = builder.build();
+      if ((delegate_ || packed_) && !path.keep_own) {
+        weight_ = builder.shape();
+      } else if (decided) {
+        weight_ = builder.build();  // the other kernel was unavailable
+      }
     }
     // Depthwise: every row group is one channel reading one input channel (FQ_ONNX_DEPTHWISE=0
     // sends it through the packed path instead, for comparisons).
