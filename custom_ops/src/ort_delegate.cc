@@ -323,10 +323,13 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
     d->reorder_input_ = !(ws.group == 1 && ws.Cg < B);
     const BlockedFilter at{ws.Cg, KS, B, bibo};
     d->weight_floats_ = size_t(d->m_padded_ * ws.Cg * KS);
-    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t m, uint64_t r) {
-      const int64_t c = int64_t(r) / KS;
-      return at(int64_t(m), c, int64_t(r) - c * KS);
-    });
+    // The blocked index is a sum of a row part and a column part (at(m, c, k) = at(m, 0, 0) +
+    // at(0, c, k) in both layouts): the column parts are tabulated once per layer.
+    const int64_t row = ws.Cg * KS;
+    std::vector<size_t> col(static_cast<size_t>(row));
+    for (int64_t r = 0; r < row; ++r) col[size_t(r)] = at(0, r / KS, r % KS);
+    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_,
+                   [&](uint64_t m, uint64_t r) { return at(int64_t(m), 0, 0) + col[size_t(r)]; });
     d->set_weight_value({d->m_padded_, ws.Cg, ws.kh, ws.kw});
   } else {
     d->m_padded_ = M;

@@ -216,24 +216,33 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
   // Row m of the kernel is row m of the blob (dims[0] = M): it selects the scale alpha[m].
   if (w.dims.empty() || uint64_t(M) != w.dims[0]) throw std::invalid_argument("weight rows mismatch");
 
-  // Nonzeros in row-major order split into rows (the decoder yields increasing indices).
+  // Nonzeros in row-major order split into rows (the decoder yields increasing indices): each
+  // row's elements found by binary search, its levels from a per-row table of the codes (one
+  // multiplication per code, not per element).
   row_start_.assign(size_t(M) + 1, 0);
-  taps_.reserve(w.index.size());
-  vals_.reserve(w.index.size());
-  // Indices increase: the row advances instead of a division per element.
-  uint64_t m = 0, row_begin = 0;
-  for (size_t i = 0; i < w.index.size(); ++i) {
-    while (w.index[i] >= row_begin + row_len_) {
-      ++m;
-      row_begin += row_len_;
+  taps_.resize(w.index.size());
+  vals_.resize(w.index.size());
+  std::vector<float> row_levels(w.units.size());
+  size_t k = 0, i = 0;
+  for (size_t m = 0; m < size_t(M); ++m) {
+    const uint64_t row_begin = uint64_t(m) * row_len_;
+    const size_t end = size_t(std::lower_bound(w.index.begin() + std::ptrdiff_t(i), w.index.end(),
+                                               row_begin + row_len_, [](uint32_t a, uint64_t b) { return a < b; }) -
+                              w.index.begin());
+    if (end > i) {
+      // alpha[m] * u(code), bit-exact with fmt.dequantize
+      for (size_t c = 0; c < row_levels.size(); ++c) row_levels[c] = w.level(m, uint32_t(c));
+      for (; i < end; ++i) {
+        const float v = row_levels[w.code[i]];
+        taps_[k] = uint32_t(w.index[i] - row_begin);
+        vals_[k] = v;
+        k += v != 0.0f;  // a level that is exactly +-0 contributes nothing
+      }
     }
-    const float v = w.level(m, w.code[i]);  // alpha[m] * u(code), bit-exact with fmt.dequantize
-    if (v == 0.0f) continue;  // a level that is exactly +-0 contributes nothing
-    taps_.push_back(uint32_t(w.index[i] - row_begin));
-    vals_.push_back(v);
-    ++row_start_[size_t(m) + 1];
+    row_start_[m + 1] = k;
   }
-  for (size_t m = 0; m < size_t(M); ++m) row_start_[m + 1] += row_start_[m];
+  taps_.resize(k);
+  vals_.resize(k);
   sw.nonzeros = taps_.size();
   // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
   // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,
