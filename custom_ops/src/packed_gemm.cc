@@ -27,15 +27,16 @@ PackedGemm::PackedGemm(const DecodedWeight& w, int64_t M, int64_t K, const Kerne
   // Element (m, k) goes to panel m / nr, row k, column m % nr. Indices come from the decoder,
   // which checked each is below elements = M * K.
   uint64_t m = 0, row_begin = 0;
+  size_t row_base = 0;  // where element (m, 0) goes: panel m / nr, column m % nr
   for (size_t i = 0; i < w.index.size(); ++i) {
     while (w.index[i] >= row_begin + uint64_t(K)) {  // indices increase: no division per element
       ++m;
       row_begin += uint64_t(K);
+      row_base = size_t(m) / size_t(nr_) * size_t(K) * size_t(nr_) + size_t(m) % size_t(nr_);
     }
-    const uint64_t k = w.index[i] - row_begin;
     const float v = w.level(m, w.code[i]);
     if (v == 0.0f) continue;  // +-0 levels stay +0, as on the sparse path
-    d[(size_t(m) / size_t(nr_) * size_t(K) + size_t(k)) * size_t(nr_) + size_t(m) % size_t(nr_)] = v;
+    d[row_base + size_t(w.index[i] - row_begin) * size_t(nr_)] = v;
   }
 }
 
