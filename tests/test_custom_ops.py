@@ -825,3 +825,21 @@ def test_small_plane_depthwise_matches_reference(mode, monkeypatch):
                 y = runtime.session(model, threads=threads, kernel=kernel, config={runtime.DENSE_CONFIG_KEY: "own"}).run(
                     None, {"X": x})[0]
                 assert_close(y, ref, x, weight)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_very_sparse_long_rows_match_reference(block, monkeypatch):
+    """Rows much longer than their nonzeros choose row groups by merging the rows' tap lists
+    (plan.cc merge_rows) instead of marking a row-length scratch: the same groups and results."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", "0")
+    rng = np.random.default_rng(77 + block)
+    cases = [(((2, 60000), (16, 60000)), dict(kind="dense")),
+             (((1, 512, 5, 5), (16, 512, 3, 3)), dict(pads=[1, 1, 1, 1]))]
+    for (x_shape, w_shape), attrs in cases:
+        blob = make_blob(rng, w_shape, sparsity=0.995, block=block, per_row=True)
+        weight = fmt.dequantize(blob)
+        model = shiftconv_model(blob, x_shape, bias=rng.standard_normal(w_shape[0]).astype(np.float32), **attrs)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            assert_close(run_shiftconv(model, x, threads=2, kernel=kernel), ref, x, weight)
