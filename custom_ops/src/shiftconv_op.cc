@@ -609,27 +609,16 @@ bool ShiftConvKernel::small_depthwise_ok(const ConvShape& cs) const {
   // Stride 1 and equal row lengths in and out: every tap is one flat offset. Planes up to
   // kSmallPlaneMax pixels (the masks and the kernel's scratch); measured (AVX-512, 1 thread,
   // MobileNet-V2 shapes) 1.4-2.3x faster than the flat kernel at 7x7 and 14x14.
-  const int64_t P = cs.OH * cs.OW;
-  return small_depthwise_ != 0 && depthwise_ && kernels_->depthwise_small && wshape_.sh == 1 && wshape_.sw == 1 &&
-         cs.W == cs.OW && P > 0 && P <= kSmallPlaneMax;
+  return small_depthwise_ != 0 && depthwise_ && kernels_->depthwise_small && small_plane_eligible(wshape_, cs);
 }
 
 bool ShiftConvKernel::run_small_depthwise(Ort::KernelContext& ctx, const ConvShape& cs, const float* bias, float* y) {
   if (!small_depthwise_ok(cs)) return false;
   const int64_t P = cs.OH * cs.OW, L = kernels_->lanes;
-  const int64_t nvec = (P + L - 1) / L, taps = wshape_.kh * wshape_.kw;
-  // Per window tap: its flat offset and which output lanes read inside the image. Per call,
-  // not per plane: kh * kw * nvec masks.
-  std::vector<uint32_t> masks(size_t(taps * nvec), 0u);
-  std::vector<int32_t> offs(static_cast<size_t>(taps));
-  for (int64_t p = 0; p < taps; ++p) {
-    const int64_t dy = p / wshape_.kw * wshape_.dh - cs.pad_top, dx = p % wshape_.kw * wshape_.dw - cs.pad_left;
-    offs[size_t(p)] = int32_t(dy * cs.W + dx);
-    for (int64_t q = 0; q < P; ++q) {
-      const int64_t iy = q / cs.OW + dy, ix = q % cs.OW + dx;
-      if (iy >= 0 && iy < cs.H && ix >= 0 && ix < cs.W) masks[size_t(p * nvec + q / L)] |= 1u << unsigned(q % L);
-    }
-  }
+  const int64_t nvec = (P + L - 1) / L;
+  std::vector<uint32_t> masks;  // per call, not per plane: kh * kw * nvec masks
+  std::vector<int32_t> offs;
+  small_plane_masks(wshape_, cs, kernels_->lanes, &masks, &offs);
   const int64_t planes = cs.N * weight_.M;
   SmallDepthwiseJob job{kernels_,
                         DepthwiseSmallArgs{ctx.GetInput(0).GetTensorData<float>(), y, 0, P, nvec, cs.H * cs.W,
