@@ -249,8 +249,11 @@ def test_fused_clip_matches_onnxruntime_clip(kind):
                                         **attrs))
 
 
+@pytest.mark.parametrize("packed", ["auto", "0", "1"])
 @pytest.mark.parametrize("case", sorted(DENSE_CASES))
-def test_dense_matches_reference_and_matmul(case):
+def test_dense_matches_reference_and_matmul(case, packed, monkeypatch):
+    """Under auto the denser weights take the packed GEMM; 0 keeps the sparse kernels, 1 forces it."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", packed)
     rng = np.random.default_rng(11)
     x_shape, w_shape = DENSE_CASES[case]
     for sparsity, block, per_row in ((0.8, 1, False), (0.5, 4, True), (0.0, 1, False), (0.0, 1, True)):
@@ -334,9 +337,11 @@ def test_depthwise_direct_path_matches_reference(mode, monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3])
-def test_few_row_dense_matvec_matches_reference(rows):
+def test_few_row_dense_matvec_matches_reference(rows, monkeypatch):
     """Dense inputs of at most 2 rows use sparse_matvec (inline, and split over threads when
-    large); 3 rows take the tiled path. Grouped (block) and unstructured masks."""
+    large); 3 rows take the tiled path. Grouped (block) and unstructured masks. The packed GEMM
+    (which these densities would get) is disabled."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", "0")
     rng = np.random.default_rng(40 + rows)
     for w_shape, sparsity, block in (((40, 24), 0.6, 1), ((520, 1024), 0.5, 1), ((512, 600), 0.7, 4)):
         blob = make_blob(rng, w_shape, sparsity=sparsity, block=block, per_row=block == 4)
@@ -784,3 +789,57 @@ def test_kernel_choice_from_environment(monkeypatch):
     runtime.session(model, kernel="scalar")
     monkeypatch.setenv(runtime.KERNEL_ENV, "scalar")
     runtime.session(model)
+
+
+@pytest.mark.parametrize("mode", ["auto", "flat"])
+def test_small_plane_depthwise_matches_reference(mode, monkeypatch):
+    """Depthwise planes of at most 256 output pixels at stride 1 with equal row lengths in and
+    out run depthwise_small (per-tap flat offsets and lane masks): 1x1 to 16x16 planes (256
+    pixels exactly, a partial last vector), kernels 1-5, dilation, pads that change the height
+    (OH != H) or are asymmetric, pruned taps, batch 1-3, 1 and 2 threads, every CPU path.
+    FQ_ONNX_DEPTHWISE=flat runs the previous kernels on the same cases."""
+    if mode != "auto":
+        monkeypatch.setenv("FQ_ONNX_DEPTHWISE", mode)
+    rng = np.random.default_rng(123)
+    cases = [  # (H, W, kh, kw, dh, dw, pads [t, l, b, r])
+        (7, 7, 3, 3, 1, 1, [1, 1, 1, 1]), (14, 14, 3, 3, 1, 1, [1, 1, 1, 1]), (16, 16, 3, 3, 1, 1, [1, 1, 1, 1]),
+        (1, 1, 3, 3, 1, 1, [1, 1, 1, 1]), (5, 9, 5, 5, 1, 1, [2, 2, 2, 2]), (9, 6, 3, 3, 2, 2, [2, 2, 2, 2]),
+        (8, 7, 3, 3, 1, 1, [0, 1, 0, 1]), (6, 10, 3, 3, 1, 1, [3, 0, 1, 2]), (4, 4, 1, 1, 1, 1, [0, 0, 0, 0]),
+        (13, 11, 2, 4, 1, 1, [1, 2, 0, 1]), (3, 20, 3, 3, 1, 1, [1, 1, 1, 1]),
+    ]
+    for trial, (h, w, kh, kw, dh, dw, pads) in enumerate(cases):
+        c = int(rng.integers(1, 20))
+        batch = 1 + trial % 3
+        blob = make_blob(rng, (c, 1, kh, kw), sparsity=float(rng.choice([0.0, 0.5, 0.85, 1.0])),
+                         mode=int(rng.integers(0, 2)), per_row=trial % 2 == 0)
+        weight = fmt.dequantize(blob)
+        bias = rng.standard_normal(c).astype(np.float32) if trial % 3 else None
+        act = dict(activation="clip", clip_min=-0.5, clip_max=0.75) if trial % 2 else dict(activation="relu")
+        x_shape = (batch, c, h, w)
+        model = shiftconv_model(blob, x_shape, bias=bias, dilations=[dh, dw], pads=pads, group=c, **act)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ref = reference.run(model, {"X": x})[0]
+        assert ref.shape[3] == w  # equal row lengths: the small-plane layout
+        for kernel in KERNELS:
+            for threads in (1, 2):
+                y = runtime.session(model, threads=threads, kernel=kernel, config={runtime.DENSE_CONFIG_KEY: "own"}).run(
+                    None, {"X": x})[0]
+                assert_close(y, ref, x, weight)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_very_sparse_long_rows_match_reference(block, monkeypatch):
+    """Rows much longer than their nonzeros choose row groups by merging the rows' tap lists
+    (plan.cc merge_rows) instead of marking a row-length scratch: the same groups and results."""
+    monkeypatch.setenv("FQ_ONNX_PACKED_GEMM", "0")
+    rng = np.random.default_rng(77 + block)
+    cases = [(((2, 60000), (16, 60000)), dict(kind="dense")),
+             (((1, 512, 5, 5), (16, 512, 3, 3)), dict(pads=[1, 1, 1, 1]))]
+    for (x_shape, w_shape), attrs in cases:
+        blob = make_blob(rng, w_shape, sparsity=0.995, block=block, per_row=True)
+        weight = fmt.dequantize(blob)
+        model = shiftconv_model(blob, x_shape, bias=rng.standard_normal(w_shape[0]).astype(np.float32), **attrs)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            assert_close(run_shiftconv(model, x, threads=2, kernel=kernel), ref, x, weight)

@@ -104,7 +104,10 @@ def test_delegated_dense_matches_reference(case, mode, capfd):
     y = session(model, mode).run(None, {"X": x, "B": bias})[0]
     assert_close(y, reference.run(model, {"X": x, "B": bias})[0], x, weight)
     log = dense_log(capfd, model, mode)
-    assert ("onnxruntime's MatMul" in log) == (mode != "own"), log
+    # A dense weight: our packed GEMM under auto and own (tests/test_packed_gemm.py), else
+    # onnxruntime's MatMul.
+    assert ("onnxruntime's MatMul" in log) == (mode not in ("own", "auto")), log
+    assert ("packed GEMM" in log) == (mode in ("own", "auto")), log
 
 
 @pytest.mark.parametrize("case", ["3x3", "1x1", "depthwise", "stem-7x7-3ch", "1d", "group-unaligned"])

@@ -106,9 +106,6 @@ std::vector<float> compute_levels(const QuantParams& p) {
   return out;
 }
 
-float DecodedWeight::level(uint64_t row, uint32_t c) const {
-  return alphas[alphas.size() == 1 ? 0 : size_t(row)] * units[c];  // one binary32 multiplication
-}
 
 DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   if (data == nullptr && size != 0) throw FormatError("no data");
@@ -194,10 +191,17 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   const uint8_t* payload = table + table_bytes;
   const uint64_t escape = symbols - 1;
   const uint64_t run_unit = uint64_t(w.run_max) + 1;
-  if (w.tokens <= 8 * uint64_t(payload_bytes)) {
-    w.index.reserve(w.tokens);
-    w.code.reserve(w.tokens);
-  }
+  // Written through raw pointers into arrays sized for every token (fewer elements than tokens
+  // come out: runs), then trimmed; T <= 8 * P bounds the allocation by the blob's size.
+  // (More tokens than that: the Huffman decoder rejects the payload before any token.)
+  const size_t capacity = w.tokens <= 8 * uint64_t(payload_bytes) ? size_t(w.tokens) : 0;
+  w.index.resize(capacity);
+  w.code.resize(capacity);
+  uint32_t* out_index = w.index.data();
+  uint8_t* out_code = w.code.data();
+  size_t coded = 0;
+  const unsigned code_bits = unsigned(w.params.bits);
+  const uint32_t code_mask = uint32_t(V - 1);
   uint64_t pos = 0;
   huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t sym) {
     if (sym == escape) {
@@ -208,15 +212,19 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
       }
       return;
     }
-    pos += sym / V;
+    pos += sym >> code_bits;  // V = 2^bits: the run and the code without divisions
     if (pos >= n) {
       throw FormatError("tokens describe " + std::to_string(pos + 1) +
                         " elements but the tensor has " + std::to_string(n));
     }
-    w.index.push_back(uint32_t(pos));
-    w.code.push_back(uint8_t(sym % V));
+    if (coded == capacity) throw FormatError("more coded elements than tokens");  // unreachable
+    out_index[coded] = uint32_t(pos);
+    out_code[coded] = uint8_t(sym & code_mask);
+    ++coded;
     ++pos;
   });
+  w.index.resize(coded);
+  w.code.resize(coded);
   return w;
 }
 

@@ -38,7 +38,9 @@ struct DecodedWeight {
   // Level of `code` in row `row` (row = flat index / (elements / dims[0])): alpha[row] * u(code),
   // one float32 multiplication, bit-exact with fmt.dequantize. decode_weight has checked that it
   // is finite for every row and code.
-  float level(uint64_t row, uint32_t code) const;
+  float level(uint64_t row, uint32_t code) const {
+    return alphas[alphas.size() == 1 ? 0 : size_t(row)] * units[code];  // one binary32 multiplication
+  }
 };
 
 // u(v) of every code: t = 2^(e-b), u = centre_c + (sign ? -t : t), step by step without FMA.

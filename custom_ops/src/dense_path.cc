@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "cpu_features.h"
 
 namespace fq {
 namespace {
-
-int log2_group(int g) { return g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0; }
 
 // Relative cost (see relative_cost) above which onnxruntime's kernel is faster, per layer class,
 // measured with bench/kernel.py --dense at 1 thread (docs/PERFORMANCE.md, "Dense layers").
@@ -28,12 +27,25 @@ constexpr double kNchwcAbove = 0.35;
 constexpr double kMatMulAbove = 0.22;
 constexpr int64_t kMatMulMaxRows = 4;
 
+// Our packed dense GEMM (packed_gemm.h) against onnxruntime's session Gemm, 1280 -> 1000, 1
+// thread: 0.98-1.03x at 1-4 rows, 1.28x at 8, 1.09x at 16, 1.00-1.08x at 32-64, whatever the
+// density (it multiplies the zeros). The sparse kernels against the same Gemm: at relative
+// cost 0.30 (70%) 0.45-0.80x at 1-16 rows; at 0.20 (80%) 1.30x at 1 row (matvec), 0.70-0.85x
+// at 2-4, 1.03-1.09x at 8-16, 1.48x from 32; at 0.15 (85%) 0.99-1.07x at 2-4 and 1.33x+ above.
+// So: packed for every row count above kPackedAbove; between kPackedBand and it both are kept,
+// the packed GEMM taking 2..kPackedBandMaxRows rows; below, the sparse kernels alone.
+constexpr double kPackedAbove = 0.22;
+constexpr double kPackedBand = 0.17;
+constexpr int64_t kPackedBandMinRows = 2, kPackedBandMaxRows = 16;
+
 // Depthwise convs: our per-plane kernel against onnxruntime's NCHWc depthwise (16 channels per
 // vector) depends on the output plane size more than on the density. Smallest density at which
 // onnxruntime is faster, per output plane size (pixels, up to) and stride, measured on the
 // MobileNet-V2 shapes (7x7 ... 112x112, 32-960 channels) at densities 0.1 ... 1, as single
 // layers and inside the whole model (onnxruntime profiling, where the delegate's two reorders
 // cost more than in a one-layer model; ours/theirs below, > 1 = ours faster).
+constexpr int64_t kSmallPlaneDenseMaxPixels = 64;
+constexpr double kSmallPlaneDenseAbove = 0.85;
 struct DepthwiseRule {
   int64_t max_pixels;
   double stride1, stride2;
@@ -81,14 +93,16 @@ bool nchwc_eligible(const ConvWeightShape& ws, int B) {
 }
 
 double relative_cost(const SparseWeight& w) {
-  const GroupCosts costs;
-  double units = 0;
-  for (const RowGroup& g : w.groups) units += double(g.tap_end - g.tap_begin) * costs.c[log2_group(g.g)];
   const double dense_macs = double(w.M) * double(w.Cg) * double(w.kh) * double(w.kw);
-  return dense_macs > 0 ? units / dense_macs : 0.0;
+  return dense_macs > 0 ? w.cost_units / dense_macs : 0.0;
 }
 
-bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided) {
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane) {
+  // The small-plane kernel against onnxruntime alone (bench, 1 thread, batch 1 / 8): 960@7²
+  // 0.83x / 1.44x dense, 1.05x / 1.85x at density 0.7, 1.17x / 2.34x at 0.5, 1.7-1.9x / 3.3-3.6x
+  // at 0.2-0.1; 576@14² and 384@14² 1.21-1.93x dense and more when sparser. Only a nearly dense
+  // 7x7 layer at batch 1 is left to onnxruntime (inside a model its reorders cost more).
+  if (small_plane) return out_pixels <= kSmallPlaneDenseMaxPixels && density > kSmallPlaneDenseAbove;
   for (const DepthwiseRule& r : kDepthwise) {
     if (out_pixels <= r.max_pixels) return density > (strided ? r.stride2 : r.stride1);
   }
@@ -106,16 +120,39 @@ bool too_sparse_to_hold_dense(const SparseWeight& w) {
 
 }  // namespace
 
-DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w) {
+PackedGemmMode packed_gemm_mode_from_env() {
+  const char* v = std::getenv("FQ_ONNX_PACKED_GEMM");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return PackedGemmMode::kAuto;
+  if (s == "0") return PackedGemmMode::kNever;
+  if (s == "1") return PackedGemmMode::kAlways;
+  throw std::invalid_argument("FQ_ONNX_PACKED_GEMM must be auto, 0 or 1, got '" + s + "'");
+}
+
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w, PackedGemmMode packed) {
   DensePath p;
   p.cost = relative_cost(w);
-  if (mode == DenseMode::kOwn || too_sparse_to_hold_dense(w)) return p;
+  if (too_sparse_to_hold_dense(w)) return p;
+  if (mode == DenseMode::kAuto || mode == DenseMode::kOwn) {
+    if (packed == PackedGemmMode::kAlways || (packed == PackedGemmMode::kAuto && p.cost > kPackedAbove)) {
+      p.packed = true;
+      return p;
+    }
+    if (packed == PackedGemmMode::kAuto && p.cost > kPackedBand) {
+      p.packed = p.keep_own = true;
+      return p;
+    }
+    if (mode == DenseMode::kOwn || packed == PackedGemmMode::kAuto) return p;
+  }
+  // Forced onnxruntime, or auto without the packed GEMM: its MatMul (no prepacked weight).
   p.delegate = mode != DenseMode::kAuto || p.cost > kMatMulAbove;
   p.keep_own = p.delegate && mode == DenseMode::kAuto;  // rows are known per run
   return p;
 }
 
 bool matmul_prefers_ort(int64_t rows) { return rows <= kMatMulMaxRows; }
+
+bool matmul_prefers_packed(int64_t rows) { return rows >= kPackedBandMinRows && rows <= kPackedBandMaxRows; }
 
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static) {
   DensePath p;

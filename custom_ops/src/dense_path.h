@@ -36,21 +36,31 @@ double relative_cost(const SparseWeight& w);
 
 struct DensePath {
   bool delegate = false;  // run by onnxruntime's kernel
+  bool packed = false;    // dense kind: our packed dense GEMM (packed_gemm.h)
   int nchwc_block = 0;    // > 0: in the NCHWc layout with this block
   double cost = 0;        // relative_cost of the weight (logged)
-  // Depthwise and dense-kind layers in auto mode: our kernel stays too, depthwise_prefers_ort /
-  // matmul_prefers_ort pick per input shape.
+  // Our sparse kernel stays too, and one of the two above is picked per input shape
+  // (depthwise_prefers_ort, matmul_prefers_ort, matmul_prefers_packed).
   bool keep_own = false;
 };
 
-// The choice for a dense-kind layer (Gemm / MatMul): onnxruntime's MatMul or ours. In auto
-// mode both are kept and matmul_prefers_ort picks by the number of rows of X.
-DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w);
+// FQ_ONNX_PACKED_GEMM: "0" never use the packed GEMM (the rule before it: onnxruntime's MatMul
+// at few rows), "1" always where the weight may be held dense, unset or "auto" the rule.
+// Throws std::invalid_argument for other values.
+enum class PackedGemmMode { kAuto, kNever, kAlways };
+PackedGemmMode packed_gemm_mode_from_env();
+
+// The choice for a dense-kind layer (Gemm / MatMul). auto and own: the packed dense GEMM where
+// the weight is dense enough (keeping the sparse kernel too in a band where it wins at some row
+// counts); ort / nchw / nchwc: onnxruntime's MatMul.
+DensePath choose_matmul_path(DenseMode mode, const SparseWeight& w, PackedGemmMode packed = PackedGemmMode::kAuto);
 bool matmul_prefers_ort(int64_t rows);
+bool matmul_prefers_packed(int64_t rows);
 
 // For a depthwise conv of this density (nonzero taps / all taps): is onnxruntime's NCHWc kernel
-// faster at `out_pixels` output pixels per plane? `strided`: a stride above 1.
-bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided);
+// faster at `out_pixels` output pixels per plane? `strided`: a stride above 1. `small_plane`:
+// our small-plane kernel (kernels.h: DepthwiseSmallArgs) would run it.
+bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane = false);
 
 // The choice for a conv layer. `pads_static`: the pads do not depend on the input size
 // (static_pads), a precondition of delegating.

@@ -319,4 +319,26 @@ void sparse_matvec(const SparseWeight& sw, const float* x, int64_t rows, size_t 
   }
 }
 
+bool small_plane_eligible(const ConvWeightShape& ws, const ConvShape& cs) {
+  const int64_t P = cs.OH * cs.OW;
+  return ws.sh == 1 && ws.sw == 1 && cs.W == cs.OW && P > 0 && P <= kSmallPlaneMax;
+}
+
+void small_plane_masks(const ConvWeightShape& ws, const ConvShape& cs, int lanes, std::vector<uint32_t>* masks,
+                       std::vector<int32_t>* offs) {
+  // Per window tap: its flat offset (rows are W long in and out) and which output lanes read
+  // inside the image.
+  const int64_t P = cs.OH * cs.OW, L = lanes, nvec = (P + L - 1) / L, taps = ws.kh * ws.kw;
+  masks->assign(size_t(taps * nvec), 0u);
+  offs->assign(size_t(taps), 0);
+  for (int64_t p = 0; p < taps; ++p) {
+    const int64_t dy = p / ws.kw * ws.dh - cs.pad_top, dx = p % ws.kw * ws.dw - cs.pad_left;
+    (*offs)[size_t(p)] = int32_t(dy * cs.W + dx);
+    for (int64_t q = 0; q < P; ++q) {
+      const int64_t iy = q / cs.OW + dy, ix = q % cs.OW + dx;
+      if (iy >= 0 && iy < cs.H && ix >= 0 && ix < cs.W) (*masks)[size_t(p * nvec + q / L)] |= 1u << unsigned(q % L);
+    }
+  }
+}
+
 }  // namespace fq

@@ -6,7 +6,9 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <vector>
 
+#include "conv_geometry.h"
 #include "kernels.h"
 #include "plan.h"
 
@@ -22,6 +24,7 @@ class AlignedFloats {
     }
     return ptr_.get();
   }
+  const float* get() const { return ptr_.get(); }
 
  private:
   struct Free {
@@ -63,5 +66,12 @@ void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, cons
 // vectors would be mostly padding there.
 void sparse_matvec(const SparseWeight& sw, const float* x, int64_t rows, size_t r_begin, size_t r_end,
                    const Epilogue& ep, float* y);
+
+// Depthwise convs on small planes (kernels.h: DepthwiseSmallArgs): can the small-plane kernel
+// run this geometry (stride 1, equal row lengths in and out, at most kSmallPlaneMax output
+// pixels), and its per-window-tap flat offsets and lane masks for vectors of `lanes`.
+bool small_plane_eligible(const ConvWeightShape& ws, const ConvShape& cs);
+void small_plane_masks(const ConvWeightShape& ws, const ConvShape& cs, int lanes, std::vector<uint32_t>* masks,
+                       std::vector<int32_t>* offs);
 
 }  // namespace fq

@@ -61,27 +61,36 @@ void HuffmanDecoder::decode(const uint8_t* payload, size_t nbytes, uint64_t coun
   for (size_t i = 0; i < nbytes; ++i) buf[i] = payload[i];
   const uint8_t* b = buf.data();
   uint64_t pos = 0;
-  for (uint64_t t = 0; t < count; ++t) {
+  uint64_t t = 0;
+  while (t < count) {
     if (pos >= total_bits) throw FormatError("payload ends before the last token");
     const uint8_t* p = b + (pos >> 3);
     uint64_t w = uint64_t(p[0]) << 56 | uint64_t(p[1]) << 48 | uint64_t(p[2]) << 40 |
                  uint64_t(p[3]) << 32 | uint64_t(p[4]) << 24 | uint64_t(p[5]) << 16 |
                  uint64_t(p[6]) << 8 | uint64_t(p[7]);
     w <<= (pos & 7);
-    const LutEntry& e = lut_[w >> (64 - kLutBits)];
-    uint32_t symbol;
-    int length;
-    if (e.length) {
-      symbol = e.symbol;
-      length = e.length;
-    } else {
-      symbol = slow_symbol(uint32_t(w >> (64 - kMaxLength)), &length);
-      if (length == 0) {
-        throw FormatError("bit pattern at payload bit " + std::to_string(pos) + " matches no code");
+    // Every symbol whose longest possible code still lies inside the 64-bit window is decoded
+    // from it (4-10 per refill): one table lookup and a shift each, instead of a refill each.
+    int avail = 64 - int(pos & 7);
+    do {
+      const LutEntry& e = lut_[w >> (64 - kLutBits)];
+      uint32_t symbol;
+      int length;
+      if (e.length) {
+        symbol = e.symbol;
+        length = e.length;
+      } else {
+        symbol = slow_symbol(uint32_t(w >> (64 - kMaxLength)), &length);
+        if (length == 0) {
+          throw FormatError("bit pattern at payload bit " + std::to_string(pos) + " matches no code");
+        }
       }
-    }
-    pos += uint64_t(length);
-    sink(symbol);
+      pos += uint64_t(length);
+      w <<= length;
+      avail -= length;
+      sink(symbol);
+      ++t;
+    } while (t < count && avail >= kMaxLength && pos < total_bits);
   }
   if (pos > total_bits) throw FormatError("payload ends inside the last token");
   if (total_bits - pos >= 8) throw FormatError("payload is longer than its tokens");

@@ -20,6 +20,14 @@ struct Avx2 {
   static void store(float* p, Reg r) { _mm256_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // Lanes whose bit is set in m hold p[i], the others zero (vmaskmovps does not read them).
+  static Reg maskz_load(uint32_t m, const float* p) {
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i sel = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(m)), bits), bits);
+    return _mm256_maskload_ps(p, sel);
+  }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
   static Reg load_lanes(const float* p, int64_t stride, int lo, int hi) {
@@ -43,7 +51,7 @@ struct Avx2 {
 
 #include "kernel_impl.h"
 
-const KernelTable kTable = make_table<Avx2, 12>("avx2");
+const KernelTable kTable = make_table<Avx2, 12, 2, 6>("avx2");
 
 }  // namespace
 

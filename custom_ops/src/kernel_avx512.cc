@@ -24,6 +24,10 @@ struct Avx512 {
   static void store(float* p, Reg r) { _mm512_storeu_ps(p, r); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  // Lanes whose bit is set in m hold p[i], the others zero (masked-off lanes are not read).
+  static Reg maskz_load(uint32_t m, const float* p) { return _mm512_maskz_loadu_ps(__mmask16(m), p); }
+  static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   // max(lo, x) / min(hi, x) return x when x is NaN, like the scalar std::max / std::min form.
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read
   // (masked loads do not fault on masked-off elements).
@@ -135,7 +139,7 @@ struct Avx512 {
 
 #include "kernel_impl.h"
 
-const KernelTable kTable = make_table<Avx512, 24>("avx512");
+const KernelTable kTable = make_table<Avx512, 24, 2, 12>("avx512");
 
 }  // namespace
 

@@ -34,6 +34,23 @@ struct Scalar8 {
     for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] * b.f[i] + c.f[i];
     return r;
   }
+  // Lanes whose bit is set in m hold p[i], the others zero (and are not read).
+  static Reg maskz_load(uint32_t m, const float* p) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = (m >> i) & 1u ? p[i] : 0.0f;
+    return r;
+  }
+  // a < b ? a : b and a > b ? a : b: the second operand when either is NaN, as minps/maxps.
+  static Reg min(const Reg& a, const Reg& b) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] < b.f[i] ? a.f[i] : b.f[i];
+    return r;
+  }
+  static Reg max(const Reg& a, const Reg& b) {
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.f[i] = a.f[i] > b.f[i] ? a.f[i] : b.f[i];
+    return r;
+  }
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
   static Reg load_lanes(const float* p, int64_t stride, int lo, int hi) {
     alignas(64) float t[kLanes] = {};
@@ -49,7 +66,7 @@ struct Scalar8 {
 
 #include "kernel_impl.h"
 
-const KernelTable kTable = make_table<Scalar8, 8>("scalar");
+const KernelTable kTable = make_table<Scalar8, 8, 2, 8>("scalar");
 
 }  // namespace
 

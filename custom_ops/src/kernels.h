@@ -39,6 +39,39 @@ struct DepthwiseArgs {
 };
 using DepthwiseFn = void (*)(const DepthwiseArgs& a);
 
+// Consecutive planes of a depthwise conv with stride 1 and W == OW (any pads and dilation),
+// planes of at most kSmallPlaneMax pixels: with equal row lengths in and out, tap p reads the
+// flat plane at a constant offset offs[p] from the output pixel, and which output pixels have
+// it inside the image is a per-vector lane mask (bit i of masks[p * nvec + v]: pixel v*lanes+i),
+// computed once per input shape. A tap is then one masked load and one FMA per vector, with
+// no per-plane setup (the plane-by-plane kernels above pay row bounds or lane bookkeeping):
+//   y_j[q] = clamp(bias[j] + sum_{t in [tap_ptr[j], tap_ptr[j+1])} w[t] * x_j[q + offs[taps[t]]])
+// for plane j < planes, q < P; x_j = x + j * x_plane, y_j = y + j * P. bias may be null.
+constexpr int64_t kSmallPlaneMax = 256;
+struct DepthwiseSmallArgs {
+  const float* x;
+  float* y;
+  int64_t planes, P, nvec, x_plane;  // x_plane: H * W (P = OH * OW)
+  const uint32_t* masks;    // [window tap][nvec]
+  const int32_t* offs;      // [window tap]
+  const uint32_t* tap_ptr;  // [planes + 1] into taps / w
+  const uint32_t* taps;     // window tap (ky * kw + kx) of every nonzero
+  const float* w;
+  const float* bias;
+  float lo, hi;
+};
+using DepthwiseSmallFn = void (*)(const DepthwiseSmallArgs& a);
+
+// Dense rows times one packed weight panel (packed_gemm.h), 1 <= rows <= gemm_mr:
+//   s[r][c] = sum_k x[r * ldx + k] * panel[k * gemm_nr + c]      (k < K, c < gemm_nr)
+// plus part[r * gemm_nr + c] if flags & kGemmAccumulate (partial sums of earlier K blocks).
+// Without kGemmFinal s goes to part; with it y[r * ldy + c] = min(max(s + b[c], lo), hi) for
+// c < cols. panel holds K rows of gemm_nr floats and b gemm_nr floats (zero past the matrix
+// edge); only the first `cols` outputs of a row of y are written.
+constexpr int kGemmAccumulate = 1, kGemmFinal = 2;
+using GemmFn = void (*)(const float* x, size_t ldx, int rows, const float* panel, size_t K, float* part, int flags,
+                        const float* b, float* y, size_t ldy, int cols, float lo, float hi);
+
 struct KernelTable {
   const char* name;   // "scalar", "avx2", "avx512"
   int lanes;          // floats per vector register
@@ -54,6 +87,11 @@ struct KernelTable {
   // The same for stride 1 with W == OW (ONNX "same" padding): the plane as one flat run of
   // pixels, masks per lane instead of per row (short rows). Null where the ISA has no masks.
   DepthwiseFn depthwise_flat;
+  DepthwiseSmallFn depthwise_small;
+  // Small-M dense GEMM: panel width (floats) and the most rows one call keeps in registers.
+  int gemm_nr;
+  int gemm_mr;
+  GemmFn gemm;
 };
 
 const KernelTable* kernels_scalar();

@@ -126,7 +126,15 @@ int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 struct BlockedFilter {
   int64_t Cg, KS, B;
   bool bibo;
+  // B is a power of two (8 or 16): shifts and masks instead of divisions, once per element.
   size_t operator()(int64_t m, int64_t c, int64_t k) const {
+    const int sh = B == 16 ? 4 : B == 8 ? 3 : -1;
+    if (sh < 0) return slow(m, c, k);
+    const int64_t mask = B - 1;
+    if (bibo) return size_t((((m >> sh) * (Cg >> sh) + (c >> sh)) * KS + k) * B * B + (c & mask) * B + (m & mask));
+    return size_t((((m >> sh) * Cg + c) * KS + k) * B + (m & mask));
+  }
+  size_t slow(int64_t m, int64_t c, int64_t k) const {
     if (bibo) return size_t((((m / B) * (Cg / B) + c / B) * KS + k) * B * B + (c % B) * B + m % B);
     return size_t((((m / B) * Cg + c) * KS + k) * B + m % B);
   }
@@ -201,15 +209,6 @@ int probed_block_size(OrtKernelContext* ctx, const OrtOp* reorder_in) {
 
 }  // namespace
 
-void scatter_weight(const DecodedWeight& w, float* dst, size_t size, const std::function<size_t(uint64_t)>& at) {
-  std::fill(dst, dst + size, 0.0f);
-  const uint64_t row_len = w.dims.empty() || w.dims[0] == 0 ? 1 : w.elements / w.dims[0];
-  for (size_t i = 0; i < w.index.size(); ++i) {
-    const float v = w.level(w.index[i] / row_len, w.code[i]);
-    if (v != 0.0f) dst[at(w.index[i])] = v;  // +-0 levels stay +0, as in the sparse path
-  }
-}
-
 bool static_pads(const ConvAttrs& a, const ConvWeightShape& ws, std::vector<int64_t>* pads) {
   const size_t r = size_t(ws.spatial);
   pads->assign(2 * r, 0);
@@ -254,6 +253,15 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
 }
 
 }  // namespace
+
+void log_for_kernel(const OrtKernelInfo* info, OrtLoggingLevel level, const std::string& msg) {
+  const OrtLogger* logger = nullptr;
+  if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
+    api().ReleaseStatus(st);
+    return;
+  }
+  log_message(logger, level, msg);
+}
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
                                                  const DecodedWeight& weight, int nchwc_block, double cost,
@@ -315,16 +323,20 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
     d->reorder_input_ = !(ws.group == 1 && ws.Cg < B);
     const BlockedFilter at{ws.Cg, KS, B, bibo};
     d->weight_floats_ = size_t(d->m_padded_ * ws.Cg * KS);
+    // The blocked index is a sum of a row part and a column part (at(m, c, k) = at(m, 0, 0) +
+    // at(0, c, k) in both layouts): the column parts are tabulated once per layer.
     const int64_t row = ws.Cg * KS;
-    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
-      return at(int64_t(i) / row, int64_t(i) % row / KS, int64_t(i) % KS);
-    });
+    std::vector<size_t> col(static_cast<size_t>(row));
+    for (int64_t r = 0; r < row; ++r) col[size_t(r)] = at(0, r / KS, r % KS);
+    scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_,
+                   [&](uint64_t m, uint64_t r) { return at(int64_t(m), 0, 0) + col[size_t(r)]; });
     d->set_weight_value({d->m_padded_, ws.Cg, ws.kh, ws.kw});
   } else {
     d->m_padded_ = M;
     d->weight_floats_ = size_t(weight.elements);
+    const uint64_t row = uint64_t(weight.elements / std::max<uint64_t>(1, uint64_t(M)));
     scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_,
-                   [](uint64_t i) { return size_t(i); });
+                   [row](uint64_t m, uint64_t r) { return size_t(m * row + r); });
     std::vector<int64_t> shape = {M, ws.Cg};
     if (ws.spatial == 2) shape.push_back(ws.kh);
     shape.push_back(ws.kw);
@@ -363,8 +375,8 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* inf
   d->matmul_ = true;
   d->m_padded_ = M;
   d->weight_floats_ = size_t(M * K);
-  scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t i) {
-    return size_t(int64_t(i) % K * M + int64_t(i) / K);  // [M, K] -> [K, M]
+  scatter_weight(weight, d->weight_.reserve(d->weight_floats_), d->weight_floats_, [&](uint64_t m, uint64_t k) {
+    return size_t(int64_t(k) * M + int64_t(m));  // [M, K] -> [K, M]
   });
   d->set_weight_value({K, M});
   if (!layer.bias.empty()) std::copy(layer.bias.begin(), layer.bias.end(), d->bias_.reserve(size_t(M)));

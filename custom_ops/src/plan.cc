@@ -10,37 +10,103 @@ namespace {
 
 int log2_small(int g) { return g >= 8 ? 3 : g >= 4 ? 2 : g >= 2 ? 1 : 0; }
 
-// Taps and weights of one output row (views into the row-major nonzero arrays).
-struct RowView {
-  const uint32_t* taps;
-  const float* w;
-  size_t n;
+// The union of the taps of rows [m0, m0 + g), g <= 8, by a g-way merge of the rows' increasing
+// lists: u the taps in increasing order, bits[i] which rows (bit j: row m0 + j) have u[i].
+// One pass replaces the pairwise set unions of tap vectors that had cost most of session
+// creation for half-dense layers, and needs no scratch proportional to the row length.
+void merge_rows(const uint32_t* taps, const size_t* row_start, size_t m0, int g, std::vector<uint32_t>* u,
+                std::vector<uint8_t>* bits) {
+  size_t pos[8], end[8];
+  for (int j = 0; j < g; ++j) {
+    pos[j] = row_start[m0 + size_t(j)];
+    end[j] = row_start[m0 + size_t(j) + 1];
+  }
+  u->clear();
+  bits->clear();
+  for (;;) {
+    bool any = false;
+    uint32_t t = 0;
+    for (int j = 0; j < g; ++j) {
+      if (pos[j] < end[j] && (!any || taps[pos[j]] < t)) {
+        t = taps[pos[j]];
+        any = true;
+      }
+    }
+    if (!any) return;
+    unsigned b = 0;
+    for (int j = 0; j < g; ++j) {
+      if (pos[j] < end[j] && taps[pos[j]] == t) {
+        b |= 1u << j;
+        ++pos[j];
+      }
+    }
+    u->push_back(t);
+    bits->push_back(uint8_t(b));
+  }
+}
+
+// merge_rows by marking: bit j of mark[tap] for every tap of row m0 + j, then one scan of the
+// row length. Faster where the rows are not much sparser than their length; `mark` holds
+// row_len zero bytes and is left zeroed.
+void mark_rows(const uint32_t* taps, const size_t* row_start, size_t m0, int g, std::vector<uint8_t>* mark,
+               std::vector<uint32_t>* u, std::vector<uint8_t>* bits) {
+  u->clear();
+  bits->clear();
+  uint8_t* mk = mark->data();
+  for (int j = 0; j < g; ++j) {
+    for (size_t i = row_start[m0 + size_t(j)]; i < row_start[m0 + size_t(j) + 1]; ++i) mk[taps[i]] |= uint8_t(1u << j);
+  }
+  // Branch-free compaction (the marks are unpredictable at these densities).
+  const size_t n = mark->size();
+  u->resize(n);
+  bits->resize(n);
+  uint32_t* uo = u->data();
+  uint8_t* bo = bits->data();
+  size_t k = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const uint8_t b = mk[t];
+    uo[k] = uint32_t(t);
+    bo[k] = b;
+    mk[t] = 0;
+    k += b != 0;
+  }
+  u->resize(k);
+  bits->resize(k);
+}
+
+// Union sizes of the aligned sub-blocks of a block of up to 8 rows: sizes[s][o] for rows
+// [o * 2^s, (o + 1) * 2^s) of the block (s = 0: the rows themselves).
+struct BlockUnions {
+  uint32_t sizes[4][8] = {};
 };
 
-std::vector<uint32_t> union_taps(const std::vector<RowView>& rows, size_t m, int g) {
-  std::vector<uint32_t> u(rows[m].taps, rows[m].taps + rows[m].n), tmp;
-  for (int j = 1; j < g; ++j) {
-    const RowView& r = rows[m + size_t(j)];
-    tmp.clear();
-    std::set_union(u.begin(), u.end(), r.taps, r.taps + r.n, std::back_inserter(tmp));
-    u.swap(tmp);
+BlockUnions count_unions(const std::vector<uint8_t>& bits) {
+  BlockUnions u;
+  for (const uint8_t b8 : bits) {
+    const unsigned b = b8;
+    for (int s = 0; s < 4; ++s) {
+      const int width = 1 << s;
+      const unsigned sub = (1u << width) - 1u;
+      for (int o = 0; o < 8 / width; ++o) u.sizes[s][o] += ((b >> (o * width)) & sub) != 0;
+    }
   }
   return u;
 }
 
-// Cheapest split of rows [m, m + g) into power-of-two groups; appends (m0, g) choices.
-double choose_groups(const std::vector<RowView>& rows, size_t m, int g, const GroupCosts& costs,
-                     std::vector<std::pair<size_t, int>>* out) {
+// Cheapest split of block rows [o * g, (o + 1) * g) into power-of-two groups; appends
+// (first row relative to the block, g) choices and returns their cost.
+double choose_groups(const BlockUnions& u, int o, int g, const GroupCosts& costs,
+                     std::vector<std::pair<int, int>>* out) {
+  const int s = log2_small(g);
+  const double union_cost = double(u.sizes[s][o]) * costs.c[s];
   if (g == 1) {
-    out->emplace_back(m, 1);
-    return double(rows[m].n) * costs.c[0];
+    out->emplace_back(o, 1);
+    return union_cost;
   }
-  std::vector<std::pair<size_t, int>> split;
-  double split_cost = choose_groups(rows, m, g / 2, costs, &split);
-  split_cost += choose_groups(rows, m + size_t(g / 2), g / 2, costs, &split);
-  const double union_cost = double(union_taps(rows, m, g).size()) * costs.c[log2_small(g)];
+  std::vector<std::pair<int, int>> split;
+  const double split_cost = choose_groups(u, 2 * o, g / 2, costs, &split) + choose_groups(u, 2 * o + 1, g / 2, costs, &split);
   if (union_cost < split_cost) {
-    out->emplace_back(m, g);
+    out->emplace_back(o * g, g);
     return union_cost;
   }
   out->insert(out->end(), split.begin(), split.end());
@@ -136,79 +202,158 @@ void check_size(int64_t floats) {
 
 }  // namespace
 
-SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
-                                 int64_t group, int max_group, const GroupCosts& costs) {
-  SparseWeight sw;
+SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
+                                         int64_t group, int max_group, const GroupCosts& costs)
+    : max_group_(max_group), costs_(costs) {
+  SparseWeight& sw = head_;
   sw.M = M;
   sw.Cg = Cg;
   sw.kh = kh;
   sw.kw = kw;
   sw.group = group;
-  const uint64_t row_len = uint64_t(Cg * kh * kw);
-  if (uint64_t(M) * row_len != w.elements) throw std::invalid_argument("weight shape mismatch");
+  row_len_ = uint64_t(Cg * kh * kw);
+  if (M < 0 || group < 1 || uint64_t(M) * row_len_ != w.elements) throw std::invalid_argument("weight shape mismatch");
   // Row m of the kernel is row m of the blob (dims[0] = M): it selects the scale alpha[m].
   if (w.dims.empty() || uint64_t(M) != w.dims[0]) throw std::invalid_argument("weight rows mismatch");
 
-  // Nonzeros in row-major order split into rows (the decoder yields increasing indices).
-  std::vector<uint32_t> taps;
-  std::vector<float> vals;
-  std::vector<size_t> row_start(size_t(M) + 1, 0);
-  taps.reserve(w.index.size());
-  vals.reserve(w.index.size());
-  for (size_t i = 0; i < w.index.size(); ++i) {
-    const uint64_t m = w.index[i] / row_len;
-    const float v = w.level(m, w.code[i]);  // alpha[m] * u(code), bit-exact with fmt.dequantize
-    if (v == 0.0f) continue;  // a level that is exactly +-0 contributes nothing
-    taps.push_back(uint32_t(w.index[i] - m * row_len));
-    vals.push_back(v);
-    ++row_start[size_t(m) + 1];
-  }
-  for (size_t m = 0; m < size_t(M); ++m) row_start[m + 1] += row_start[m];
-  sw.nonzeros = taps.size();
-  std::vector<RowView> rows(static_cast<size_t>(M));
+  // Nonzeros in row-major order split into rows (the decoder yields increasing indices): each
+  // row's elements found by binary search, its levels from a per-row table of the codes (one
+  // multiplication per code, not per element).
+  row_start_.assign(size_t(M) + 1, 0);
+  taps_.resize(w.index.size());
+  vals_.resize(w.index.size());
+  std::vector<float> row_levels(w.units.size());
+  size_t k = 0, i = 0;
   for (size_t m = 0; m < size_t(M); ++m) {
-    rows[m] = RowView{taps.data() + row_start[m], vals.data() + row_start[m], row_start[m + 1] - row_start[m]};
+    const uint64_t row_begin = uint64_t(m) * row_len_;
+    const size_t end = size_t(std::lower_bound(w.index.begin() + std::ptrdiff_t(i), w.index.end(),
+                                               row_begin + row_len_, [](uint32_t a, uint64_t b) { return a < b; }) -
+                              w.index.begin());
+    if (end > i) {
+      // alpha[m] * u(code), bit-exact with fmt.dequantize
+      for (size_t c = 0; c < row_levels.size(); ++c) row_levels[c] = w.level(m, uint32_t(c));
+      for (; i < end; ++i) {
+        const float v = row_levels[w.code[i]];
+        taps_[k] = uint32_t(w.index[i] - row_begin);
+        vals_[k] = v;
+        k += v != 0.0f;  // a level that is exactly +-0 contributes nothing
+      }
+    }
+    row_start_[m + 1] = k;
+  }
+  taps_.resize(k);
+  vals_.resize(k);
+  sw.nonzeros = taps_.size();
+  // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
+  // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,
+  // whatever size it declares); otherwise the merge.
+  const uint64_t per_block = 8 * uint64_t(sw.nonzeros) / std::max<uint64_t>(1, uint64_t(M));
+  use_mark_ = row_len_ <= 4 * per_block;
+}
+
+void SparseWeightBuilder::collect(size_t m0, int g, std::vector<uint32_t>* u, std::vector<uint8_t>* bits) {
+  if (use_mark_) {
+    if (mark_.size() != row_len_) mark_.assign(size_t(row_len_), 0);
+    mark_rows(taps_.data(), row_start_.data(), m0, g, &mark_, u, bits);
+  } else {
+    merge_rows(taps_.data(), row_start_.data(), m0, g, u, bits);
   }
 
-  // Choose groups inside each Conv group (rows of one group read the same input channels).
-  const int64_t Mg = M / group;
-  std::vector<std::pair<size_t, int>> choice;
-  for (int64_t grp = 0; grp < group; ++grp) {
+}
+
+template <class Visit>
+void SparseWeightBuilder::for_blocks(int64_t stride, Visit visit) {
+  // Groups inside each Conv group (rows of one group read the same input channels), chosen per
+  // block of up to 8 rows from the union sizes of its aligned sub-blocks.
+  const SparseWeight& sw = head_;
+  const int64_t Mg = sw.M / sw.group;
+  const int top = std::max(1, std::min(max_group_, 8));
+  int64_t block = 0;
+  for (int64_t grp = 0; grp < sw.group; ++grp) {
     size_t m = size_t(grp * Mg);
     const size_t end = size_t((grp + 1) * Mg);
     while (m < end) {
-      int g = std::max(1, std::min(max_group, 8));
+      int g = top;
       while (g > 1 && m + size_t(g) > end) g /= 2;
-      choose_groups(rows, m, g, costs, &choice);
+      if (block++ % stride == 0) visit(m, g);
       m += size_t(g);
     }
   }
+}
 
-  for (const auto& [m0, g] : choice) {
-    RowGroup rg;
-    rg.m0 = int32_t(m0);
-    rg.g = g;
-    rg.conv_group = int32_t(int64_t(m0) / Mg);
-    rg.tap_begin = uint32_t(sw.taps.size());
-    rg.w_begin = sw.weights.size();
-    const std::vector<uint32_t> u = union_taps(rows, m0, g);
-    sw.taps.insert(sw.taps.end(), u.begin(), u.end());
-    const size_t base = sw.weights.size();
-    sw.weights.resize(base + u.size() * size_t(g), 0.0f);
-    for (int j = 0; j < g; ++j) {
-      const RowView& r = rows[m0 + size_t(j)];
-      size_t k = 0;
-      for (size_t i = 0; i < r.n; ++i) {
-        while (u[k] != r.taps[i]) ++k;  // r.taps is a subset of u, both increasing
-        sw.weights[base + k * size_t(g) + size_t(j)] = r.w[i];
+double SparseWeightBuilder::estimate_cost_units(int64_t stride) {
+  stride = std::max<int64_t>(1, stride);
+  std::vector<uint32_t> u;
+  std::vector<uint8_t> bits;
+  std::vector<std::pair<int, int>> local;
+  double units = 0;
+  for_blocks(stride, [&](size_t m, int g) {
+    collect(m, g, &u, &bits);
+    local.clear();
+    // A sampled block stands for the `stride` blocks it represents.
+    units += choose_groups(count_unions(bits), 0, g, costs_, &local) * double(stride);
+  });
+  return units;
+}
+
+SparseWeight SparseWeightBuilder::build() {
+  SparseWeight sw = head_;
+  const int64_t Mg = sw.M / sw.group;
+  std::vector<uint32_t> u;
+  std::vector<uint8_t> bits;
+  std::vector<std::pair<int, int>> local;
+  // One union per block of rows serves both the choice and the lists: a chosen group's taps
+  // are the block's (increasing) taps that one of its rows has.
+  for_blocks(1, [&](size_t m, int g) {
+    collect(m, g, &u, &bits);
+    const BlockUnions counts = count_unions(bits);
+    local.clear();
+    sw.cost_units += choose_groups(counts, 0, g, costs_, &local);
+    for (const auto& [o, gg] : local) {
+      RowGroup rg;
+      rg.m0 = int32_t(m + size_t(o));
+      rg.g = gg;
+      rg.conv_group = int32_t(int64_t(rg.m0) / Mg);
+      rg.tap_begin = uint32_t(sw.taps.size());
+      rg.w_begin = sw.weights.size();
+      const size_t n = counts.sizes[log2_small(gg)][o / gg];
+      if (gg == 1) {  // a row alone: its own lists (not a filter over the block's union)
+        const size_t r0 = row_start_[m + size_t(o)], r1 = row_start_[m + size_t(o) + 1];
+        sw.taps.insert(sw.taps.end(), taps_.begin() + std::ptrdiff_t(r0), taps_.begin() + std::ptrdiff_t(r1));
+        sw.weights.insert(sw.weights.end(), vals_.begin() + std::ptrdiff_t(r0), vals_.begin() + std::ptrdiff_t(r1));
+        rg.tap_end = uint32_t(sw.taps.size());
+        sw.stored_taps += n;
+        sw.stored_macs += n;
+        sw.groups.push_back(rg);
+        continue;
       }
+      const unsigned sub = ((1u << gg) - 1u) << o;
+      const size_t base = sw.weights.size();
+      sw.weights.resize(base + n * size_t(gg), 0.0f);
+      size_t next[8];  // per row: its next value, in the same increasing tap order as u
+      for (int j = 0; j < gg; ++j) next[j] = row_start_[m + size_t(o + j)];
+      size_t k = 0;
+      for (size_t i = 0; i < u.size(); ++i) {
+        const unsigned b = (bits[i] & sub) >> o;
+        if (!b) continue;
+        sw.taps.push_back(u[i]);
+        for (int j = 0; j < gg; ++j) {
+          if ((b >> j) & 1u) sw.weights[base + k * size_t(gg) + size_t(j)] = vals_[next[j]++];
+        }
+        ++k;
+      }
+      rg.tap_end = uint32_t(sw.taps.size());
+      sw.stored_taps += n;
+      sw.stored_macs += uint64_t(n) * uint64_t(gg);
+      sw.groups.push_back(rg);
     }
-    rg.tap_end = uint32_t(sw.taps.size());
-    sw.stored_taps += u.size();
-    sw.stored_macs += u.size() * size_t(g);
-    sw.groups.push_back(rg);
-  }
+  });
   return sw;
+}
+
+SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
+                                 int64_t group, int max_group, const GroupCosts& costs) {
+  return SparseWeightBuilder(w, M, Cg, kh, kw, group, max_group, costs).build();
 }
 
 Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWeightShape& ws,

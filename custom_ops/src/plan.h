@@ -34,6 +34,7 @@ struct SparseWeight {
   uint64_t nonzeros = 0;     // coded elements with a nonzero level
   uint64_t stored_taps = 0;  // sum over groups of taps (what the kernels iterate)
   uint64_t stored_macs = 0;  // sum over groups of taps * g (FMAs per output pixel)
+  double cost_units = 0;     // sum over groups of taps * GroupCosts (dense_path.h: relative_cost)
   std::vector<RowGroup> groups;
   std::vector<uint32_t> taps;  // c_local * kh * kw + ky * kw + kx, increasing within a group
   std::vector<float> weights;
@@ -48,6 +49,36 @@ struct GroupCosts {
 // Builds the row groups. `max_group` limits g (1 disables grouping, for tests).
 SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
                                  int64_t group, int max_group = 8, const GroupCosts& costs = GroupCosts());
+
+// build_sparse_weight in steps, so that a layer another kernel runs never builds its tap lists
+// and, where an estimate decides, never merges most of its rows either. The constructor splits
+// the nonzeros into rows (one pass); estimate_cost_units samples the grouping; build() chooses
+// the groups and builds the lists. Throws std::invalid_argument if w does not have the shape.
+class SparseWeightBuilder {
+ public:
+  SparseWeightBuilder(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw, int64_t group,
+                      int max_group = 8, const GroupCosts& costs = GroupCosts());
+  // Shape and nonzeros only (no groups; cost_units, stored_taps, stored_macs 0).
+  const SparseWeight& shape() const { return head_; }
+  // cost_units from every `stride`-th block of up to 8 rows, scaled up (exact for stride 1).
+  double estimate_cost_units(int64_t stride);
+  SparseWeight build();
+
+ private:
+  template <class Visit>
+  void for_blocks(int64_t stride, Visit visit);
+  // The union of rows [m0, m0 + g) in increasing order, and which rows have each tap.
+  void collect(size_t m0, int g, std::vector<uint32_t>* u, std::vector<uint8_t>* bits);
+  SparseWeight head_;
+  int max_group_;
+  GroupCosts costs_;
+  uint64_t row_len_ = 0;
+  bool use_mark_ = false;
+  std::vector<uint8_t> mark_;      // row_len zero bytes between calls (use_mark_ only)
+  std::vector<uint32_t> taps_;     // nonzeros in row-major order
+  std::vector<float> vals_;
+  std::vector<size_t> row_start_;  // M + 1
+};
 
 // One contiguous run of valid output pixels inside a tile.
 struct Segment {

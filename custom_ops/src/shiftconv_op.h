@@ -11,6 +11,7 @@
 #include "kernels.h"
 #include "ort_api.h"
 #include "ort_delegate.h"
+#include "packed_gemm.h"
 #include "plan.h"
 
 namespace fq {
@@ -48,10 +49,17 @@ class ShiftConvKernel {
   bool flat_depthwise_ = true;         // FQ_ONNX_DEPTHWISE=rows: always the per-row kernel
   bool force_flat_depthwise_ = false;  // FQ_ONNX_DEPTHWISE=flat: flat kernel on long rows too
   std::vector<int32_t> tap_dy_, tap_dx_;
+  std::vector<uint32_t> tap_ptr_;  // depthwise: channel m's taps are [tap_ptr_[m], tap_ptr_[m + 1])
+  int small_depthwise_ = 1;        // 0: FQ_ONNX_DEPTHWISE=rows/flat/0 (the other kernels only)
+  bool small_depthwise_ok(const ConvShape& cs) const;
+  bool run_small_depthwise(Ort::KernelContext& ctx, const ConvShape& cs, const float* bias, float* y);
   // A layer too dense for our kernel runs in onnxruntime's own (dense_path.h); weight_ then
   // keeps only its shape, unless both are kept and chosen per input shape.
   std::unique_ptr<OrtDelegate> delegate_;
   bool choose_per_shape_ = false;  // both paths kept (depthwise, dense kind): picked per input shape
+  // Dense kind too dense for the sparse kernels: the packed small-M GEMM (packed_gemm.h).
+  std::unique_ptr<PackedGemm> packed_;
+  void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
   std::shared_ptr<IntShiftConv> int_;  // set: every Compute runs in integer mode

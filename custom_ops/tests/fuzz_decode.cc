@@ -50,6 +50,7 @@
 #include "crc32.h"
 #include "decode.h"
 #include "execute.h"
+#include "packed_gemm.h"
 #include "plan.h"
 
 namespace {
@@ -201,6 +202,12 @@ void execute_dense(const fq::DecodedWeight& w, Geometry& geo) {
     std::vector<float> y(ref.size(), std::numeric_limits<float>::quiet_NaN());
     fq::sparse_matvec(sw, x.data(), rows, 0, sw.groups.size(), ep, y.data());
     check_close(y, ref, mag, "sparse_matvec");
+    const fq::PackedGemm pg(w, M, K, *kt);
+    std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
+    const int64_t split = geo.take(2) ? pg.panels() / 2 : 0;  // two tasks, as ParallelFor would
+    pg.run(x.data(), rows, 0, split, ep, y.data());
+    pg.run(x.data(), rows, split, pg.panels(), ep, y.data());
+    check_close(y, ref, mag, "packed_gemm");
   }
 }
 
@@ -269,6 +276,25 @@ void execute_conv(const fq::DecodedWeight& w, Geometry& geo) {
                                              1 << (8 + geo.take(8)));
     check_close(run_plan(plan, sw, kt, x, ep, 1 + geo.take(40)), ref, mag, kt->name);
     ++g_executed;
+    // Depthwise on a small plane: the small-plane kernel, plane by plane from X.
+    bool per_channel = group == M && Cg == 1 && int64_t(sw.groups.size()) == M;
+    for (size_t r = 0; per_channel && r < sw.groups.size(); ++r) per_channel = sw.groups[r].g == 1;
+    if (per_channel && fq::small_plane_eligible(ws, cs)) {
+      std::vector<uint32_t> masks, tap_ptr(sw.groups.size() + 1);
+      std::vector<int32_t> offs;
+      fq::small_plane_masks(ws, cs, kt->lanes, &masks, &offs);
+      for (size_t r = 0; r < sw.groups.size(); ++r) tap_ptr[r] = sw.groups[r].tap_begin;
+      tap_ptr.back() = uint32_t(sw.taps.size());
+      std::vector<float> y(ref.size(), std::numeric_limits<float>::quiet_NaN());
+      const int64_t P = OH * OW;
+      for (int64_t n = 0; n < N; ++n) {
+        const fq::DepthwiseSmallArgs a{x.data() + n * M * H * W, y.data() + n * M * P, M, P, (P + kt->lanes - 1) / kt->lanes,
+                                       H * W, masks.data(), offs.data(), tap_ptr.data(), sw.taps.data(),
+                                       sw.weights.data(), nullptr, -INFINITY, INFINITY};
+        kt->depthwise_small(a);
+      }
+      check_close(y, ref, mag, "depthwise_small");
+    }
   }
 }
 
