@@ -276,3 +276,7 @@ def infer(ctx) -> None:
             elif x_dims is not None and (kind == "conv" and index == 0 or kind == "dense" and index < len(shape) - 1):
                 dim.CopyFrom(x_dims[index])  # batch (and leading) axes pass through, symbolic names too
     ctx.set_output_type(0, out)
+
+
+# Importing this module registers the schema (fq_onnx/_onnx_hook.py relies on it).
+register()

@@ -227,3 +227,26 @@ def test_onnxsim_simplifies_a_compressed_model(tmp_path):
 
     _slim_roundtrip(tmp_path, simplify)
 
+
+
+@pytest.mark.parametrize("first, then", [
+    ("import fq_onnx", "import onnx"),  # onnx imported after fq_onnx: registered by the import hook
+    ("import onnx", "import fq_onnx"),
+    ("import fq_onnx.schema", "import onnx"),
+    ("import fq_onnx.graph", "import onnx"),
+])
+def test_schema_is_registered_whatever_the_import_order(first, then):
+    import subprocess
+    import sys
+
+    code = f"{first}\n{then}\nimport onnx\nassert onnx.defs.has('ShiftConv', 'fq_onnx')"
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True, cwd=Path(__file__).parent)
+
+
+def test_running_compressed_models_does_not_import_onnx():
+    """onnx costs ~15 MB of resident memory that a deployment does not need."""
+    import subprocess
+    import sys
+
+    code = "import sys, fq_onnx.runtime\nassert 'onnx' not in sys.modules, 'fq_onnx.runtime imported onnx'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent)
