@@ -304,6 +304,30 @@ def test_random_shapes_match_reference():
         assert_close(y, ref, x, weight)
 
 
+@pytest.mark.parametrize("pad", [None, "0", "48", "1000"])
+def test_padded_packed_planes_match_onnxruntime(pad, monkeypatch):
+    """Batch 8 of 14x14 images packs 16x16 planes of exactly 8 KiB, whose chunk rows share L1
+    sets: the plan then pads the planes (plan.cc: pick_plane). The default rule, padding off and
+    forced paddings (FQ_ONNX_PLANE_PAD) must all give onnxruntime's result, stride 1 and 2."""
+    if pad is not None:
+        monkeypatch.setenv("FQ_ONNX_PLANE_PAD", pad)
+    rng = np.random.default_rng(4096)
+    for attrs in (dict(pads=[1, 1, 1, 1]), dict(pads=[1, 1, 1, 1], strides=[2, 2])):
+        for block in (1, 4):
+            x_shape, w_shape = (8, 40, 14, 14), (24, 40, 3, 3)
+            blob = make_blob(rng, w_shape, sparsity=0.85, block=block)
+            weight = fmt.dequantize(blob)
+            bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+            x = rng.standard_normal(x_shape).astype(np.float32)
+            expected = ort.InferenceSession(
+                ort_equivalent(weight, x_shape, bias, "conv", activation="relu", **attrs).SerializeToString(),
+                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+            model = shiftconv_model(blob, x_shape, bias=bias, activation="relu", **attrs)
+            for kernel in KERNELS:
+                for threads in (1, 2):
+                    assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), expected, x, weight)
+
+
 @pytest.mark.parametrize("mode", ["auto", "rows", "flat", "0"])
 def test_depthwise_direct_path_matches_reference(mode, monkeypatch):
     """Depthwise convs run unpacked (kernel DepthwiseArgs): strides 1-3, dilation, asymmetric
