@@ -77,3 +77,25 @@ def rng():
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)
+
+
+def run_concurrently(check, threads: int = 6, runs: int = 20) -> None:
+    """Call ``check(thread, run)`` from several threads at once, ``runs`` times each, and fail
+    with every error any call raised (a session must be safe for concurrent ``run`` calls)."""
+    import threading
+
+    errors = []
+
+    def worker(thread):
+        for run in range(runs):
+            try:
+                check(thread, run)
+            except Exception as exc:  # collected and reported by the main thread
+                errors.append(f"thread {thread} run {run}: {exc!r}")
+
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors

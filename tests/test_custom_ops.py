@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import threading
 import zlib
 
 import numpy as np
@@ -19,6 +18,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_concurrently
 
 from fq_onnx import fmt, reference, runtime
 
@@ -555,24 +556,11 @@ def test_concurrent_runs_on_one_session():
     sess = runtime.session(model, threads=2)
     inputs = [rng.standard_normal((1 + i % 3, 16, 14, 14)).astype(np.float32) for i in range(8)]
     expected = [sess.run(None, {"X": x})[0] for x in inputs]
-    errors = []
+    def check(thread, run):
+        i = (thread + run) % len(inputs)
+        assert np.array_equal(sess.run(None, {"X": inputs[i]})[0], expected[i]), "result differs"
 
-    def worker(seed):
-        try:
-            for j in range(20):
-                i = (seed + j) % len(inputs)
-                y = sess.run(None, {"X": inputs[i]})[0]
-                if not np.array_equal(y, expected[i]):
-                    errors.append(f"thread {seed} run {j}: result differs")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_concurrently(check)
 
 
 # --- untrusted blobs: every violation is a clean error at session creation ---------------------

@@ -9,11 +9,12 @@ correctness is checked here, never timings.
 
 from __future__ import annotations
 
-import threading
 import zlib
 
 import numpy as np
 import pytest
+
+from conftest import run_concurrently
 
 from fq_onnx import fmt, reference, runtime
 from test_custom_ops import FLAGS, NODE, assert_close, make_blob, shiftconv_model
@@ -268,23 +269,12 @@ def test_concurrent_runs_on_one_session_with_the_delegate(mode):
     dinputs = [rng.standard_normal((1 + 3 * (i % 4), 72)).astype(np.float32) for i in range(8)]
     dexpected = [reference.run(dmodel, {"X": x})[0] for x in dinputs]
     dweight = fmt.dequantize(dblob)
-    errors = []
+    def check(thread, run):
+        i = (thread + run) % len(inputs)
+        assert_close(sess.run(None, {"X": inputs[i]})[0], expected[i], inputs[i], weight)
+        assert_close(dsess.run(None, {"X": dinputs[i]})[0], dexpected[i], dinputs[i], dweight)
 
-    def worker(seed):
-        try:
-            for j in range(15):
-                i = (seed + j) % len(inputs)
-                assert_close(sess.run(None, {"X": inputs[i]})[0], expected[i], inputs[i], weight)
-                assert_close(dsess.run(None, {"X": dinputs[i]})[0], dexpected[i], dinputs[i], dweight)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(f"thread {seed}: {exc!r}")
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_concurrently(check, runs=15)
 
 
 @pytest.mark.parametrize("mode", ["ort", "nchw", "nchwc"])

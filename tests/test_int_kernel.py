@@ -5,7 +5,6 @@ limit; every bad attribute a clean error naming the node."""
 
 from __future__ import annotations
 
-import threading
 import zlib
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 from fq_onnx import api, fmt, intmode, reference, runtime
 
-from conftest import save
+from conftest import run_concurrently, save
 from test_custom_ops import CONV_CASES, DENSE_CASES, KERNELS, NODE, shiftconv_model
 from test_intmode import digits_like_model, extreme_inputs, limit_blob, narrow_codes, pow2_params
 
@@ -227,20 +226,11 @@ def test_concurrent_runs_on_one_integer_session():
     sess = runtime.session(model, threads=2)
     inputs = [extreme_inputs(rng, (1 + i % 3, 16, 14, 14), act) for i in range(6)]
     expected = [reference.run(model, {"X": x})[0] for x in inputs]
-    errors = []
+    def check(thread, run):
+        i = (thread + run) % len(inputs)
+        assert same_bits(sess.run(None, {"X": inputs[i]})[0], expected[i]), "result differs"
 
-    def worker(seed):
-        for j in range(15):
-            i = (seed + j) % len(inputs)
-            if not same_bits(sess.run(None, {"X": inputs[i]})[0], expected[i]):
-                errors.append((seed, j))
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_concurrently(check, threads=5, runs=15)
 
 
 def test_converted_model_runs_bit_exact_end_to_end(tmp_path):

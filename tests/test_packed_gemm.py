@@ -9,10 +9,11 @@ and that the rule picks it (or not) as documented. FQ_ONNX_PACKED_GEMM=1 forces 
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
+
+from conftest import run_concurrently
 
 from fq_onnx import fmt, reference, runtime
 from test_custom_ops import KERNELS, assert_close, make_blob, run_shiftconv, shiftconv_model
@@ -96,20 +97,8 @@ def test_packed_gemm_concurrent_runs(monkeypatch):
     sess = runtime.session(model, threads=2)
     inputs = [rng.standard_normal((1 + 5 * i, 300)).astype(np.float32) for i in range(6)]
     expected = [sess.run(None, {"X": x})[0] for x in inputs]
-    errors = []
+    def check(thread, run):
+        i = (thread + run) % len(inputs)
+        assert np.array_equal(sess.run(None, {"X": inputs[i]})[0], expected[i]), "result differs"
 
-    def worker(seed):
-        try:
-            for j in range(20):
-                i = (seed + j) % len(inputs)
-                if not np.array_equal(sess.run(None, {"X": inputs[i]})[0], expected[i]):
-                    errors.append(f"thread {seed} run {j}: result differs")
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    run_concurrently(check)
