@@ -99,22 +99,28 @@ def noise(reference: np.ndarray, test: np.ndarray) -> float:
     return float(np.sum((test - reference) ** 2) / max(np.sum(reference**2), 1e-30))
 
 
+def probe_choice(curve: LayerCurve) -> Choice:
+    """Where a layer's gain is measured: the widest code at the sparsest grid point up to
+    GAIN_PROBE_SPARSITY."""
+    compressed = [c for c in curve.errors if c != FLOAT]
+    return max((c for c in compressed if c[0] <= GAIN_PROBE_SPARSITY), default=min(compressed))
+
+
+def layer_gain(graph: gs.Graph, name: str, result: CompressedLayer, block: int, inputs: np.ndarray,
+               reference: np.ndarray) -> float:
+    """Output noise on ``inputs`` per unit of the layer's squared error, with only it compressed."""
+    out = run_model(plain_model(graph, {name: result}, block), inputs)
+    return noise(reference, out) / max(result.output_error, 1e-6) ** 2
+
+
 def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve], block: int,
                   inputs: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> None:
-    """Set each curve's gain from one inference with that layer alone compressed.
-
-    The probe is the widest code at the sparsest grid point up to GAIN_PROBE_SPARSITY.
-    """
+    """Set each curve's gain from one inference with that layer alone compressed (at probe_choice)."""
     reference = run_model(gs.export_onnx(graph).SerializeToString(), inputs)
     for index, (target, curve) in enumerate(zip(targets, curves)):
-        name = target.node.name
-        compressed = [c for c in curve.errors if c != FLOAT]
-        probe = max((c for c in compressed if c[0] <= GAIN_PROBE_SPARSITY), default=min(compressed))
-        out = run_model(plain_model(graph, {name: curve.results[probe]}, block), inputs)
-        error = max(curve.errors[probe], 1e-6)
-        curve.gain = noise(reference, out) / error**2
+        curve.gain = layer_gain(graph, target.node.name, curve.results[probe_choice(curve)], block, inputs, reference)
         if progress:
-            progress(name, index + 1, len(targets))
+            progress(target.node.name, index + 1, len(targets))
 
 
 def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, Choice]:

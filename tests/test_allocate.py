@@ -114,3 +114,20 @@ def test_alloc_bits_reach_the_written_layers(tmp_path):
     assert all(stored[name] == b for name, b in widths.items())
     with pytest.raises(FqOnnxError, match="alloc-bits must be in 2..8"):
         api.convert(default_model_path(), tmp_path / "x.onnx", calib="digits", target_ratio=10, alloc_bits=(9,))
+
+
+def test_layers_with_fewer_samples_than_inputs_get_a_held_out_gain(tmp_path, monkeypatch):
+    """The classifier (64 inputs) sees 48 calibration vectors: its gain is measured again on
+    samples its statistics exclude; conv layers (thousands of patches) are measured once."""
+    measured = []
+    layer_gain = allocate.layer_gain
+
+    def spy(graph, name, result, block, inputs, reference):
+        measured.append((name, len(inputs)))
+        return layer_gain(graph, name, result, block, inputs, reference)
+
+    monkeypatch.setattr(allocate, "layer_gain", spy)
+    report = api.convert(default_model_path(), tmp_path / "r.onnx", calib="digits", calib_size=48, target_ratio=8)
+    assert report.totals.ratio >= 8
+    assert [n for n, _ in measured].count("fc") == 2 and ("fc", 24) in measured
+    assert [n for n, _ in measured].count("block1/conv1") == 1
