@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from fq_onnx import fmt, rewrite
-from fq_onnx.calibrate import LayerStats
+from fq_onnx.calibrate import LayerStats, collect
 from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -121,6 +121,29 @@ def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[L
         curve.gain = layer_gain(graph, target.node.name, curve.results[probe_choice(curve)], block, inputs, reference)
         if progress:
             progress(target.node.name, index + 1, len(targets))
+
+
+def measure_held_out_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve],
+                           stats: dict[str, LayerStats], inputs: np.ndarray, options: LayerOptions) -> None:
+    """Re-measure the gain of layers with fewer calibration vectors than inputs on unseen samples.
+
+    Such a layer (a classifier fed one vector per image) fits its calibration samples: its
+    error there understates the error on new data (MobileNet-V2's classifier: gain 0.88 in
+    sample, 3.5 on held-out images), and the allocator would compress it too hard. Its probe is
+    compressed from the statistics of half the samples and measured on the other half; the
+    larger gain is kept.
+    """
+    few = [(t, c) for t, c in zip(targets, curves) if stats[t.node.name].count < t.weight[0].size]
+    half = len(inputs) // 2
+    if not few or half < 2:
+        return
+    fit = collect(graph, [t for t, _ in few], inputs[:half], use_cache=False, seed=options.seed)
+    held = np.asarray(inputs[half:])
+    reference = run_model(gs.export_onnx(graph).SerializeToString(), held)
+    for target, curve in few:
+        sparsity, bits = probe_choice(curve)
+        result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits), fit[target.node.name])
+        curve.gain = max(curve.gain, layer_gain(graph, target.node.name, result, options.block, held, reference))
 
 
 def plan_for_budget(curves: list[LayerCurve], budget_bytes: float) -> dict[str, Choice]:

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -329,34 +329,12 @@ def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max
     curves = allocate.layer_curves(targets, stats, options, bits_grid=bits_grid, keep_float=keep_float,
                                    progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
-    _held_out_gains(graph, targets, curves, stats, inputs, options)
+    allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, options)
     excluded = graph.copy()
     float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]
                       if t.node.name in {name for name, _, why in skipped})
     return allocate.search(graph, curves, options.block, float_bytes, target_ratio=target_ratio,
                            max_drop=max_drop, evaluation=evaluation)
-
-
-def _held_out_gains(graph, targets, curves, stats, inputs, options) -> None:
-    """Re-measure the gain of layers with fewer calibration vectors than inputs on unseen samples.
-
-    Such a layer (a classifier fed one vector per image) fits its calibration samples: its
-    error there understates the error on new data (MobileNet-V2's classifier: gain 0.88 in
-    sample, 3.5 on held-out images), and the allocator would compress it too hard. Its probe is
-    compressed from the statistics of half the samples and measured on the other half; the
-    larger gain is kept.
-    """
-    few = [(t, c) for t, c in zip(targets, curves) if stats[t.node.name].count < t.weight[0].size]
-    half = len(inputs) // 2
-    if not few or half < 2:
-        return
-    fit = calibrate.collect(graph, [t for t, _ in few], inputs[:half], use_cache=False, seed=options.seed)
-    held = np.asarray(inputs[half:])
-    reference = allocate.run_model(gs.export_onnx(graph).SerializeToString(), held)
-    for target, curve in few:
-        sparsity, bits = allocate.probe_choice(curve)
-        result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits), fit[target.node.name])
-        curve.gain = max(curve.gain, allocate.layer_gain(graph, target.node.name, result, options.block, held, reference))
 
 
 def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fq_onnx import fmt, focus, prune, reconstruct
+from fq_onnx import focus, prune, reconstruct
 from fq_onnx.calibrate import LayerStats
 
 PRUNE_METHODS = ("magnitude", "obs")
@@ -84,7 +84,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
     # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
     if options.rounding == "gptq":
-        table = fmt.levels(levels.params).astype(np.float64)
+        table = levels.table.astype(np.float64)
 
         def rounder(values: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = scales[row]
