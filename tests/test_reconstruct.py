@@ -82,6 +82,14 @@ def test_conv_patches_reproduce_the_convolution(variant):
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"X": x})[0]
     np.testing.assert_allclose(out, expected.reshape(n, m, -1), atol=1e-5)
 
+    # Sampling positions (large maps) keeps the same sampled positions of every image, in order.
+    positions = patches.shape[1] // n
+    per_image = max(1, positions // 3)
+    sampled = calibrate.conv_patches(x, target.weight.shape, target.attrs, np.random.default_rng(1), per_image)
+    take = np.sort(np.random.default_rng(1).choice(positions, per_image, replace=False))
+    every = patches.reshape(groups, n, positions, -1)
+    np.testing.assert_array_equal(sampled, every[:, :, take].reshape(groups, n * per_image, -1))
+
 
 def test_factor_is_reused_for_equal_statistics_and_recomputed_for_new_ones():
     from fq_onnx.reconstruct import inverse_hessian_factor
