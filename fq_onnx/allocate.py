@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from fq_onnx import fmt, rewrite
+from fq_onnx import fmt, reconstruct, rewrite
 from fq_onnx.calibrate import LayerStats, collect
 from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
 
@@ -25,6 +25,19 @@ GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enou
 GAIN_SAMPLES = 128  # calibration inputs used to measure the gains
 Choice = tuple[float, int]  # (sparsity, bits) of one layer
 FLOAT: Choice = (-1.0, 32)  # the plan entry of a layer left uncompressed (float32 weights, no error)
+FLOAT16: Choice = (-1.0, 16)  # left in float, its weight stored as float16 (rewrite.store_float16)
+
+
+def is_float(choice: Choice) -> bool:
+    return choice[0] < 0
+
+
+@dataclass
+class Float16Layer:
+    """The result of the FLOAT16 choice: the layer's relative output error from rounding its
+    weight to float16 (about 3e-4)."""
+
+    output_error: float
 
 
 @dataclass
@@ -49,9 +62,11 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
                  keep_float: bool = True) -> list[LayerCurve]:
     """Compress every layer alone at every (sparsity, bits) of the grids; record bytes and error.
 
-    ``bits_grid`` defaults to ``options.bits`` alone. With ``keep_float`` leaving a layer
-    uncompressed (``FLOAT``: 4 bytes a weight, no error) is one more choice, which the search
-    takes for fragile layers that weigh little.
+    ``bits_grid`` defaults to ``options.bits`` alone. With ``keep_float`` leaving a layer in
+    float is one more choice, which the search takes for fragile layers that weigh little:
+    ``FLOAT16`` (2 bytes a weight, a tiny error) or ``FLOAT`` (4 bytes, none; the only one for
+    weights beyond float16's range). MobileNet-V2 at 8x keeps 20 layers in float: as float16
+    they take 146 KB instead of 292 KB of its 1.7 MB, and the estimated noise drops 25%.
     """
     curves = []
     for index, target in enumerate(targets):
@@ -67,22 +82,32 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
                 curve.results[sparsity, bits] = result
         if keep_float:
             curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
+            half = target.weight.astype(np.float16)
+            if np.all(np.isfinite(half)):
+                shape = layer_stats.gram.shape[:1] + (-1, layer_stats.gram.shape[-1])
+                error = reconstruct.output_error(target.weight.reshape(shape), half.astype(np.float64).reshape(shape),
+                                                 layer_stats.second_moment)
+                curve.bytes[FLOAT16], curve.errors[FLOAT16] = 2 * target.weight.size, error
+                curve.results[FLOAT16] = Float16Layer(error)
         curves.append(curve)
         if progress:
             progress(target.node.name, index + 1, len(targets))
     return curves
 
 
-def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer], block: int) -> bytes:
+def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer | Float16Layer | None], block: int) -> bytes:
     """Serialized float model with the given layers replaced by their dequantized weights."""
     work = graph.copy()
     for target in rewrite.find_targets(work)[0]:
         result = layers.get(target.node.name)
-        if result is not None:
+        if isinstance(result, Float16Layer):
+            rewrite.store_float16(work, target.node)
+        elif result is not None:
             target.bias = result.bias
             blob = result.layer.encode(block)
             target.replace(work, blob, {}, fuse_activation=False)
     rewrite.to_plain(work)
+    work.cleanup().toposort()  # the float16 layers' Cast nodes were appended last
     return gs.export_onnx(work).SerializeToString()
 
 
@@ -102,7 +127,7 @@ def noise(reference: np.ndarray, test: np.ndarray) -> float:
 def probe_choice(curve: LayerCurve) -> Choice:
     """Where a layer's gain is measured: the widest code at the sparsest grid point up to
     GAIN_PROBE_SPARSITY."""
-    compressed = [c for c in curve.errors if c != FLOAT]
+    compressed = [c for c in curve.errors if not is_float(c)]
     return max((c for c in compressed if c[0] <= GAIN_PROBE_SPARSITY), default=min(compressed))
 
 
@@ -200,7 +225,8 @@ class Allocation:
     message: str
 
     def to_dict(self) -> dict:
-        plan = {name: "float" if c == FLOAT else {"sparsity": c[0], "bits": c[1]} for name, c in self.plan.items()}
+        plan = {name: {FLOAT: "float", FLOAT16: "float16"}.get(c) or {"sparsity": c[0], "bits": c[1]}
+                for name, c in self.plan.items()}
         return {"plan": plan, "target": self.target, "met": self.met, "message": self.message,
                 "trials": [t.__dict__ for t in self.trials]}
 

@@ -157,7 +157,7 @@ def convert(
     Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
     reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
     ``preset`` their preprocessing. With it the defaults become OBS pruning with weight updates
-    (``prune_method="obs"``), error-feedback rounding (``rounding="gptq"``) and per-channel bias
+    (``prune_method="obs"``), error-feedback rounding followed by coordinate-descent passes (``rounding="gptq-cd"``) and per-channel bias
     correction; without it, magnitude pruning and nearest rounding. ``sequential`` measures each
     layer's inputs with the layers before it already compressed, so later layers compensate the
     errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
@@ -222,7 +222,7 @@ def convert(
     if target_ratio is not None or max_drop is not None:
         allocation = _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data,
                                preset, eval_size, keep_float, _bits_grid(alloc_bits, bits), progress)
-        per_layer = {name: choice[0] for name, choice in allocation.plan.items() if choice != allocate.FLOAT}
+        per_layer = {name: choice[0] for name, choice in allocation.plan.items() if not allocate.is_float(choice)}
     rows: list[LayerRow] = []
     for index, target in enumerate(targets):
         name = target.node.name
@@ -232,7 +232,9 @@ def convert(
             current = graph.copy()
             rewrite.to_plain(current)
             layer_stats = collect(current, [target])[name]
-        if allocation and allocation.results[name] is None:
+        if allocation and allocate.is_float(allocation.plan[name]):
+            if allocation.plan[name] == allocate.FLOAT16:
+                rewrite.store_float16(graph, target.node)
             continue  # the allocator keeps this layer in float
         result = allocation.results[name] if allocation else compress_layer(
             target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
@@ -263,7 +265,7 @@ def convert(
     graph.cleanup().toposort()
 
     settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits,
-                "per_layer_bits": {n: c[1] for n, c in allocation.plan.items() if c != allocate.FLOAT} if allocation else None, "w_sep": w_sep,
+                "per_layer_bits": {n: c[1] for n, c in allocation.plan.items() if not allocate.is_float(c)} if allocation else None, "w_sep": w_sep,
                 "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
                 "assign": assign, "per_channel": per_channel, "fuse_activation": fuse_activation, "prune_method": options.prune_method,
                 "rounding": options.rounding, "bias_correction": options.bias_correction,
@@ -287,7 +289,7 @@ def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_
                    bias_correction, per_channel=True) -> LayerOptions:
     calibrated = calib is not None
     prune_method = prune_method or ("obs" if calibrated else "magnitude")
-    rounding = rounding or ("gptq" if calibrated else "nearest")
+    rounding = rounding or ("gptq-cd" if calibrated else "nearest")
     bias_correction = calibrated if bias_correction is None else bias_correction
     if prune_method not in PRUNE_METHODS:
         raise FqOnnxError(f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, got {prune_method!r}")

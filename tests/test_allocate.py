@@ -92,6 +92,44 @@ def test_a_fragile_small_layer_can_stay_float():
     big = curve("big", 400_000, 0.1, 1.0)
     plan = allocate.plan_for_budget([fragile, big], 30_000)
     assert plan["first"] == allocate.FLOAT and plan["big"][0] > 0
+    fragile.bytes[allocate.FLOAT16], fragile.errors[allocate.FLOAT16] = 500, 3e-4
+    plan = allocate.plan_for_budget([fragile, big], 30_000)
+    assert plan["first"] == allocate.FLOAT16  # half the bytes for a negligible error
+
+
+def test_float16_layers_are_written_behind_a_cast(tmp_path, monkeypatch):
+    import onnx_graphsurgeon as gs
+
+    from fq_onnx import inspect, reference, runtime
+    from fq_onnx.graph import constant_value, fold_batchnorms
+
+    plan_for_budget = allocate.plan_for_budget
+
+    def stem_in_float16(curves, budget):
+        plan = plan_for_budget(curves, budget)
+        curve = next(c for c in curves if c.name == "stem/conv")
+        assert curve.bytes[allocate.FLOAT16] == curve.fp32_bytes // 2 and 0 < curve.errors[allocate.FLOAT16] < 1e-3
+        return {**plan, "stem/conv": allocate.FLOAT16}
+
+    monkeypatch.setattr(allocate, "plan_for_budget", stem_in_float16)
+    out = tmp_path / "h.onnx"
+    report = api.convert(default_model_path(), out, calib="digits", calib_size=64, target_ratio=8)
+    assert report.settings["allocation"]["plan"]["stem/conv"] == "float16"
+    row = next(r for r in inspect.inspect_model(out).layers if r.name == "stem/conv")
+    assert (row.mode, row.bits, row.stored_bytes) == ("float", 16, row.fp32_bytes // 2)
+
+    written = gs.import_onnx(onnx.load(str(out)))
+    stem = next(n for n in written.nodes if n.name == "stem/conv")
+    assert stem.op == "Conv" and stem.inputs[1].inputs[0].op == "Cast"
+    assert stem.inputs[1].inputs[0].inputs[0].values.dtype == np.float16
+    original = gs.import_onnx(onnx.load(str(default_model_path())))
+    fold_batchnorms(original)
+    expected = constant_value(next(n for n in original.nodes if n.name == "stem/conv").inputs[1])
+    np.testing.assert_array_equal(constant_value(stem.inputs[1]), expected.astype(np.float16).astype(np.float32))
+
+    x, _ = load_digits_split("val")
+    got = runtime.session(str(out)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, reference.run(str(out), {"input": x})[0], rtol=1e-4, atol=1e-4)
 
 
 def test_bits_are_allocated_with_sparsity():
