@@ -198,7 +198,7 @@ def convert(
     max_drop: Optional[float] = typer.Option(None, help="Largest ratio with top-1 drop <= this many points on --data (needs --calib)."),
     data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
     eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
-    keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float."),
+    keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float (stored as float16)."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
     act_bits: Optional[int] = typer.Option(None, help="Integer mode: quantize every layer's input to this many bits (4..8; needs --calib)."),
     act_calib: str = typer.Option("mse", help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
