@@ -184,45 +184,53 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   if ((symbols & 1) && (table[table_bytes - 1] >> 4) != 0) {
     throw FormatError("unused high nibble of the code length table is not 0");
   }
-  HuffmanDecoder huffman(lengths);
-
-  // Tokens -> coded elements. T <= 8 * P was checked by the Huffman decoder before any token is
-  // produced, so reserving T entries is bounded by the blob's size.
-  const uint8_t* payload = table + table_bytes;
+  // Each symbol's meaning, handed out by the decoder's table: the elements it advances over
+  // (r zeros and its element: r + 1; escape: R + 1, bits 0-8), its code (bits 9-16) and whether
+  // it has an element (bit 17).
   const uint64_t escape = symbols - 1;
   const uint64_t run_unit = uint64_t(w.run_max) + 1;
-  // Written through raw pointers into arrays sized for every token (fewer elements than tokens
-  // come out: runs), then trimmed; T <= 8 * P bounds the allocation by the blob's size.
-  // (More tokens than that: the Huffman decoder rejects the payload before any token.)
+  constexpr unsigned kCodeShift = 9, kCodedShift = 17;
+  std::vector<uint32_t> meaning(symbols);
+  for (uint64_t s = 0; s < escape; ++s) {
+    meaning[s] = uint32_t(1) << kCodedShift | uint32_t(s & (V - 1)) << kCodeShift | uint32_t((s >> w.params.bits) + 1);
+  }
+  meaning[escape] = uint32_t(run_unit);
+  HuffmanDecoder huffman(lengths, meaning);
+
+  // Tokens -> coded elements, written through raw pointers into arrays sized for every token
+  // (fewer elements than tokens come out: escapes), then trimmed. T <= 8 * P is checked by
+  // both decoders before any token is produced, so the allocation is bounded by the blob's
+  // size; more tokens than that leave capacity 0 and no token is decoded.
+  const uint8_t* payload = table + table_bytes;
   const size_t capacity = w.tokens <= 8 * uint64_t(payload_bytes) ? size_t(w.tokens) : 0;
   w.index.resize(capacity);
   w.code.resize(capacity);
   uint32_t* out_index = w.index.data();
   uint8_t* out_code = w.code.data();
   size_t coded = 0;
-  const unsigned code_bits = unsigned(w.params.bits);
-  const uint32_t code_mask = uint32_t(V - 1);
-  uint64_t pos = 0;
-  huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t sym) {
-    if (sym == escape) {
-      pos += run_unit;
+  uint64_t pos = 0;  // elements described so far
+  // Fast pass: branch-free per token. Every token's element lands at out_index[coded] (escapes
+  // too, overwritten by the next one), coded <= tokens decoded so far < capacity. Positions
+  // only grow, so "no token writes past element N - 1" is "pos <= N" at the end.
+  const bool ok = huffman.decode_fast(payload, payload_bytes, w.tokens, [&](uint32_t m) {
+    pos += m & 511;
+    out_index[coded] = uint32_t(pos - 1);
+    out_code[coded] = uint8_t(m >> kCodeShift);
+    coded += m >> kCodedShift;
+  });
+  if (!ok || pos > n) {
+    // Rejected: decode again, checking every token, for the message of the first broken rule
+    // (the same as the Python codec's).
+    pos = 0;
+    huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t m) {
+      pos += m & 511;
       if (pos > n) {
         throw FormatError("tokens describe " + std::to_string(pos) + " elements but the tensor has " +
                           std::to_string(n));
       }
-      return;
-    }
-    pos += sym >> code_bits;  // V = 2^bits: the run and the code without divisions
-    if (pos >= n) {
-      throw FormatError("tokens describe " + std::to_string(pos + 1) +
-                        " elements but the tensor has " + std::to_string(n));
-    }
-    if (coded == capacity) throw FormatError("more coded elements than tokens");  // unreachable
-    out_index[coded] = uint32_t(pos);
-    out_code[coded] = uint8_t(sym & code_mask);
-    ++coded;
-    ++pos;
-  });
+    });
+    throw FormatError("the payload was rejected but decodes without error");  // unreachable
+  }
   w.index.resize(coded);
   w.code.resize(coded);
   return w;
