@@ -83,15 +83,50 @@ struct BlockUnions {
 
 BlockUnions count_unions(const std::vector<uint8_t>& bits) {
   BlockUnions u;
-  for (const uint8_t b8 : bits) {
-    const unsigned b = b8;
+  auto add = [&u](unsigned b, uint32_t count) {
     for (int s = 0; s < 4; ++s) {
       const int width = 1 << s;
       const unsigned sub = (1u << width) - 1u;
-      for (int o = 0; o < 8 / width; ++o) u.sizes[s][o] += ((b >> (o * width)) & sub) != 0;
+      for (int o = 0; o < 8 / width; ++o) u.sizes[s][o] += ((b >> (o * width)) & sub) ? count : 0;
     }
+  };
+  // Long unions per distinct row pattern (at most 255) rather than per tap: 15 sub-block tests
+  // per tap had cost a fifth of build() for half-dense layers. Short ones (depthwise, small 1x1
+  // layers) per tap: scanning the patterns would cost more.
+  if (bits.size() < 64) {
+    for (const uint8_t b : bits) add(b, 1);
+    return u;
+  }
+  uint32_t hist[256] = {};
+  for (const uint8_t b : bits) ++hist[b];
+  for (unsigned b = 1; b < 256; ++b) {
+    if (hist[b]) add(b, hist[b]);
   }
   return u;
+}
+
+// The tap list of rows [o, o + G) of a block (G > 1) from the block's union u / bits: the taps
+// some row of the group has, with G weights each (0 where a row lacks the tap). Writes n taps
+// and n * G weights at taps / weights, plus one slot of scratch after each (every union entry
+// is written, and only kept when the group has it: no branch on the unpredictable patterns).
+// vals is read one past a row's last value (the caller pads it).
+template <int G>
+void group_lists(const std::vector<uint32_t>& u, const std::vector<uint8_t>& bits, int o, const size_t* row_begin,
+                 const float* vals, uint32_t* taps, float* weights) {
+  size_t next[G];
+  for (int j = 0; j < G; ++j) next[j] = row_begin[j];
+  size_t k = 0;
+  for (size_t i = 0; i < u.size(); ++i) {
+    const unsigned b = (unsigned(bits[i]) >> o) & ((1u << G) - 1u);
+    taps[k] = u[i];
+    for (int j = 0; j < G; ++j) {
+      const unsigned has = (b >> j) & 1u;
+      const float v = vals[next[j]];
+      weights[k * G + size_t(j)] = has ? v : 0.0f;
+      next[j] += has;
+    }
+    k += b != 0;
+  }
 }
 
 // Cheapest split of block rows [o * g, (o + 1) * g) into power-of-two groups; appends
@@ -264,7 +299,7 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
   // multiplication per code, not per element).
   row_start_.assign(size_t(M) + 1, 0);
   taps_.resize(w.index.size());
-  vals_.resize(w.index.size());
+  vals_.resize(w.index.size() + 1);  // + 1: see below
   std::vector<float> row_levels(w.units.size());
   size_t k = 0, i = 0;
   for (size_t m = 0; m < size_t(M); ++m) {
@@ -285,7 +320,7 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
     row_start_[m + 1] = k;
   }
   taps_.resize(k);
-  vals_.resize(k);
+  vals_.resize(k + 1);  // one 0 past the last row: group_lists reads one past a row's values
   sw.nonzeros = taps_.size();
   // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
   // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,
@@ -345,6 +380,11 @@ SparseWeight SparseWeightBuilder::build() {
   std::vector<uint32_t> u;
   std::vector<uint8_t> bits;
   std::vector<std::pair<int, int>> local;
+  // A group's list is no longer than its rows' nonzeros together, so this never reallocates
+  // the taps (and, with fewer weights than nonzeros, e.g. blocked masks, the weights): growing
+  // them had copied each list about once more.
+  sw.taps.reserve(size_t(sw.nonzeros) + 1);
+  sw.weights.reserve(size_t(sw.nonzeros) + 8);
   // One union per block of rows serves both the choice and the lists: a chosen group's taps
   // are the block's (increasing) taps that one of its rows has.
   for_blocks(1, [&](size_t m, int g) {
@@ -370,21 +410,18 @@ SparseWeight SparseWeightBuilder::build() {
         sw.groups.push_back(rg);
         continue;
       }
-      const unsigned sub = ((1u << gg) - 1u) << o;
-      const size_t base = sw.weights.size();
-      sw.weights.resize(base + n * size_t(gg), 0.0f);
-      size_t next[8];  // per row: its next value, in the same increasing tap order as u
-      for (int j = 0; j < gg; ++j) next[j] = row_start_[m + size_t(o + j)];
-      size_t k = 0;
-      for (size_t i = 0; i < u.size(); ++i) {
-        const unsigned b = (bits[i] & sub) >> o;
-        if (!b) continue;
-        sw.taps.push_back(u[i]);
-        for (int j = 0; j < gg; ++j) {
-          if ((b >> j) & 1u) sw.weights[base + k * size_t(gg) + size_t(j)] = vals_[next[j]++];
-        }
-        ++k;
-      }
+      // Sized for the list plus the scratch slot group_lists writes, then trimmed.
+      const size_t tap_base = sw.taps.size(), base = sw.weights.size();
+      sw.taps.resize(tap_base + n + 1);
+      sw.weights.resize(base + (n + 1) * size_t(gg));
+      const size_t* rows = &row_start_[m + size_t(o)];
+      uint32_t* taps = sw.taps.data() + tap_base;
+      float* weights = sw.weights.data() + base;
+      if (gg == 2) group_lists<2>(u, bits, o, rows, vals_.data(), taps, weights);
+      else if (gg == 4) group_lists<4>(u, bits, o, rows, vals_.data(), taps, weights);
+      else group_lists<8>(u, bits, o, rows, vals_.data(), taps, weights);
+      sw.taps.resize(tap_base + n);
+      sw.weights.resize(base + n * size_t(gg));
       rg.tap_end = uint32_t(sw.taps.size());
       sw.stored_taps += n;
       sw.stored_macs += uint64_t(n) * uint64_t(gg);
