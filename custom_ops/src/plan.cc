@@ -320,7 +320,8 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
     row_start_[m + 1] = k;
   }
   taps_.resize(k);
-  vals_.resize(k + 1);  // one 0 past the last row: group_lists reads one past a row's values
+  vals_.resize(k + 1);
+  vals_[k] = 0.0f;  // one value past the last row: group_lists reads one past a row's values
   sw.nonzeros = taps_.size();
   // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
   // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,

@@ -75,8 +75,9 @@ class SparseWeightBuilder {
   uint64_t row_len_ = 0;
   bool use_mark_ = false;
   std::vector<uint8_t> mark_;      // row_len zero bytes between calls (use_mark_ only)
-  std::vector<uint32_t> taps_;     // nonzeros in row-major order
-  std::vector<float> vals_;
+  // Nonzeros in row-major order (written once each: not zero-filled first, decode.h).
+  std::vector<uint32_t, UninitAllocator<uint32_t>> taps_;
+  std::vector<float, UninitAllocator<float>> vals_;
   std::vector<size_t> row_start_;  // M + 1
 };
 
