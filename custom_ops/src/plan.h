@@ -60,6 +60,9 @@ class SparseWeightBuilder {
  public:
   SparseWeightBuilder(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw, int64_t group,
                       int max_group = 8, const GroupCosts& costs = GroupCosts());
+  // The builder reads w's rows lazily: a temporary would dangle.
+  SparseWeightBuilder(DecodedWeight&& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw, int64_t group,
+                      int max_group = 8, const GroupCosts& costs = GroupCosts()) = delete;
   // Shape and nonzeros only (no groups; cost_units, stored_taps, stored_macs 0).
   const SparseWeight& shape() const { return head_; }
   // cost_units from every `stride`-th block of up to 8 rows, scaled up (exact for stride 1).
