@@ -94,6 +94,8 @@ void HuffmanDecoder::decode(const uint8_t* payload, size_t nbytes, uint64_t coun
                  uint64_t(p[3]) << 32 | uint64_t(p[4]) << 24 | uint64_t(p[5]) << 16 |
                  uint64_t(p[6]) << 8 | uint64_t(p[7]);
     w <<= (pos & 7);
+    // Every symbol whose longest possible code still lies inside the 64-bit window is decoded
+    // from it (4-10 per refill), checking each.
     int avail = 64 - int(pos & 7);
     do {
       uint32_t e = lut_[w >> (64 - kLutBits)];
