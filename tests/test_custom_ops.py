@@ -855,3 +855,25 @@ def test_very_sparse_long_rows_match_reference(block, monkeypatch):
         ref = reference.run(model, {"X": x})[0]
         for kernel in KERNELS:
             assert_close(run_shiftconv(model, x, threads=2, kernel=kernel), ref, x, weight)
+
+
+@pytest.mark.parametrize("run_max", fmt.RUN_MAX_CHOICES)
+def test_token_decoder_every_run_length_size_and_skew(run_max):
+    """The C++ token reader (decode.cc: up to three tokens per table lookup, the last tokens one
+    at a time from a padded copy) decodes exactly what fmt.dequantize does, for every run
+    length, for tensors from 1 element to a few thousand (tokens around its 9-token and
+    8-byte boundaries) and for code distributions from flat to one dominant level (1-bit
+    codes, three tokens in one lookup) with 8-bit codes (codes longer than the 11-bit table)."""
+    rng = np.random.default_rng(1000 + run_max)
+    shapes = [(1, 1), (1, 5), (1, 9), (1, 10), (2, 9), (3, 17), (4, 31), (20, 15), (60, 50)]
+    for bits, skew in ((2, 0.0), (5, 0.0), (5, 0.97), (8, 0.0), (8, 0.9)):
+        params = fmt.QuantParams(mode=0, bits=bits, alpha=0.05, b=2)
+        for sparsity in (0.0, 0.5, 0.97):
+            for m, k in shapes:
+                codes = rng.integers(0, params.value_count, size=(m, k))
+                codes[rng.random((m, k)) < skew] = 1  # one dominant level
+                codes[rng.random((m, k)) < sparsity] = -1
+                blob = fmt.encode(codes, params, run_max=run_max)
+                weight = fmt.dequantize(blob)
+                y = run_shiftconv(shiftconv_model(blob, (k, k), kind="dense"), np.eye(k, dtype=np.float32))
+                assert y.tobytes() == np.ascontiguousarray(weight.T).tobytes(), (bits, skew, sparsity, m, k)

@@ -1,6 +1,7 @@
 // Compiled with -ffp-contract=off (see CMakeLists.txt): compute_levels must round each step.
 #include "decode.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -35,6 +36,155 @@ std::string fmt_float(float f) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.9g", double(f));
   return buf;
+}
+
+// A token's meaning as HuffmanDecoder hands it out (decode_weight sets the values): the
+// elements it advances over (bits 0-8: r zeros and its element, r + 1; an escape R + 1), its
+// code (bits 9-16) and whether it has an element (bit 17).
+constexpr unsigned kAdvanceMask = 511, kCodeShift = 9, kCodedShift = 17;
+
+// The token stream decoded for session creation, faster than HuffmanDecoder::decode: up to
+// three tokens per table lookup, and no per-token check beyond what keeps memory accesses in
+// bounds. ok() false: the payload breaks a rule (which one: HuffmanDecoder::decode tells);
+// the arrays then hold junk.
+//
+// Why it is fast: a token costs decode() a dependent chain of a table lookup and a shift, and
+// a loop exit mispredicted every few tokens. Half-sparse weights have short codes (3-4 bits per
+// token on average: escapes of one zero take 1 bit at R = 0), so one 11-bit lookup often
+// resolves 2-3 tokens; the refill is branch-free (F. Giesen, "Reading bits in far too many
+// ways"), and the elements are stored without branches.
+class TokenReader {
+ public:
+  static constexpr int kBits = HuffmanDecoder::kLutBits;
+
+  explicit TokenReader(const HuffmanDecoder& h) : h_(h), table_(size_t(1) << kBits) {
+    // Entry per kBits-bit prefix: the tokens whose codes lie wholly inside it (at most 3, of
+    // which at most 2 have an element), packed as
+    //   bits 0-3 length, 4-5 tokens, 6-7 elements, 8-17 advance,
+    //   18-27 / 36-45 element j's index - pos, 28-35 / 46-53 its code.
+    // 0: the first code is longer than kBits (or no code): one token through h.lookup().
+    for (uint32_t x = 0; x < table_.size(); ++x) {
+      int used = 0, tokens = 0, elements = 0;
+      uint64_t advance = 0, e = 0;
+      while (tokens < 3) {
+        const uint32_t se = h.prefix_entry(x << used);  // bits past the prefix read as 0
+        const int len = int(se & HuffmanDecoder::kLengthMask);
+        if (len == 0 || used + len > kBits) break;  // not wholly inside the prefix
+        const uint32_t m = se >> 8;
+        const bool coded = (m >> kCodedShift) & 1;
+        if (coded && elements == 2) break;
+        advance += m & kAdvanceMask;
+        if (coded) {
+          const unsigned at = 18 + 18 * unsigned(elements);
+          e |= (advance - 1) << at | uint64_t((m >> kCodeShift) & 0xFF) << (at + 10);
+          ++elements;
+        }
+        used += len;
+        ++tokens;
+      }
+      if (tokens) e |= uint64_t(used) | uint64_t(tokens) << 4 | uint64_t(elements) << 6 | advance << 8;
+      table_[x] = e;
+    }
+  }
+
+  // Decodes `count` tokens of the payload into index / code (room for count entries each);
+  // returns the number of elements and sets *pos to the elements the tokens describe.
+  size_t run(const uint8_t* payload, size_t nbytes, uint64_t count, uint32_t* index, uint8_t* code, uint64_t* pos_out);
+  bool ok() const { return ok_; }
+
+ private:
+  const HuffmanDecoder& h_;
+  std::vector<uint64_t> table_;
+  bool ok_ = true;
+};
+
+size_t TokenReader::run(const uint8_t* payload, size_t nbytes, uint64_t count, uint32_t* index, uint8_t* code,
+                        uint64_t* pos_out) {
+  const uint64_t total_bits = uint64_t(nbytes) * 8;
+  *pos_out = 0;
+  auto fail = [this] {
+    ok_ = false;
+    return size_t(0);
+  };
+  if (count == 0) return nbytes == 0 ? 0 : fail();
+  if (h_.empty() || count > total_bits) return fail();
+  uint64_t buf = 0;  // the next stream bits MSB first, the top `have` of them valid
+  int have = 0;
+  uint64_t t = 0, pos = 0;
+  size_t coded = 0;
+  // ORs the 8 bytes at p in below the valid bits and moves p past the whole bytes now held:
+  // 56..63 valid bits after it, and the bits below them are the stream's next ones.
+  auto refill = [&](const uint8_t*& p) {
+    uint64_t next;
+    std::memcpy(&next, p, 8);
+    next = __builtin_bswap64(next);  // the stream is MSB first
+    buf |= next >> have;
+    p += (63 - have) >> 3;
+    have |= 56;
+  };
+  // One token through the single-symbol table (codes longer than kBits, and the tail).
+  auto single = [&]() {
+    const uint32_t se = h_.lookup(buf);
+    const int len = int(se & HuffmanDecoder::kLengthMask);
+    if (len == 0) return false;
+    const uint32_t m = se >> 8;
+    buf <<= len;
+    have -= len;
+    pos += m & kAdvanceMask;
+    index[coded] = uint32_t(pos - 1);  // an escape's slot is overwritten by the next element
+    code[coded] = uint8_t(m >> kCodeShift);
+    coded += (m >> kCodedShift) & 1;
+    ++t;
+    return true;
+  };
+  // Up to three tokens through the multi-token table. Stores both element slots whether used
+  // or not: coded + 1 <= t + 1 < count while count - t >= 9 (the caller's condition).
+  auto multi = [&]() {
+    const uint64_t e = table_[buf >> (64 - kBits)];
+    if (__builtin_expect(e == 0, 0)) return single();
+    const int len = int(e & 15);
+    buf <<= len;
+    have -= len;
+    index[coded] = uint32_t(pos + ((e >> 18) & 1023));
+    code[coded] = uint8_t(e >> 28);
+    index[coded + 1] = uint32_t(pos + ((e >> 36) & 1023));
+    code[coded + 1] = uint8_t(e >> 46);
+    coded += (e >> 6) & 3;
+    pos += (e >> 8) & 1023;
+    t += (e >> 4) & 3;
+    return true;
+  };
+  static_assert(3 * HuffmanDecoder::kMaxLength <= 56, "a refill must hold three codes");
+  // Straight from the payload while the 8-byte load at p stays inside it: three lookups (at
+  // most 15 bits each) per refill. Bits consumed: 8 * (p - payload) - have; a stream running
+  // past its end stops at the next check.
+  const uint8_t* p = payload;
+  const uint8_t* const end = payload + nbytes;
+  while (count - t >= 9 && end - p >= 8) {
+    refill(p);
+    if (!multi() || !multi() || !multi()) return fail();
+    if (uint64_t(p - payload) * 8 - uint64_t(have) > total_bits) return fail();
+  }
+  // The rest one token per refill from a zero-padded copy of the last bytes: fewer than 9
+  // tokens remain (at most 135 bits) or fewer than 8 bytes, and a check per token stops a
+  // stream running past its end within 15 bits.
+  const uint64_t base = uint64_t(p - payload);
+  uint8_t tail[96] = {};
+  const size_t copy = std::min<size_t>(size_t(end - p), 64);
+  if (copy) std::memcpy(tail, p, copy);
+  const uint8_t* q = tail;
+  while (t < count) {
+    if ((base + uint64_t(q - tail)) * 8 - uint64_t(have) >= total_bits) return fail();
+    if (q - tail > 80) return fail();  // unreachable (see above); keeps loads in `tail`
+    refill(q);
+    if (!single()) return fail();
+  }
+  const uint64_t bits = (base + uint64_t(q - tail)) * 8 - uint64_t(have);
+  if (bits > total_bits || total_bits - bits >= 8) return fail();
+  // Padding: the rest of the payload's last byte after the last token must be 0.
+  if ((bits & 7) && (payload[nbytes - 1] & uint8_t(0xFFu >> (bits & 7)))) return fail();
+  *pos_out = pos;
+  return coded;
 }
 
 }  // namespace
@@ -184,45 +334,41 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   if ((symbols & 1) && (table[table_bytes - 1] >> 4) != 0) {
     throw FormatError("unused high nibble of the code length table is not 0");
   }
-  HuffmanDecoder huffman(lengths);
-
-  // Tokens -> coded elements. T <= 8 * P was checked by the Huffman decoder before any token is
-  // produced, so reserving T entries is bounded by the blob's size.
-  const uint8_t* payload = table + table_bytes;
+  // Each symbol's meaning (kAdvanceMask, kCodeShift, kCodedShift), handed out by the decoder's
+  // table: one lookup per token instead of a symbol and then its meaning.
   const uint64_t escape = symbols - 1;
-  const uint64_t run_unit = uint64_t(w.run_max) + 1;
-  // Written through raw pointers into arrays sized for every token (fewer elements than tokens
-  // come out: runs), then trimmed; T <= 8 * P bounds the allocation by the blob's size.
-  // (More tokens than that: the Huffman decoder rejects the payload before any token.)
+  std::vector<uint32_t> meaning(symbols);
+  for (uint64_t s = 0; s < escape; ++s) {
+    meaning[s] = uint32_t(1) << kCodedShift | uint32_t(s & (V - 1)) << kCodeShift | uint32_t((s >> w.params.bits) + 1);
+  }
+  meaning[escape] = uint32_t(w.run_max) + 1;
+  HuffmanDecoder huffman(lengths, meaning);
+
+  // Tokens -> coded elements, into arrays sized for every token (fewer elements than tokens
+  // come out: escapes), then trimmed. T <= 8 * P is checked by both decoders before any token
+  // is produced, so the allocation is bounded by the blob's size; more tokens than that leave
+  // capacity 0 and no token is decoded.
+  const uint8_t* payload = table + table_bytes;
   const size_t capacity = w.tokens <= 8 * uint64_t(payload_bytes) ? size_t(w.tokens) : 0;
   w.index.resize(capacity);
   w.code.resize(capacity);
-  uint32_t* out_index = w.index.data();
-  uint8_t* out_code = w.code.data();
-  size_t coded = 0;
-  const unsigned code_bits = unsigned(w.params.bits);
-  const uint32_t code_mask = uint32_t(V - 1);
-  uint64_t pos = 0;
-  huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t sym) {
-    if (sym == escape) {
-      pos += run_unit;
+  TokenReader reader(huffman);
+  uint64_t pos = 0;  // elements the tokens describe
+  const size_t coded = reader.run(payload, payload_bytes, w.tokens, w.index.data(), w.code.data(), &pos);
+  // Positions only grow, so "no token describes an element past N - 1" is "pos <= N" at the end.
+  if (!reader.ok() || pos > n) {
+    // Rejected: decode again, checking every token, for the message of the first broken rule
+    // (the same as the Python codec's).
+    pos = 0;
+    huffman.decode(payload, payload_bytes, w.tokens, [&](uint32_t m) {
+      pos += m & kAdvanceMask;
       if (pos > n) {
         throw FormatError("tokens describe " + std::to_string(pos) + " elements but the tensor has " +
                           std::to_string(n));
       }
-      return;
-    }
-    pos += sym >> code_bits;  // V = 2^bits: the run and the code without divisions
-    if (pos >= n) {
-      throw FormatError("tokens describe " + std::to_string(pos + 1) +
-                        " elements but the tensor has " + std::to_string(n));
-    }
-    if (coded == capacity) throw FormatError("more coded elements than tokens");  // unreachable
-    out_index[coded] = uint32_t(pos);
-    out_code[coded] = uint8_t(sym & code_mask);
-    ++coded;
-    ++pos;
-  });
+    });
+    throw FormatError("the payload was rejected but decodes without error");  // unreachable
+  }
   w.index.resize(coded);
   w.code.resize(coded);
   return w;

@@ -1,8 +1,16 @@
 #include "huffman.h"
 
+#include <stdexcept>
+
 namespace fq {
 
-HuffmanDecoder::HuffmanDecoder(const std::vector<uint8_t>& lengths) {
+HuffmanDecoder::HuffmanDecoder(const std::vector<uint8_t>& lengths, const std::vector<uint32_t>& values) {
+  if (!values.empty() && values.size() != lengths.size()) throw std::invalid_argument("Huffman symbol values do not match the symbols");
+  values_.resize(lengths.size());
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    values_[s] = values.empty() ? uint32_t(s) : values[s];
+    if (values_[s] > kMaxValue) throw std::invalid_argument("Huffman symbol value above 2^24 - 1");
+  }
   for (uint8_t len : lengths) {
     if (len > kMaxLength) throw FormatError("Huffman code length above 15");
     if (len) {
@@ -29,12 +37,13 @@ HuffmanDecoder::HuffmanDecoder(const std::vector<uint8_t>& lengths) {
   for (size_t s = 0; s < lengths.size(); ++s) {
     if (lengths[s]) sorted_[fill[lengths[s]]++] = uint32_t(s);
   }
-  lut_.assign(size_t(1) << kLutBits, LutEntry{0, 0});
+  lut_.assign(size_t(1) << kLutBits, 0);
   for (int l = 1; l <= kLutBits; ++l) {
     for (uint32_t i = 0; i < count_[l]; ++i) {
       const uint32_t c = first_code_[l] + i;
       const uint32_t lo = c << (kLutBits - l), hi = (c + 1) << (kLutBits - l);
-      for (uint32_t k = lo; k < hi; ++k) lut_[k] = LutEntry{sorted_[first_index_[l] + i], uint8_t(l)};
+      const uint32_t entry = values_[sorted_[first_index_[l] + i]] << 8 | uint32_t(l);
+      for (uint32_t k = lo; k < hi; ++k) lut_[k] = entry;
     }
   }
 }

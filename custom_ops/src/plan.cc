@@ -83,15 +83,50 @@ struct BlockUnions {
 
 BlockUnions count_unions(const std::vector<uint8_t>& bits) {
   BlockUnions u;
-  for (const uint8_t b8 : bits) {
-    const unsigned b = b8;
+  auto add = [&u](unsigned b, uint32_t count) {
     for (int s = 0; s < 4; ++s) {
       const int width = 1 << s;
       const unsigned sub = (1u << width) - 1u;
-      for (int o = 0; o < 8 / width; ++o) u.sizes[s][o] += ((b >> (o * width)) & sub) != 0;
+      for (int o = 0; o < 8 / width; ++o) u.sizes[s][o] += ((b >> (o * width)) & sub) ? count : 0;
     }
+  };
+  // Long unions per distinct row pattern (at most 255) rather than per tap: 15 sub-block tests
+  // per tap had cost a fifth of build() for half-dense layers. Short ones (depthwise, small 1x1
+  // layers) per tap: scanning the patterns would cost more.
+  if (bits.size() < 64) {
+    for (const uint8_t b : bits) add(b, 1);
+    return u;
+  }
+  uint32_t hist[256] = {};
+  for (const uint8_t b : bits) ++hist[b];
+  for (unsigned b = 1; b < 256; ++b) {
+    if (hist[b]) add(b, hist[b]);
   }
   return u;
+}
+
+// The tap list of rows [o, o + G) of a block (G > 1) from the block's union u / bits: the taps
+// some row of the group has, with G weights each (0 where a row lacks the tap). Writes n taps
+// and n * G weights at taps / weights, plus one slot of scratch after each (every union entry
+// is written, and only kept when the group has it: no branch on the unpredictable patterns).
+// vals is read one past a row's last value (the caller pads it).
+template <int G>
+void group_lists(const std::vector<uint32_t>& u, const std::vector<uint8_t>& bits, int o, const size_t* row_begin,
+                 const float* vals, uint32_t* taps, float* weights) {
+  size_t next[G];
+  for (int j = 0; j < G; ++j) next[j] = row_begin[j];
+  size_t k = 0;
+  for (size_t i = 0; i < u.size(); ++i) {
+    const unsigned b = (unsigned(bits[i]) >> o) & ((1u << G) - 1u);
+    taps[k] = u[i];
+    for (int j = 0; j < G; ++j) {
+      const unsigned has = (b >> j) & 1u;
+      const float v = vals[next[j]];
+      weights[k * G + size_t(j)] = has ? v : 0.0f;
+      next[j] += has;
+    }
+    k += b != 0;
+  }
 }
 
 // Cheapest split of block rows [o * g, (o + 1) * g) into power-of-two groups; appends
@@ -247,7 +282,7 @@ void check_size(int64_t floats) {
 
 SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw,
                                          int64_t group, int max_group, const GroupCosts& costs)
-    : max_group_(max_group), costs_(costs) {
+    : w_(w), max_group_(max_group), costs_(costs) {
   SparseWeight& sw = head_;
   sw.M = M;
   sw.Cg = Cg;
@@ -259,34 +294,52 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
   // Row m of the kernel is row m of the blob (dims[0] = M): it selects the scale alpha[m].
   if (w.dims.empty() || uint64_t(M) != w.dims[0]) throw std::invalid_argument("weight rows mismatch");
 
-  // Nonzeros in row-major order split into rows (the decoder yields increasing indices): each
-  // row's elements found by binary search, its levels from a per-row table of the codes (one
-  // multiplication per code, not per element).
+  // Rows of the nonzeros in row-major order (the decoder yields increasing indices), each
+  // found by binary search.
   row_start_.assign(size_t(M) + 1, 0);
+  for (size_t m = 0, i = 0; m < size_t(M); ++m) {
+    const uint64_t row_end = uint64_t(m + 1) * row_len_;
+    i = size_t(std::lower_bound(w.index.begin() + std::ptrdiff_t(i), w.index.end(), row_end,
+                                [](uint32_t a, uint64_t b) { return a < b; }) -
+               w.index.begin());
+    row_start_[m + 1] = i;
+  }
   taps_.resize(w.index.size());
-  vals_.resize(w.index.size());
-  std::vector<float> row_levels(w.units.size());
-  size_t k = 0, i = 0;
-  for (size_t m = 0; m < size_t(M); ++m) {
-    const uint64_t row_begin = uint64_t(m) * row_len_;
-    const size_t end = size_t(std::lower_bound(w.index.begin() + std::ptrdiff_t(i), w.index.end(),
-                                               row_begin + row_len_, [](uint32_t a, uint64_t b) { return a < b; }) -
-                              w.index.begin());
-    if (end > i) {
-      // alpha[m] * u(code), bit-exact with fmt.dequantize
+  vals_.resize(w.index.size() + 1);
+  // Can a level be +-0 (it then contributes nothing and is dropped)? Only if alpha_min * u is:
+  // rounding is monotone in the exact product, so |fl(alpha * u)| >= |fl(alpha_min * u)|.
+  float alpha_min = w.alphas.empty() ? 0.0f : w.alphas[0];
+  for (float a : w.alphas) alpha_min = a < alpha_min ? a : alpha_min;
+  bool zero_level = false;
+  for (float u : w.units) zero_level = zero_level || alpha_min * u == 0.0f;
+  if (!zero_level) {
+    // Nothing is dropped: rows keep w's positions and are converted when first used.
+    lazy_ = true;
+    converted_.assign(size_t(M), 0);
+    vals_[w.index.size()] = 0.0f;  // one level past the last row: group_lists reads it
+    sw.nonzeros = w.index.size();
+  } else {
+    // All rows now, dropping the zero levels: alpha[m] * u(code) from a per-row table of the
+    // codes (one multiplication per code, not per element), bit-exact with fmt.dequantize.
+    std::vector<float> row_levels(w.units.size());
+    size_t k = 0;
+    for (size_t m = 0; m < size_t(M); ++m) {
+      const size_t i0 = row_start_[m], i1 = row_start_[m + 1];
+      row_start_[m] = k;
+      if (i1 == i0) continue;
       for (size_t c = 0; c < row_levels.size(); ++c) row_levels[c] = w.level(m, uint32_t(c));
-      for (; i < end; ++i) {
+      const uint64_t row_begin = uint64_t(m) * row_len_;
+      for (size_t i = i0; i < i1; ++i) {
         const float v = row_levels[w.code[i]];
         taps_[k] = uint32_t(w.index[i] - row_begin);
         vals_[k] = v;
         k += v != 0.0f;  // a level that is exactly +-0 contributes nothing
       }
     }
-    row_start_[m + 1] = k;
+    row_start_[size_t(M)] = k;
+    vals_[k] = 0.0f;  // one level past the last row: group_lists reads it
+    sw.nonzeros = k;
   }
-  taps_.resize(k);
-  vals_.resize(k);
-  sw.nonzeros = taps_.size();
   // Marking needs row_len bytes: only when a block of 8 rows holds on average at least a
   // quarter of that many nonzeros (so the scratch stays proportional to the blob's content,
   // whatever size it declares); otherwise the merge.
@@ -294,14 +347,32 @@ SparseWeightBuilder::SparseWeightBuilder(const DecodedWeight& w, int64_t M, int6
   use_mark_ = row_len_ <= 4 * per_block;
 }
 
+void SparseWeightBuilder::convert_rows(size_t m0, size_t g) {
+  if (!lazy_) return;
+  std::vector<float> row_levels(w_.units.size());
+  for (size_t m = m0; m < m0 + g; ++m) {
+    if (converted_[m]) continue;
+    converted_[m] = 1;
+    const size_t i0 = row_start_[m], i1 = row_start_[m + 1];
+    if (i1 == i0) continue;
+    // alpha[m] * u(code), bit-exact with fmt.dequantize
+    for (size_t c = 0; c < row_levels.size(); ++c) row_levels[c] = w_.level(m, uint32_t(c));
+    const uint32_t row_begin = uint32_t(uint64_t(m) * row_len_);  // < elements <= 2^28
+    for (size_t i = i0; i < i1; ++i) {
+      taps_[i] = w_.index[i] - row_begin;
+      vals_[i] = row_levels[w_.code[i]];
+    }
+  }
+}
+
 void SparseWeightBuilder::collect(size_t m0, int g, std::vector<uint32_t>* u, std::vector<uint8_t>* bits) {
+  convert_rows(m0, size_t(g));
   if (use_mark_) {
     if (mark_.size() != row_len_) mark_.assign(size_t(row_len_), 0);
     mark_rows(taps_.data(), row_start_.data(), m0, g, &mark_, u, bits);
   } else {
     merge_rows(taps_.data(), row_start_.data(), m0, g, u, bits);
   }
-
 }
 
 template <class Visit>
@@ -340,11 +411,18 @@ double SparseWeightBuilder::estimate_cost_units(int64_t stride) {
 }
 
 SparseWeight SparseWeightBuilder::build() {
+  // Every row, in one pass (the lists below also read one level past each group's rows).
+  convert_rows(0, size_t(head_.M));
   SparseWeight sw = head_;
   const int64_t Mg = sw.M / sw.group;
   std::vector<uint32_t> u;
   std::vector<uint8_t> bits;
   std::vector<std::pair<int, int>> local;
+  // A group's list is no longer than its rows' nonzeros together, so this never reallocates
+  // the taps (and, with fewer weights than nonzeros, e.g. blocked masks, the weights): growing
+  // them had copied each list about once more.
+  sw.taps.reserve(size_t(sw.nonzeros) + 1);
+  sw.weights.reserve(size_t(sw.nonzeros) + 8);
   // One union per block of rows serves both the choice and the lists: a chosen group's taps
   // are the block's (increasing) taps that one of its rows has.
   for_blocks(1, [&](size_t m, int g) {
@@ -370,21 +448,18 @@ SparseWeight SparseWeightBuilder::build() {
         sw.groups.push_back(rg);
         continue;
       }
-      const unsigned sub = ((1u << gg) - 1u) << o;
-      const size_t base = sw.weights.size();
-      sw.weights.resize(base + n * size_t(gg), 0.0f);
-      size_t next[8];  // per row: its next value, in the same increasing tap order as u
-      for (int j = 0; j < gg; ++j) next[j] = row_start_[m + size_t(o + j)];
-      size_t k = 0;
-      for (size_t i = 0; i < u.size(); ++i) {
-        const unsigned b = (bits[i] & sub) >> o;
-        if (!b) continue;
-        sw.taps.push_back(u[i]);
-        for (int j = 0; j < gg; ++j) {
-          if ((b >> j) & 1u) sw.weights[base + k * size_t(gg) + size_t(j)] = vals_[next[j]++];
-        }
-        ++k;
-      }
+      // Sized for the list plus the scratch slot group_lists writes, then trimmed.
+      const size_t tap_base = sw.taps.size(), base = sw.weights.size();
+      sw.taps.resize(tap_base + n + 1);
+      sw.weights.resize(base + (n + 1) * size_t(gg));
+      const size_t* rows = &row_start_[m + size_t(o)];
+      uint32_t* taps = sw.taps.data() + tap_base;
+      float* weights = sw.weights.data() + base;
+      if (gg == 2) group_lists<2>(u, bits, o, rows, vals_.data(), taps, weights);
+      else if (gg == 4) group_lists<4>(u, bits, o, rows, vals_.data(), taps, weights);
+      else group_lists<8>(u, bits, o, rows, vals_.data(), taps, weights);
+      sw.taps.resize(tap_base + n);
+      sw.weights.resize(base + n * size_t(gg));
       rg.tap_end = uint32_t(sw.taps.size());
       sw.stored_taps += n;
       sw.stored_macs += uint64_t(n) * uint64_t(gg);

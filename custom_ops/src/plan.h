@@ -51,13 +51,18 @@ SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, 
                                  int64_t group, int max_group = 8, const GroupCosts& costs = GroupCosts());
 
 // build_sparse_weight in steps, so that a layer another kernel runs never builds its tap lists
-// and, where an estimate decides, never merges most of its rows either. The constructor splits
-// the nonzeros into rows (one pass); estimate_cost_units samples the grouping; build() chooses
-// the groups and builds the lists. Throws std::invalid_argument if w does not have the shape.
+// and, where an estimate decides, never merges most of its rows either. The constructor finds
+// the rows (a binary search each); estimate_cost_units samples the grouping; build() chooses
+// the groups and builds the lists. Rows are converted to (tap, level) lists when first used,
+// so an estimate over every 8th block converts an eighth of them. Throws
+// std::invalid_argument if w does not have the shape. w must outlive the builder.
 class SparseWeightBuilder {
  public:
   SparseWeightBuilder(const DecodedWeight& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw, int64_t group,
                       int max_group = 8, const GroupCosts& costs = GroupCosts());
+  // The builder reads w's rows lazily: a temporary would dangle.
+  SparseWeightBuilder(DecodedWeight&& w, int64_t M, int64_t Cg, int64_t kh, int64_t kw, int64_t group,
+                      int max_group = 8, const GroupCosts& costs = GroupCosts()) = delete;
   // Shape and nonzeros only (no groups; cost_units, stored_taps, stored_macs 0).
   const SparseWeight& shape() const { return head_; }
   // cost_units from every `stride`-th block of up to 8 rows, scaled up (exact for stride 1).
@@ -69,15 +74,24 @@ class SparseWeightBuilder {
   void for_blocks(int64_t stride, Visit visit);
   // The union of rows [m0, m0 + g) in increasing order, and which rows have each tap.
   void collect(size_t m0, int g, std::vector<uint32_t>* u, std::vector<uint8_t>* bits);
-  SparseWeight head_;
+  // Converts rows [m0, m0 + g) that are not yet (lazy_ only).
+  void convert_rows(size_t m0, size_t g);
+  const DecodedWeight& w_;
   int max_group_;
+  SparseWeight head_;
   GroupCosts costs_;
   uint64_t row_len_ = 0;
   bool use_mark_ = false;
   std::vector<uint8_t> mark_;      // row_len zero bytes between calls (use_mark_ only)
-  std::vector<uint32_t> taps_;     // nonzeros in row-major order
-  std::vector<float> vals_;
+  // Nonzeros in row-major order: row m's taps (relative to the row) and levels are
+  // [row_start_[m], row_start_[m + 1]), plus one 0 level past the last row. Written once
+  // each (not zero-filled first, decode.h). lazy_: at w's positions (no level is 0, nothing
+  // is dropped), row m valid once converted_[m]; otherwise all converted at construction.
+  std::vector<uint32_t, UninitAllocator<uint32_t>> taps_;
+  std::vector<float, UninitAllocator<float>> vals_;
   std::vector<size_t> row_start_;  // M + 1
+  bool lazy_ = false;
+  std::vector<uint8_t> converted_;  // per row (lazy_ only)
 };
 
 // One contiguous run of valid output pixels inside a tile.
