@@ -249,7 +249,7 @@ constexpr void fill_row(TileFn* row) {
 template <class VT, int MaxAcc, int GemmNV, int GemmMR>
 constexpr KernelTable make_table(const char* name) {
   static_assert(GemmMR * GemmNV + GemmNV + 1 <= VT::kRegs, "GEMM tile does not fit the registers");
-  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, &VT::deinterleave, &depthwise_plane<VT>,
+  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, VT::deinterleave, &depthwise_plane<VT>,
                  VT::depthwise_flat, &depthwise_small<VT>, GemmNV * VT::kLanes, GemmMR, &gemm_panel<VT, GemmNV, GemmMR>};
   fill_row<VT, 1, MaxAcc>(t.fn[0]);
   fill_row<VT, 2, MaxAcc>(t.fn[1]);
