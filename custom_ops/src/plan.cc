@@ -419,6 +419,14 @@ Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWe
   const int64_t Wneed = (cs.OW - 1) * ws.sw + (ws.kw - 1) * ws.dw + 1;
   p.Hq = ceil_div(Hneed, ws.sh);
   p.Wq = ceil_div(Wneed, ws.sw);
+  if (ws.sw == 2) {
+    // Column stride 2: phase rows of a whole number of cache lines where that costs at most an
+    // eighth more pixels. 28 -> 14 (rows of 15) then packs each row with aligned stores, and the
+    // taps two rows down read aligned vectors: kernel_timing at batch 1, pack 0.028 -> 0.013 ms
+    // and compute 0.168 -> 0.159 ms (blocks of 4: 0.089 -> 0.085 ms), same tiles.
+    const int64_t aligned = round_up(p.Wq, kAlign);
+    if ((aligned - p.Wq) * 8 <= p.Wq) p.Wq = aligned;
+  }
   if (ws.sh == 1 && ws.sw == 1) {
     // Stride 1: neighbouring rows share their zero padding. A packed row holds pad_left zero
     // columns and then the W input columns; a read past the row's end (right padding) lands in
