@@ -121,7 +121,7 @@ struct Avx512 {
       _mm512_mask_storeu_ps(dst + i, m, _mm512_min_ps(vhi, _mm512_max_ps(vlo, x)));
     }
   }
-  // Rows of a stride-2 conv are short (15 packed floats per phase at 28 -> 14): the per-row
+  // Rows of a stride-2 conv are short (16 packed floats per phase at 28 -> 14): the per-row
   // cost, not the copy, was the time. Per block of 16 packed columns the masks are fixed for all
   // rows (input columns outside the row are masked out of the loads and read as zero), so a row
   // is two masked loads, two permutes (even and odd lanes) and two masked stores, no branches.
