@@ -329,6 +329,37 @@ def test_padded_packed_planes_match_onnxruntime(pad, monkeypatch):
                     assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), expected, x, weight)
 
 
+@pytest.mark.parametrize("sub_batch", [None, "0", "1", "3"])
+def test_sub_batches_match_onnxruntime(sub_batch, monkeypatch):
+    """A batch whose packed input exceeds the L2 budget runs as sub-batches of images, each with
+    its own plan (shiftconv_op.cc: images_per_run); FQ_ONNX_SUB_BATCH forces the split (0: the
+    whole batch at once, 3: 3 + 2 images of a batch of 5). Every split must give onnxruntime's
+    result: stride 1 and 2, asymmetric pads with dilation, 1-D, and 64x40x40 images, which the
+    default rule runs one at a time."""
+    if sub_batch is not None:
+        monkeypatch.setenv("FQ_ONNX_SUB_BATCH", sub_batch)
+    rng = np.random.default_rng(777)
+    cases = [
+        ((5, 24, 13, 11), (16, 24, 3, 3), dict(pads=[1, 1, 1, 1]), 1),
+        ((5, 24, 13, 11), (16, 24, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), 4),
+        ((5, 12, 12, 13), (8, 12, 3, 2), dict(pads=[0, 2, 1, 0], dilations=[2, 1]), 1),
+        ((5, 12, 30), (8, 12, 3), dict(pads=[1, 1]), 1),
+        ((3, 64, 40, 40), (16, 64, 3, 3), dict(pads=[1, 1, 1, 1]), 4),
+    ]
+    for x_shape, w_shape, attrs, block in cases:
+        blob = make_blob(rng, w_shape, sparsity=0.85, block=block)
+        weight = fmt.dequantize(blob)
+        bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        expected = ort.InferenceSession(
+            ort_equivalent(weight, x_shape, bias, "conv", activation="relu", **attrs).SerializeToString(),
+            providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+        model = shiftconv_model(blob, x_shape, bias=bias, activation="relu", **attrs)
+        for kernel in KERNELS:
+            for threads in (1, 2):
+                assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), expected, x, weight)
+
+
 @pytest.mark.parametrize("mode", ["auto", "rows", "flat", "0"])
 def test_depthwise_direct_path_matches_reference(mode, monkeypatch):
     """Depthwise convs run unpacked (kernel DepthwiseArgs): strides 1-3, dilation, asymmetric

@@ -9,56 +9,33 @@ namespace fq {
 namespace {
 
 // Column stride 2: one pass over each input row writes both column phases (even and odd
-// columns), instead of two strided gathers.
+// columns), instead of two strided gathers; the kernel table's deinterleave does all rows of a
+// row phase of an image in one call (rows are short: the per-row cost is the time).
 void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, DeinterleaveFn deinterleave) {
   const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
   for (int64_t ph = 0; ph < p.sh; ++ph) {
     const int32_t s0 = p.phase_slot[size_t(ph * 2)], s1 = p.phase_slot[size_t(ph * 2 + 1)];
     if (s0 < 0 && s1 < 0) continue;  // no tap reads this row phase
+    // Rows i of this phase read input row i * sh + y0; those in [i_lo, i_hi) are inside the image.
+    const int64_t y0 = ph - p.pad_top;
+    const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
+    const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
     for (int64_t n = 0; n < p.N; ++n) {
       const float* src_plane = x + (n * p.C + c) * H * W;
       float* d0 = s0 >= 0 ? packed + c * p.channel_stride + s0 * p.plane + n * Hq * Wq : nullptr;
       float* d1 = s1 >= 0 ? packed + c * p.channel_stride + s1 * p.plane + n * Hq * Wq : nullptr;
-      if (n == p.N - 1) {
-        const size_t gap = size_t(p.plane - p.N * Hq * Wq) * sizeof(float);
-        if (d0) std::memset(d0 + Hq * Wq, 0, gap);
-        if (d1) std::memset(d1 + Hq * Wq, 0, gap);
+      // Padding rows, and after the last image the alignment gap (read by garbage pixels only,
+      // but it must hold ordinary numbers).
+      const size_t top = size_t(i_lo * Wq) * sizeof(float);
+      const size_t bottom = size_t((n == p.N - 1 ? p.plane - n * Hq * Wq : Hq * Wq) - i_hi * Wq) * sizeof(float);
+      for (float* d : {d0, d1}) {
+        if (!d) continue;
+        std::memset(d, 0, top);
+        std::memset(d + i_hi * Wq, 0, bottom);
       }
-      for (int64_t i = 0; i < Hq; ++i) {
-        float* r0 = d0 ? d0 + i * Wq : nullptr;
-        float* r1 = d1 ? d1 + i * Wq : nullptr;
-        const int64_t yy = i * p.sh + ph - p.pad_top;
-        if (yy < 0 || yy >= H) {
-          if (r0) std::memset(r0, 0, size_t(Wq) * sizeof(float));
-          if (r1) std::memset(r1, 0, size_t(Wq) * sizeof(float));
-          continue;
-        }
-        const float* src = src_plane + yy * W;
-        // Packed column j of phase q reads input column 2j + q - pad_left; for j in
-        // [j_lo, j_hi) both columns are inside the row, elsewhere they may be padding.
-        const int64_t pl = p.pad_left;
-        const int64_t j_lo = std::min(Wq, std::max<int64_t>(0, (pl + 1) / 2));
-        const int64_t j_hi = std::max(j_lo, std::min(Wq, (W + pl) / 2));
-        auto edge = [&](int64_t k) {
-          const int64_t a = 2 * k - pl, b = a + 1;
-          if (r0) r0[k] = (a >= 0 && a < W) ? src[a] : 0.0f;
-          if (r1) r1[k] = (b >= 0 && b < W) ? src[b] : 0.0f;
-        };
-        for (int64_t k = 0; k < j_lo; ++k) edge(k);
-        const float* s = src - pl;
-        if (deinterleave) {
-          if (j_hi > j_lo) deinterleave(s + 2 * j_lo, r0 ? r0 + j_lo : nullptr, r1 ? r1 + j_lo : nullptr, j_hi - j_lo);
-        } else if (r0 && r1) {
-          for (int64_t k = j_lo; k < j_hi; ++k) {
-            r0[k] = s[2 * k];
-            r1[k] = s[2 * k + 1];
-          }
-        } else if (r0) {
-          for (int64_t k = j_lo; k < j_hi; ++k) r0[k] = s[2 * k];
-        } else {
-          for (int64_t k = j_lo; k < j_hi; ++k) r1[k] = s[2 * k + 1];
-        }
-        for (int64_t k = j_hi; k < Wq; ++k) edge(k);
+      if (i_hi > i_lo) {
+        deinterleave(src_plane + (i_lo * p.sh + y0) * W, p.sh * W, i_hi - i_lo, W, p.pad_left,
+                     d0 ? d0 + i_lo * Wq : nullptr, d1 ? d1 + i_lo * Wq : nullptr, Wq);
       }
     }
   }
@@ -84,7 +61,7 @@ void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, i
     // Channels no tap reads (sparse depthwise layers have many) are never loaded.
     if (!p.channel_used[size_t(c)]) continue;
     if (p.sw == 2 && p.phase_slot.size() == size_t(2 * p.sh)) {
-      pack_channel_sw2(p, x, packed, c, kt ? kt->deinterleave : nullptr);
+      pack_channel_sw2(p, x, packed, c, kt ? kt->deinterleave : kernels_scalar()->deinterleave);
       continue;
     }
     for (int64_t ph = 0; ph < p.sh; ++ph) {

@@ -35,7 +35,7 @@ class AlignedFloats {
 };
 
 // Packs input channels [c_begin, c_end) of X into the plan's zero-padded, phase-split layout.
-// `kt` (optional) supplies the ISA's row deinterleave for column stride 2.
+// `kt` (optional) supplies the ISA's row deinterleave for column stride 2 (default: scalar).
 void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end,
                 const KernelTable* kt = nullptr);
 // Zeroes the tail after the last channel (read by the last tile's garbage lanes).

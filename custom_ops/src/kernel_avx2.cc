@@ -46,7 +46,7 @@ struct Avx2 {
     }
     store_run_scalar(src, dst, i, len, b, lo, hi);
   }
-  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) { deinterleave_scalar(s, r0, r1, n); }
+  static constexpr DeinterleaveFn deinterleave = &deinterleave_rows_scalar;
 };
 
 #include "kernel_impl.h"

@@ -8,40 +8,43 @@
 // offset (the packed input makes every tap a constant offset). Accumulating in memory instead
 // was measured 1.6-3x slower (docs/PERFORMANCE.md).
 
+// Every loop over G or V is unrolled explicitly: GCC 12 otherwise unrolls them after scalar
+// replacement and keeps the g > 1 sums in a stack array, stored and reloaded around the tap
+// loop on every call.
+#define FQ_UNROLL _Pragma("GCC unroll 32")
+
 template <class VT, int G, int V>
 void tile_kernel(const float* in, const int32_t* off, const float* w, size_t n, float* acc,
                  size_t acc_stride, int accumulate) {
   constexpr int L = VT::kLanes;
   // Start from zero and add earlier chunks' sums at the end: a conditional start makes the
   // compiler spill the accumulators around the loop.
-  typename VT::Reg a[G][V];
-  for (int j = 0; j < G; ++j)
-    for (int v = 0; v < V; ++v) a[j][v] = VT::zero();
+  typename VT::Reg a[G * V];
+  FQ_UNROLL for (int j = 0; j < G; ++j)
+    FQ_UNROLL for (int v = 0; v < V; ++v) a[j * V + v] = VT::zero();
   for (size_t t = 0; t < n; ++t) {
     const float* p = in + off[t];
     if (G == 1) {
       const typename VT::Reg wb = VT::set1(w[t]);
-      for (int v = 0; v < V; ++v) a[0][v] = VT::fma(wb, VT::load(p + v * L), a[0][v]);
+      FQ_UNROLL for (int v = 0; v < V; ++v) a[v] = VT::fma(wb, VT::load(p + v * L), a[v]);
     } else {
       typename VT::Reg x[V];
-      for (int v = 0; v < V; ++v) x[v] = VT::load(p + v * L);
+      FQ_UNROLL for (int v = 0; v < V; ++v) x[v] = VT::load(p + v * L);
       const float* wt = w + t * G;
-      for (int j = 0; j < G; ++j) {
+      FQ_UNROLL for (int j = 0; j < G; ++j) {
         const typename VT::Reg wb = VT::set1(wt[j]);
-        for (int v = 0; v < V; ++v) a[j][v] = VT::fma(wb, x[v], a[j][v]);
+        FQ_UNROLL for (int v = 0; v < V; ++v) a[j * V + v] = VT::fma(wb, x[v], a[j * V + v]);
       }
     }
   }
+  // One store loop after a conditional add: two store loops (one per branch) made GCC keep the
+  // accumulators in a stack array and copy them there after every call.
   if (accumulate) {
-    for (int j = 0; j < G; ++j)
-      for (int v = 0; v < V; ++v) {
-        float* dst = acc + size_t(j) * acc_stride + v * L;
-        VT::store(dst, VT::add(VT::load(dst), a[j][v]));
-      }
-  } else {
-    for (int j = 0; j < G; ++j)
-      for (int v = 0; v < V; ++v) VT::store(acc + size_t(j) * acc_stride + v * L, a[j][v]);
+    FQ_UNROLL for (int j = 0; j < G; ++j)
+      FQ_UNROLL for (int v = 0; v < V; ++v) a[j * V + v] = VT::add(a[j * V + v], VT::load(acc + size_t(j) * acc_stride + v * L));
   }
+  FQ_UNROLL for (int j = 0; j < G; ++j)
+    FQ_UNROLL for (int v = 0; v < V; ++v) VT::store(acc + size_t(j) * acc_stride + v * L, a[j * V + v]);
 }
 
 // Depthwise plane (kernels.h: DepthwiseArgs). Each vector of output pixels keeps its sum in a
@@ -246,7 +249,7 @@ constexpr void fill_row(TileFn* row) {
 template <class VT, int MaxAcc, int GemmNV, int GemmMR>
 constexpr KernelTable make_table(const char* name) {
   static_assert(GemmMR * GemmNV + GemmNV + 1 <= VT::kRegs, "GEMM tile does not fit the registers");
-  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, &VT::deinterleave, &depthwise_plane<VT>,
+  KernelTable t{name, VT::kLanes, MaxAcc >= 16 ? 16 : 8, {}, &VT::store_run, VT::deinterleave, &depthwise_plane<VT>,
                  VT::depthwise_flat, &depthwise_small<VT>, GemmNV * VT::kLanes, GemmMR, &gemm_panel<VT, GemmNV, GemmMR>};
   fill_row<VT, 1, MaxAcc>(t.fn[0]);
   fill_row<VT, 2, MaxAcc>(t.fn[1]);

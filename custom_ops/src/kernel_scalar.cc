@@ -61,7 +61,7 @@ struct Scalar8 {
   static void store_run(const float* src, float* dst, int64_t len, float b, float lo, float hi) {
     store_run_scalar(src, dst, 0, len, b, lo, hi);
   }
-  static void deinterleave(const float* s, float* r0, float* r1, int64_t n) { deinterleave_scalar(s, r0, r1, n); }
+  static constexpr DeinterleaveFn deinterleave = &deinterleave_rows_scalar;
 };
 
 #include "kernel_impl.h"

@@ -20,9 +20,13 @@ using TileFn = void (*)(const float* in, const int32_t* off, const float* w, siz
 // (the bias and the fused ReLU/Clip of the output store; NaN propagates as in the scalar form).
 using StoreFn = void (*)(const float* src, float* dst, int64_t len, float b, float lo, float hi);
 
-// Splits a row into its even and odd columns: r0[k] = s[2k], r1[k] = s[2k + 1], 0 <= k < n;
-// r0 or r1 may be null (phase not used). Reads s[0 .. 2n) only.
-using DeinterleaveFn = void (*)(const float* s, float* r0, float* r1, int64_t n);
+// Splits `rows` input rows into their even and odd columns with zero padding (column stride 2
+// packing of one row phase of one image): for i < rows and j < Wq,
+//   r0[i * Wq + j] = s_i[2j - pad_left],  r1[i * Wq + j] = s_i[2j + 1 - pad_left],
+// where s_i = src + i * src_stride holds W floats and columns outside [0, W) give zero. r0 or r1
+// may be null (phase not used). Reads only s_i[0 .. W).
+using DeinterleaveFn = void (*)(const float* src, int64_t src_stride, int64_t rows, int64_t W, int64_t pad_left,
+                                float* r0, float* r1, int64_t Wq);
 
 // One (image, channel) plane of a depthwise conv (one input channel per output channel), read
 // straight from X without packing: y[oh * OW + ow] = clamp(b + sum_t w[t] * x[iy * W + ix]) with

@@ -494,6 +494,26 @@ Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWe
   const int64_t Wneed = (cs.OW - 1) * ws.sw + (ws.kw - 1) * ws.dw + 1;
   p.Hq = ceil_div(Hneed, ws.sh);
   p.Wq = ceil_div(Wneed, ws.sw);
+  if (ws.sw == 2) {
+    // Column stride 2: phase rows of a whole number of cache lines where that costs at most an
+    // eighth more pixels. 28 -> 14 (rows of 15 -> 16) then packs each row with aligned stores,
+    // and the taps of kernel row 2 (one phase row down) read aligned vectors: kernel_timing at
+    // batch 1, pack 0.028 -> 0.013 ms and compute 0.168 -> 0.159 ms (blocks of 4: 0.089 ->
+    // 0.085 ms), same tiles.
+    const int64_t aligned = round_up(p.Wq, kAlign);
+    if ((aligned - p.Wq) * 8 <= p.Wq) p.Wq = aligned;
+  }
+  if (ws.sh == 1 && ws.sw == 1) {
+    // Stride 1: neighbouring rows share their zero padding. A packed row holds pad_left zero
+    // columns and then the W input columns; a read past the row's end (right padding) lands in
+    // the next row's leading zeros, and one past the image's last row in the next image's top
+    // zero rows (or the zeroed tail of the plane). So a row needs only max(pad_left, pad_right)
+    // zero columns instead of both (512@7²: 8x8 = 64 instead of 9x9 = 81 pixels per image
+    // computed for 49 outputs, 21% fewer FMAs). Reads at column c < Wneed with c >= Wq must stay
+    // below the next row's pad_left, hence Wq >= Wneed - pad_left; rows also hold an output row.
+    p.Wq = std::max({cs.pad_left + cs.W, Wneed - cs.pad_left, cs.OW});
+    p.Hq = std::max({cs.pad_top + cs.H, Hneed - cs.pad_top, cs.OH});
+  }
   p.phase_slot.assign(size_t(ws.sh * ws.sw), -1);
   for (int64_t ky = 0; ky < ws.kh; ++ky)
     for (int64_t kx = 0; kx < ws.kw; ++kx) {
@@ -510,7 +530,8 @@ Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWe
   // Planes start on a cache line (kAlign floats) so that taps at the same column phase of a
   // row, and all taps of a 1x1 conv, are aligned loads rather than cache-line splits,
   // padded where whole 4 KiB multiples would alias in L1 (pick_plane).
-  p.plane = pick_plane(p, round_up(p.N * p.Hq * p.Wq, kAlign), p.tile + halo);
+  // The plane also holds the zeros the last image's outputs read past its last row (Q + halo).
+  p.plane = pick_plane(p, round_up(std::max(p.N * p.Hq * p.Wq, p.Q + halo), kAlign), p.tile + halo);
   p.channel_stride = p.phases_used * p.plane;
   check_size(p.C * p.channel_stride);
   p.packed_floats = p.C * p.channel_stride + p.tile + lanes;

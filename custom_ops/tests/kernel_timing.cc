@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   for (int rep = 0; rep < 30; ++rep) {
     auto t0 = now();
     zero_packed_tail(p, packed);
-    pack_input(p, x.data(), packed, 0, C);
+    pack_input(p, x.data(), packed, 0, C, kt);
     auto t1 = now();
     for (int64_t t = 0; t < grid.count(); ++t) run_task(p, sw, *kt, grid, t, packed, Epilogue{}, y.data());
     auto t2 = now();
