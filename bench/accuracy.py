@@ -447,10 +447,14 @@ def integer_section(rows: list[dict]) -> list[str]:
 
 def render(rows: list[dict], meta: dict) -> str:
     v = meta.get("versions", {})
-    datasets = {}
+    datasets: dict[tuple, list[str]] = {}  # one line per model and split, naming the rows when a model has several
     for row in rows:
-        datasets.setdefault(row["title"], (row["data"], row["pre"], row.get("split", ""),
-                                           row["result"]["samples"], row["result"]["batch_size"]))
+        key = (row["title"], row["data"], row["pre"], row.get("split", ""), row["result"]["samples"],
+               row["result"]["batch_size"])
+        datasets.setdefault(key, []).append(row["name"])
+    splits = {}
+    for title, *_ in datasets:
+        splits[title] = splits.get(title, 0) + 1
     out = [
         "# Results: accuracy, size and speed of compressed models",
         "",
@@ -469,10 +473,11 @@ def render(rows: list[dict], meta: dict) -> str:
         "Data:",
         "",
     ]
-    for title, (data, pre, split, n, bs) in datasets.items():
+    for (title, data, pre, split, n, bs), names in datasets.items():
         split = f"{split}; " if split else ""
         subset = "" if f" {n} evaluated" in split else f"{n} evaluated in this run (--limit); "
-        out.append(f"- {title}: {data}; {split}{subset}{pre}; batch {bs}.")
+        which = f" ({', '.join(f'`{name}`' for name in names)})" if splits[title] > 1 else ""
+        out.append(f"- {title}{which}: {data}; {split}{subset}{pre}; batch {bs}.")
     loads = [row["loadavg_1min"] for row in rows if row.get("loadavg_1min") is not None]
     if loads:
         cpus = os.cpu_count() or 1
