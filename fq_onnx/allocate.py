@@ -65,8 +65,9 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
     ``bits_grid`` defaults to ``options.bits`` alone. With ``keep_float`` leaving a layer in
     float is one more choice, which the search takes for fragile layers that weigh little:
     ``FLOAT16`` (2 bytes a weight, a tiny error) or ``FLOAT`` (4 bytes, none; the only one for
-    weights beyond float16's range). MobileNet-V2 at 8x keeps 20 layers in float: as float16
-    they take 146 KB instead of 292 KB of its 1.7 MB, and the estimated noise drops 25%.
+    weights beyond float16's range). MobileNet-V2 at 8x with float32 alone kept 20 small layers
+    in float, 292 KB of its 1.7 MB; with float16 the estimated noise at 8x drops 25% (0.075 to
+    0.056) and the plan keeps 30 layers in float.
     """
     curves = []
     for index, target in enumerate(targets):
