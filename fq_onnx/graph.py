@@ -221,41 +221,44 @@ def _external_file(tensor: onnx.TensorProto) -> Path:
     return Path(info.basepath) / info.location
 
 
-def float16_source(tensor: gs.Tensor) -> gs.Tensor | None:
+def _graph_constant(tensor: gs.Tensor) -> gs.Constant | None:
+    """The constant ``tensor`` is: an initializer, or a Constant node's output; else None."""
+    if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        tensor = tensor.inputs[0].attrs.get("value")
+    return tensor if isinstance(tensor, gs.Constant) else None
+
+
+def float16_source(tensor: gs.Tensor) -> gs.Constant | None:
     """The float16 constant behind ``tensor`` when it is ``Cast(to=float)`` of one (a weight
-    stored in half precision, as the allocator's float16 layers are), else None."""
+    stored in half precision, as the allocator's float16 layers are), else None. Reads no data."""
     if isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
         return None
     cast = tensor.inputs[0]
     if cast.op != "Cast" or cast.attrs.get("to") != onnx.TensorProto.FLOAT or len(cast.inputs) != 1:
         return None
-    source = cast.inputs[0]
-    value = constant_value(source)
-    return source if value is not None and value.dtype == np.float16 else None
+    source = _graph_constant(cast.inputs[0])
+    return source if source is not None and source.dtype == np.float16 else None
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of a graph constant (initializer or Constant node output, or float16 constant
     cast to float), else None."""
     source = float16_source(tensor)
-    if source is not None:
-        return constant_value(source).astype(np.float32)
-    if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        tensor = tensor.inputs[0].attrs.get("value")
-    if not isinstance(tensor, gs.Constant):
+    constant = source or _graph_constant(tensor)
+    if constant is None:
         return None
-    lazy = tensor._values
+    lazy = constant._values
     if isinstance(lazy, LazyValues) and external_data_helper.uses_external_data(lazy.tensor):
-        return read_external(lazy.tensor)  # read per use, never cached in the graph: converting streams
-    return np.asarray(tensor.values)
+        value = read_external(lazy.tensor)  # read per use, never cached in the graph: converting streams
+    else:
+        value = np.asarray(constant.values)
+    return value.astype(np.float32) if source is not None else value
 
 
 def is_external(tensor: gs.Tensor) -> bool:
     """Whether ``constant_value(tensor)`` reads an external data file (each time it is called)."""
-    tensor = float16_source(tensor) or tensor
-    if not isinstance(tensor, gs.Constant) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        tensor = tensor.inputs[0].attrs.get("value")
-    lazy = getattr(tensor, "_values", None)
+    constant = float16_source(tensor) or _graph_constant(tensor)
+    lazy = getattr(constant, "_values", None)
     return isinstance(lazy, LazyValues) and external_data_helper.uses_external_data(lazy.tensor)
 
 
