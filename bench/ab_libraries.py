@@ -60,7 +60,7 @@ def main(argv=None) -> None:
                     scale = np.abs(yo).max() + 1e-12
                     err = max(float(np.abs(s.run(None, {"X": x})[0] - yo).max() / scale) for s in (a, b))
                     for _ in range(args.reps):
-                        to, ta, tb = bk.time_many([o, a, b], {"X": x}, args.runs)
+                        to, ta, tb = bk.time_many([o, a, b], {"X": x}, args.runs, settle=bk.settle_seconds(args.threads))
                         print(f"{name:26s} b{batch} {bk.fmt_sparsity(sparsity, block):10s} ort {to * 1e3:7.3f}  "
                               f"A {ta * 1e3:7.3f} ({to / ta:4.2f}x)  B {tb * 1e3:7.3f} ({to / tb:4.2f}x)  "
                               f"B/A {ta / tb:5.3f}  max rel diff {err:.1e}", flush=True)

@@ -330,31 +330,51 @@ def our_session(model, threads, dense=None):
     return runtime.session(model, threads=threads or None, config=config)
 
 
-def time_many(sessions, feed, min_runs, min_seconds=0.5, block=5):
+def settle_seconds(threads: int) -> float:
+    """How long each timed block settles when sessions have a thread pool (threads != 1).
+
+    After a run, onnxruntime's pool threads spin-wait (``session.intra_op.allow_spinning``, on by
+    default) for about 25-30 ms on this machine, and on 2 cores such a thread takes a core from
+    the session timed next: 64@56² at 90%, batch 8, 2 threads measured ShiftConv at 4.1-6.4 ms
+    right after onnxruntime's session, 2.0-2.3 ms alone in a process. Sleeping instead is no
+    cure: after an idle pause the first runs are slow (batch 1: 1.1-1.5 ms, then 0.4-0.5 ms for
+    some runs). Settling by 50 ms of untimed runs gave 2.07 ms and 0.32 ms at batch 1 (alone:
+    0.31 ms). 2026-11-25.
+    """
+    return 0.0 if threads == 1 else 0.05
+
+
+def time_many(sessions, feed, min_runs, min_seconds=0.5, block=5, settle=0.0):
     """Median seconds per run of each session, timed in alternating blocks so drift hits all.
 
     Not run by run: after a run, onnxruntime's pool threads keep spin-waiting for a while and
-    would steal cores from the other session. Each block first runs twice untimed while the
-    other session's threads wind down.
+    would steal cores from the other session. Each block first runs untimed, twice and for at
+    least ``settle`` seconds (settle_seconds), then times at least ``block`` runs and ``settle``
+    seconds.
     """
     times = [[] for _ in sessions]
-    start = time.perf_counter()
-    while len(times[0]) < min_runs or (time.perf_counter() - start) < min_seconds:
+    timed = 0.0
+    while len(times[0]) < min_runs or timed < min_seconds:
         for s, acc in zip(sessions, times):
-            for _ in range(2):
+            t0, runs = time.perf_counter(), 0
+            while runs < 2 or time.perf_counter() - t0 < settle:
                 s.run(None, feed)
-            for _ in range(block):
-                t0 = time.perf_counter()
+                runs += 1
+            t0, runs = time.perf_counter(), 0
+            while runs < block or time.perf_counter() - t0 < settle:
+                t1 = time.perf_counter()
                 s.run(None, feed)
-                acc.append(time.perf_counter() - t0)
+                acc.append(time.perf_counter() - t1)
+                runs += 1
+            timed += time.perf_counter() - t0
         if len(times[0]) >= 10 * min_runs:
             break
     return [statistics.median(t) for t in times]
 
 
-def time_pair(sess_a, sess_b, feed, min_runs, min_seconds=0.5, block=5):
+def time_pair(sess_a, sess_b, feed, min_runs, min_seconds=0.5, block=5, settle=0.0):
     """Median seconds per run of two sessions (time_many)."""
-    ta, tb = time_many([sess_a, sess_b], feed, min_runs, min_seconds, block)
+    ta, tb = time_many([sess_a, sess_b], feed, min_runs, min_seconds, block, settle)
     return ta, tb
 
 
@@ -483,7 +503,7 @@ def bench_dense(args, out):
                 ref = sessions[0].run(None, {"X": x})[0]
                 err = max(float(np.abs(ref - s.run(None, {"X": x})[0]).max()) for s in sessions[2:])
                 err /= float(np.abs(ref).max()) + 1e-12
-                t = [v * 1e3 for v in time_many(sessions, {"X": x}, args.runs)]
+                t = [v * 1e3 for v in time_many(sessions, {"X": x}, args.runs, settle=settle_seconds(args.threads))]
                 row = Row(name, batch, sparsity, 1, t[0], t[4],
                           {"nchw_ms": t[1], "own_ms": t[2], "ort_fq_ms": t[3], "rel_err": err})
                 rows.append(row)
@@ -506,7 +526,7 @@ def bench_layers(args, out):
                 a, b = plain_session(orig, args.threads), our_session(comp, args.threads)
                 ya, yb = a.run(None, {"X": x})[0], b.run(None, {"X": x})[0]
                 err = float(np.abs(ya - yb).max() / (np.abs(ya).max() + 1e-12))
-                ta, tb = time_pair(a, b, {"X": x}, args.runs)
+                ta, tb = time_pair(a, b, {"X": x}, args.runs, settle=settle_seconds(args.threads))
                 row = Row(name, batch, sparsity, block, ta * 1e3, tb * 1e3, {"rel_err": err})
                 rows.append(row)
                 out(f"  {name:26s} b{batch} {fmt_sparsity(sparsity, block):10s} ort {row.ort_ms:8.3f} ms  "
@@ -572,7 +592,7 @@ def bench_int_layers(args, out):
                             our_session(integer, args.threads)]
                 ys = [s.run(None, {"X": x})[0] for s in sessions]
                 err = float(np.abs(ys[2] - ys[1]).max() / (np.abs(ys[1]).max() + 1e-12))
-                t_ort, t_float, t_int = time_many(sessions, {"X": x}, args.runs)
+                t_ort, t_float, t_int = time_many(sessions, {"X": x}, args.runs, settle=settle_seconds(args.threads))
                 row = Row(name, batch, sparsity, block, t_ort * 1e3, t_int * 1e3,
                           {"float_ms": t_float * 1e3, "int_vs_float_rel_diff": err})
                 rows.append(row)
@@ -606,7 +626,8 @@ def bench_int_models(args, out):
             in_name, shape = input_name_and_shape(integer)
             for batch in args.batches:
                 x = np.random.default_rng(1).standard_normal([batch] + shape[1:]).astype(np.float32)
-                t_ort, t_float, t_int = time_many(sessions, {in_name: x}, max(5, args.runs // 4))
+                t_ort, t_float, t_int = time_many(sessions, {in_name: x}, max(5, args.runs // 4),
+                                                    settle=settle_seconds(args.threads))
                 row = Row(Path(path).name, batch, 0.0, 1, t_ort * 1e3, t_int * 1e3, {"float_ms": t_float * 1e3})
                 rows.append(row)
                 out(f"  {row.name:30s} b{batch} ort {t_ort * 1e3:8.2f} ms  float {t_float * 1e3:8.2f} ms  "
@@ -658,7 +679,7 @@ def bench_models(args, out):
                     x = np.random.default_rng(1).standard_normal([batch] + shape[1:]).astype(np.float32)
                     ya, yb = a.run(None, {in_name: x})[0], b.run(None, {in_name: x})[0]
                     err = float(np.abs(ya - yb).max() / (np.abs(ya).max() + 1e-12))
-                    ta, tb = time_pair(a, b, {in_name: x}, max(5, args.runs // 4))
+                    ta, tb = time_pair(a, b, {in_name: x}, max(5, args.runs // 4), settle=settle_seconds(args.threads))
                     extra = {"rel_err": err}
                     if batch == args.batches[0]:
                         co, ro, bo = child_measure(po, False, args.threads, batch)

@@ -333,15 +333,20 @@ def check_relu_conv_on_every_path(rng, x_shape, w_shape, attrs, block):
             assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), expected, x, weight)
 
 
+@pytest.mark.parametrize("cpus", ["1", "2", "3"])
 @pytest.mark.parametrize("sub_batch", [None, "0", "1", "3"])
-def test_sub_batches_match_onnxruntime(sub_batch, monkeypatch):
+def test_sub_batches_match_onnxruntime(sub_batch, cpus, monkeypatch):
     """A batch whose packed input exceeds the L2 budget runs as sub-batches of images, each with
     its own plan (shiftconv_op.cc: images_per_run); FQ_ONNX_SUB_BATCH forces the split (0: the
-    whole batch at once, 3: 3 + 2 images of a batch of 5). Every split must give onnxruntime's
-    result: stride 1 and 2, asymmetric pads with dilation, 1-D, and 64x40x40 images, which the
-    default rule runs one at a time."""
+    whole batch at once, 3: 2 + 3 images of a batch of 5). With at least as many sub-batches as
+    CPUs (FQ_ONNX_CPUS stands in for the machine's), each pool task packs and computes whole
+    sub-batches, made equal in size and, by the rule, as many as a multiple of the CPUs (a batch
+    of 5 one image at a time on 3 CPUs: 5 runs; of 3 images: 3). Every split must give
+    onnxruntime's result: stride 1 and 2, asymmetric pads with dilation, 1-D, and 64x40x40
+    images, which the default rule runs one at a time."""
     if sub_batch is not None:
         monkeypatch.setenv("FQ_ONNX_SUB_BATCH", sub_batch)
+    monkeypatch.setenv("FQ_ONNX_CPUS", cpus)
     rng = np.random.default_rng(777)
     cases = [
         ((5, 24, 13, 11), (16, 24, 3, 3), dict(pads=[1, 1, 1, 1]), 1),

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include <sched.h>   // sched_getaffinity: the CPU count
 #include <unistd.h>  // sysconf: the L2 size
 
 #include "cpu_features.h"
@@ -148,6 +149,18 @@ int64_t run_bytes() {
   return bytes;
 }
 
+// CPUs this process may run on (sched_getaffinity; 1 if unknown): an upper bound on the
+// intra-op threads, which a custom op cannot query.
+int64_t available_cpus() {
+  static const int64_t cpus = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max<int64_t>(1, CPU_COUNT(&set));
+    return int64_t(1);
+  }();
+  return cpus;
+}
+
 }  // namespace
 
 ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice,
@@ -271,6 +284,8 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
     if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
     if (const char* b = std::getenv("FQ_ONNX_SUB_BATCH")) sub_batch_ = std::max<int64_t>(0, std::atoll(b));
+    cpus_ = available_cpus();
+    if (const char* c = std::getenv("FQ_ONNX_CPUS")) cpus_ = std::max<int64_t>(1, std::atoll(c));
     // 8-vector tiles, but 16 (AVX-512 only) for stride-1 kernels wider than 1x1: measured 3-13%
     // faster there (fewer passes over long tap lists at batch 8), slower for 1x1 and stride 2
     // (docs/PERFORMANCE.md).
@@ -507,19 +522,46 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   const float* x = xv.GetTensorData<float>();
   const int64_t nb = dense_ ? plan->N : images_per_run(*plan);
   if (nb >= plan->N) {
-    run_plan(ctx, *plan, x, y, bias);
+    run_plan(&ctx, *plan, x, y, bias);
     return;
   }
-  // A batch too large for L2 runs as sub-batches of nb images, each packed and computed before
-  // the next (images_per_run).
+  // A batch too large for L2 runs as sub-batches of at most nb images, each packed and computed
+  // before the next (images_per_run). With as many sub-batches as CPUs, each pool thread packs
+  // and computes whole sub-batches on its own: one ParallelFor per call instead of two per
+  // sub-batch, each thread in its own cache, and no thread waits for a descheduled one at a
+  // barrier. The sub-batches are then made equal and, unless FQ_ONNX_SUB_BATCH sets their size,
+  // as many as a multiple of the CPU count where the batch allows, so threads get equal shares.
   int64_t x_image = 1, y_image = 1;
   for (size_t i = 1; i < x_shape.size(); ++i) x_image *= x_shape[i];
   for (size_t i = 1; i < plan->out_shape.size(); ++i) y_image *= plan->out_shape[i];
+  const int64_t N = plan->N;
+  int64_t runs = (N + nb - 1) / nb;
+  const bool by_image = cpus_ > 1 && runs >= cpus_;
+  if (by_image && sub_batch_ < 0) runs = std::min(N, (runs + cpus_ - 1) / cpus_ * cpus_);
+  // Sub-batch i holds images [i * N / runs, (i + 1) * N / runs): sizes differ by at most one.
   std::vector<int64_t> sub_shape = x_shape;
-  for (int64_t n0 = 0; n0 < plan->N; n0 += nb) {
-    sub_shape[0] = std::min(nb, plan->N - n0);
-    run_plan(ctx, *plan_for(sub_shape), x + n0 * x_image, y + n0 * y_image, bias);
+  sub_shape[0] = N / runs;
+  const std::shared_ptr<const Plan> small = plan_for(sub_shape);
+  sub_shape[0] = (N + runs - 1) / runs;
+  const std::shared_ptr<const Plan> large = plan_for(sub_shape);
+  struct SubBatches {
+    ShiftConvKernel* self;
+    const Plan *small, *large;
+    int64_t N, runs, x_image, y_image;
+    const float* x;
+    float* y;
+    const float* bias;
+    void run(Ort::KernelContext* ctx, int64_t i) const {
+      const int64_t n0 = i * N / runs, n1 = (i + 1) * N / runs;
+      self->run_plan(ctx, n1 - n0 == small->N ? *small : *large, x + n0 * x_image, y + n0 * y_image, bias);
+    }
+  } job{this, small.get(), large.get(), N, runs, x_image, y_image, x, y, bias};
+  if (!by_image) {
+    for (int64_t i = 0; i < runs; ++i) job.run(&ctx, i);
+    return;
   }
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const SubBatches*>(data)->run(nullptr, int64_t(i)); },
+                  size_t(runs), 0, &job);
 }
 
 int64_t ShiftConvKernel::images_per_run(const Plan& p) const {
@@ -534,18 +576,18 @@ int64_t ShiftConvKernel::images_per_run(const Plan& p) const {
   return std::max<int64_t>(1, int64_t(double(run_bytes()) / std::max(1.0, per_image)));
 }
 
-void ShiftConvKernel::run_plan(Ort::KernelContext& ctx, const Plan& plan, const float* x, float* y,
+void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const float* x, float* y,
                                const float* bias) {
   PackLease lease(size_t(plan.packed_floats));
   float* packed = lease.get();
   zero_packed_tail(plan, packed);
-  if (plan.C * plan.channel_stride < kInlinePackFloats) {
+  if (!ctx || plan.C * plan.channel_stride < kInlinePackFloats) {
     pack_input(plan, x, packed, 0, plan.C, kernels_);
   } else {
     PackJob pack{&plan, x, packed, 0, kernels_};
     const int64_t pack_tasks = std::min<int64_t>(plan.C, 16);
     pack.per_task = (plan.C + pack_tasks - 1) / pack_tasks;
-    ctx.ParallelFor(
+    ctx->ParallelFor(
         [](void* data, size_t i) {
           const PackJob& j = *static_cast<const PackJob*>(data);
           const int64_t c0 = int64_t(i) * j.per_task;
@@ -559,10 +601,13 @@ void ShiftConvKernel::run_plan(Ort::KernelContext& ctx, const Plan& plan, const 
   const bool inline_run = work < kInlineWork;
   ComputeJob job{&plan, &weight_, kernels_, make_task_grid(plan, weight_, inline_run ? 1 : kTargetTasks),
                  packed, Epilogue{bias, act_lo_, act_hi_}, y};
-  if (inline_run) {
-    run_task(*job.plan, *job.weight, *job.kernels, job.grid, 0, job.packed, job.epilogue, job.y);
+  if (inline_run || !ctx) {
+    // The same tasks in the same order as the pool would run them on one thread.
+    for (int64_t i = 0; i < job.grid.count(); ++i) {
+      run_task(*job.plan, *job.weight, *job.kernels, job.grid, i, job.packed, job.epilogue, job.y);
+    }
   } else {
-    ctx.ParallelFor(
+    ctx->ParallelFor(
         [](void* data, size_t i) {
           const ComputeJob& j = *static_cast<const ComputeJob*>(data);
           run_task(*j.plan, *j.weight, *j.kernels, j.grid, int64_t(i), j.packed, j.epilogue, j.y);

@@ -44,6 +44,8 @@ class ShiftConvKernel {
   // Images per pack-and-compute run (FQ_ONNX_SUB_BATCH: 0 the whole batch, n > 0 n images);
   // -1: the rule in images_per_run.
   int64_t sub_batch_ = -1;
+  // CPUs for the sub-batch split (available_cpus; FQ_ONNX_CPUS overrides it, for tests).
+  int64_t cpus_ = 1;
   // Depthwise convs (one input channel per output channel) run straight from X, unpacked:
   // per tap of weight_.taps its row and column offset (ky * dh, kx * dw).
   bool depthwise_ = false;
@@ -63,8 +65,9 @@ class ShiftConvKernel {
   // Dense kind too dense for the sparse kernels: the packed small-M GEMM (packed_gemm.h).
   std::unique_ptr<PackedGemm> packed_;
   int64_t images_per_run(const Plan& p) const;
-  // Packs X for `plan` and runs every tile task (Y for the plan's images).
-  void run_plan(Ort::KernelContext& ctx, const Plan& plan, const float* x, float* y, const float* bias);
+  // Packs X for `plan` and runs every tile task (Y for the plan's images), over the intra-op
+  // pool, or all on this thread when ctx is null.
+  void run_plan(Ort::KernelContext* ctx, const Plan& plan, const float* x, float* y, const float* bias);
   void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
