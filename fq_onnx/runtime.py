@@ -27,6 +27,11 @@ KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512")
 DENSE_CONFIG_KEY = "fq_onnx.dense"
 DENSE_ENV = "FQ_ONNX_DENSE"
 DENSE_CHOICES = ("auto", "own", "ort", "nchw", "nchwc")
+#: Session config entry telling the library the session's intra-op thread count, which a custom
+#: op cannot query: with more than one thread a conv splits its tiles into one run per thread.
+#: session_options sets it from ``intra_op_num_threads``; without it the library assumes one
+#: thread per CPU the process may use.
+THREADS_CONFIG_KEY = "fq_onnx.threads"
 #: Oldest onnxruntime whose C API (version 21) the library is built against.
 MIN_ORT_VERSION = (1, 21)
 
@@ -92,6 +97,8 @@ def session_options(
         setattr(so, name, value)
     for key, value in (config or {}).items():
         so.add_session_config_entry(key, str(value))
+    if so.intra_op_num_threads > 0 and THREADS_CONFIG_KEY not in (config or {}):
+        so.add_session_config_entry(THREADS_CONFIG_KEY, str(so.intra_op_num_threads))
     if kernel is not None:
         if kernel not in KERNEL_CHOICES:
             raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")

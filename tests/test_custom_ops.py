@@ -275,34 +275,57 @@ def test_dense_matches_reference_and_matmul(case, packed, monkeypatch):
                     assert_close(y, mm, x, weight)
 
 
+def random_conv_case(rng, trial, max_size=14):
+    """A random conv geometry, sparsity, mask block and quantizer setting: (model, x, weight)."""
+    spatial = int(rng.integers(1, 3))
+    group = int(rng.choice([1, 1, 2, 3]))
+    cg = int(rng.integers(1, 7))
+    mg = int(rng.integers(1, 9))
+    k = [int(rng.integers(1, 5)) for _ in range(spatial)]
+    s = [int(rng.integers(1, 4)) for _ in range(spatial)]
+    d = [int(rng.integers(1, 3)) for _ in range(spatial)]
+    size = [int(rng.integers(dk * (kk - 1) + 1, dk * (kk - 1) + max_size)) for kk, dk in zip(k, d)]
+    pads = [int(rng.integers(0, 3)) for _ in range(2 * spatial)]
+    batch = int(rng.integers(1, 4))
+    x_shape = (batch, cg * group, *size)
+    w_shape = (mg * group, cg, *k)
+    bits = int(rng.integers(3, 9))
+    blob = make_blob(rng, w_shape, sparsity=float(rng.uniform(0, 0.95)), mode=int(rng.integers(0, 2)),
+                     bits=bits, block=int(rng.choice([1, 2, 4, 8])), per_row=trial % 3 == 0)
+    weight = fmt.dequantize(blob)
+    attrs = dict(strides=s, dilations=d, pads=pads, group=group)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32) if rng.random() < 0.7 else None
+    model = shiftconv_model(blob, x_shape, bias=bias, **attrs)
+    return model, rng.standard_normal(x_shape).astype(np.float32), weight
+
+
 def test_random_shapes_match_reference():
     """Random conv geometry, sparsity, masks blocks and quantizer settings."""
     rng = np.random.default_rng(2024)
     for trial in range(40):
-        spatial = int(rng.integers(1, 3))
-        group = int(rng.choice([1, 1, 2, 3]))
-        cg = int(rng.integers(1, 7))
-        mg = int(rng.integers(1, 9))
-        k = [int(rng.integers(1, 5)) for _ in range(spatial)]
-        s = [int(rng.integers(1, 4)) for _ in range(spatial)]
-        d = [int(rng.integers(1, 3)) for _ in range(spatial)]
-        size = [int(rng.integers(dk * (kk - 1) + 1, dk * (kk - 1) + 14)) for kk, dk in zip(k, d)]
-        pads = [int(rng.integers(0, 3)) for _ in range(2 * spatial)]
-        batch = int(rng.integers(1, 4))
-        x_shape = (batch, cg * group, *size)
-        w_shape = (mg * group, cg, *k)
-        bits = int(rng.integers(3, 9))
-        blob = make_blob(rng, w_shape, sparsity=float(rng.uniform(0, 0.95)), mode=int(rng.integers(0, 2)),
-                         bits=bits, block=int(rng.choice([1, 2, 4, 8])), per_row=trial % 3 == 0)
-        weight = fmt.dequantize(blob)
-        attrs = dict(strides=s, dilations=d, pads=pads, group=group)
-        bias = rng.standard_normal(w_shape[0]).astype(np.float32) if rng.random() < 0.7 else None
-        model = shiftconv_model(blob, x_shape, bias=bias, **attrs)
-        x = rng.standard_normal(x_shape).astype(np.float32)
+        model, x, weight = random_conv_case(rng, trial)
         ref = reference.run(model, {"X": x})[0]
         kernel = KERNELS[trial % len(KERNELS)]
         y = run_shiftconv(model, x, threads=1 + trial % 2, kernel=kernel)
         assert_close(y, ref, x, weight)
+
+
+@pytest.mark.parametrize("threads", ["2", "3", "7"])
+def test_tile_runs_per_thread_match_reference(threads, monkeypatch):
+    """With several threads each pool task packs and computes its own run of tiles
+    (shiftconv_op.cc: run_by_tiles; pack_span packs the rows those tiles read, the halo twice,
+    and the zeros their garbage lanes read past a plane). FQ_ONNX_INLINE_WORK=0 sends even these
+    small convs through the pool, FQ_ONNX_THREADS sets the number of runs: random geometry on
+    every kernel."""
+    monkeypatch.setenv("FQ_ONNX_INLINE_WORK", "0")
+    monkeypatch.setenv("FQ_ONNX_THREADS", threads)
+    monkeypatch.setenv("FQ_ONNX_SUB_BATCH", "0")
+    rng = np.random.default_rng(31 + int(threads))
+    for trial in range(30):
+        model, x, weight = random_conv_case(rng, trial, max_size=30)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            assert_close(run_shiftconv(model, x, threads=2, kernel=kernel), ref, x, weight)
 
 
 @pytest.mark.parametrize("pad", [None, "0", "48", "1000"])
@@ -333,20 +356,20 @@ def check_relu_conv_on_every_path(rng, x_shape, w_shape, attrs, block):
             assert_close(run_shiftconv(model, x, threads=threads, kernel=kernel), expected, x, weight)
 
 
-@pytest.mark.parametrize("cpus", ["1", "2", "3"])
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
 @pytest.mark.parametrize("sub_batch", [None, "0", "1", "3"])
-def test_sub_batches_match_onnxruntime(sub_batch, cpus, monkeypatch):
+def test_sub_batches_match_onnxruntime(sub_batch, threads, monkeypatch):
     """A batch whose packed input exceeds the L2 budget runs as sub-batches of images, each with
     its own plan (shiftconv_op.cc: images_per_run); FQ_ONNX_SUB_BATCH forces the split (0: the
     whole batch at once, 3: 2 + 3 images of a batch of 5). With at least as many sub-batches as
-    CPUs (FQ_ONNX_CPUS stands in for the machine's), each pool task packs and computes whole
-    sub-batches, made equal in size and, by the rule, as many as a multiple of the CPUs (a batch
-    of 5 one image at a time on 3 CPUs: 5 runs; of 3 images: 3). Every split must give
+    threads (FQ_ONNX_THREADS stands in for the session's), each pool task packs and computes
+    whole sub-batches, made equal in size and, by the rule, as many as a multiple of the threads
+    (a batch of 5 one image at a time for 3 threads: 5 runs; of 3 images: 3). Every split must give
     onnxruntime's result: stride 1 and 2, asymmetric pads with dilation, 1-D, and 64x40x40
     images, which the default rule runs one at a time."""
     if sub_batch is not None:
         monkeypatch.setenv("FQ_ONNX_SUB_BATCH", sub_batch)
-    monkeypatch.setenv("FQ_ONNX_CPUS", cpus)
+    monkeypatch.setenv("FQ_ONNX_THREADS", threads)
     rng = np.random.default_rng(777)
     cases = [
         ((5, 24, 13, 11), (16, 24, 3, 3), dict(pads=[1, 1, 1, 1]), 1),

@@ -75,6 +75,16 @@ def test_session_options_are_applied():
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 
 
+def test_session_thread_count_reaches_the_library():
+    """The library cannot query the intra-op threads; session_options passes them as a config
+    entry, from ``threads`` or ``intra_op_num_threads``, and leaves it unset for the default."""
+    assert runtime.session_options(threads=2).get_session_config_entry(runtime.THREADS_CONFIG_KEY) == "2"
+    so = runtime.session_options(intra_op_num_threads=3)
+    assert so.get_session_config_entry(runtime.THREADS_CONFIG_KEY) == "3"
+    with pytest.raises(Exception, match="does not have configuration"):
+        runtime.session_options().get_session_config_entry(runtime.THREADS_CONFIG_KEY)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="kernel"):
         runtime.session_options(kernel="sse9")

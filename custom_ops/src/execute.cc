@@ -8,10 +8,26 @@ namespace fq {
 
 namespace {
 
+// Packed rows [r0, r1) of a plane, counted over the stacked images (row n * Hq + i is row i of
+// image n); pack_input packs all of them, pack_span those a few tiles read.
+struct RowRange {
+  int64_t r0, r1;
+  // Image n's part of the range: its rows [a, b).
+  int64_t a(int64_t n, int64_t Hq) const { return std::max<int64_t>(0, r0 - n * Hq); }
+  int64_t b(int64_t n, int64_t Hq) const { return std::min(Hq, r1 - n * Hq); }
+};
+
+// Zeroes rows [a, b) of an image's phase plane d (Wq floats each) that lie outside [i_lo, i_hi),
+// the rows that read input rows.
+void zero_padding_rows(float* d, int64_t a, int64_t b, int64_t i_lo, int64_t i_hi, int64_t Wq) {
+  if (std::min(b, i_lo) > a) std::memset(d + a * Wq, 0, size_t((std::min(b, i_lo) - a) * Wq) * sizeof(float));
+  if (b > std::max(a, i_hi)) std::memset(d + std::max(a, i_hi) * Wq, 0, size_t((b - std::max(a, i_hi)) * Wq) * sizeof(float));
+}
+
 // Column stride 2: one pass over each input row writes both column phases (even and odd
 // columns), instead of two strided gathers; the kernel table's deinterleave does all rows of a
 // row phase of an image in one call (rows are short: the per-row cost is the time).
-void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, DeinterleaveFn deinterleave) {
+void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, RowRange rr, DeinterleaveFn deinterleave) {
   const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
   for (int64_t ph = 0; ph < p.sh; ++ph) {
     const int32_t s0 = p.phase_slot[size_t(ph * 2)], s1 = p.phase_slot[size_t(ph * 2 + 1)];
@@ -20,24 +36,79 @@ void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, D
     const int64_t y0 = ph - p.pad_top;
     const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
     const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
-    for (int64_t n = 0; n < p.N; ++n) {
+    for (int64_t n = rr.r0 / Hq; n < p.N && n * Hq < rr.r1; ++n) {
+      const int64_t a = rr.a(n, Hq), b = rr.b(n, Hq);
       const float* src_plane = x + (n * p.C + c) * H * W;
       float* d0 = s0 >= 0 ? packed + c * p.channel_stride + s0 * p.plane + n * Hq * Wq : nullptr;
       float* d1 = s1 >= 0 ? packed + c * p.channel_stride + s1 * p.plane + n * Hq * Wq : nullptr;
-      // Padding rows, and after the last image the alignment gap (read by garbage pixels only,
-      // but it must hold ordinary numbers).
-      const size_t top = size_t(i_lo * Wq) * sizeof(float);
-      const size_t bottom = size_t((n == p.N - 1 ? p.plane - n * Hq * Wq : Hq * Wq) - i_hi * Wq) * sizeof(float);
       for (float* d : {d0, d1}) {
-        if (!d) continue;
-        std::memset(d, 0, top);
-        std::memset(d + i_hi * Wq, 0, bottom);
+        if (d) zero_padding_rows(d, a, b, i_lo, i_hi, Wq);
       }
-      if (i_hi > i_lo) {
-        deinterleave(src_plane + (i_lo * p.sh + y0) * W, p.sh * W, i_hi - i_lo, W, p.pad_left,
-                     d0 ? d0 + i_lo * Wq : nullptr, d1 ? d1 + i_lo * Wq : nullptr, Wq);
+      const int64_t lo = std::max(a, i_lo), hi = std::min(b, i_hi);
+      if (hi > lo) {
+        deinterleave(src_plane + (lo * p.sh + y0) * W, p.sh * W, hi - lo, W, p.pad_left, d0 ? d0 + lo * Wq : nullptr,
+                     d1 ? d1 + lo * Wq : nullptr, Wq);
       }
     }
+  }
+}
+
+void pack_channel(const Plan& p, const float* x, float* packed, int64_t c, RowRange rr, const KernelTable* kt) {
+  if (p.sw == 2 && p.phase_slot.size() == size_t(2 * p.sh)) {
+    pack_channel_sw2(p, x, packed, c, rr, kt ? kt->deinterleave : kernels_scalar()->deinterleave);
+    return;
+  }
+  const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
+  for (int64_t ph = 0; ph < p.sh; ++ph) {
+    for (int64_t pw = 0; pw < p.sw; ++pw) {
+      const int32_t slot = p.phase_slot[size_t(ph * p.sw + pw)];
+      if (slot < 0) continue;
+      // Columns j of this phase read input column j*sw + pw - pad_left; [j_lo, j_hi) is inside.
+      const int64_t x0 = pw - p.pad_left;
+      int64_t j_lo = x0 >= 0 ? 0 : (-x0 + p.sw - 1) / p.sw;
+      int64_t j_hi = W - x0 <= 0 ? 0 : (W - x0 + p.sw - 1) / p.sw;
+      j_lo = std::min(j_lo, Wq);
+      j_hi = std::max(j_lo, std::min(j_hi, Wq));
+      // Rows i in [i_lo, i_hi) read input rows inside the image.
+      const int64_t y0 = ph - p.pad_top;
+      const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
+      const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
+      // Whole rows are contiguous when they need neither padding nor a column stride (1x1
+      // convs, unpadded stride-1 convs): one copy per image.
+      const bool contiguous = p.sw == 1 && p.sh == 1 && x0 == 0 && Wq == W && j_lo == 0 && j_hi == W;
+      for (int64_t n = rr.r0 / Hq; n < p.N && n * Hq < rr.r1; ++n) {
+        const int64_t a = rr.a(n, Hq), b = rr.b(n, Hq);
+        const float* src_plane = x + (n * p.C + c) * H * W;
+        float* dst_plane = packed + c * p.channel_stride + slot * p.plane + n * Hq * Wq;
+        zero_padding_rows(dst_plane, a, b, i_lo, i_hi, Wq);
+        const int64_t lo = std::max(a, i_lo), hi = std::min(b, i_hi);
+        if (contiguous) {
+          if (hi > lo) std::memcpy(dst_plane + lo * Wq, src_plane + (lo + y0) * W, size_t((hi - lo) * Wq) * sizeof(float));
+          continue;
+        }
+        for (int64_t i = lo; i < hi; ++i) {
+          float* dst = dst_plane + i * Wq;
+          const float* src = src_plane + (i * p.sh + y0) * W + x0;
+          // Plain loops: rows are short (7..112 floats), where library calls cost more
+          // than the copy.
+          for (int64_t j = 0; j < j_lo; ++j) dst[j] = 0.0f;
+          if (p.sw == 1) {
+            for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j];
+          } else {
+            for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j * p.sw];
+          }
+          for (int64_t j = j_hi; j < Wq; ++j) dst[j] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// Zeroes positions [lo, hi) of every packed plane of channel c (phase slots included).
+void zero_planes(const Plan& p, float* packed, int64_t c, int64_t lo, int64_t hi) {
+  if (hi <= lo) return;
+  for (int64_t s = 0; s < p.phases_used; ++s) {
+    std::memset(packed + c * p.channel_stride + s * p.plane + lo, 0, size_t(hi - lo) * sizeof(float));
   }
 }
 
@@ -56,65 +127,31 @@ void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, i
     }
     return;
   }
-  const int64_t H = p.H, W = p.W, Hq = p.Hq, Wq = p.Wq;
+  const int64_t rows = p.N * p.Hq, images = rows * p.Wq;
   for (int64_t c = c_begin; c < c_end; ++c) {
     // Channels no tap reads (sparse depthwise layers have many) are never loaded.
     if (!p.channel_used[size_t(c)]) continue;
-    if (p.sw == 2 && p.phase_slot.size() == size_t(2 * p.sh)) {
-      pack_channel_sw2(p, x, packed, c, kt ? kt->deinterleave : kernels_scalar()->deinterleave);
-      continue;
-    }
-    for (int64_t ph = 0; ph < p.sh; ++ph) {
-      for (int64_t pw = 0; pw < p.sw; ++pw) {
-        const int32_t slot = p.phase_slot[size_t(ph * p.sw + pw)];
-        if (slot < 0) continue;
-        // Columns j of this phase read input column j*sw + pw - pad_left; [j_lo, j_hi) is inside.
-        const int64_t x0 = pw - p.pad_left;
-        int64_t j_lo = x0 >= 0 ? 0 : (-x0 + p.sw - 1) / p.sw;
-        int64_t j_hi = W - x0 <= 0 ? 0 : (W - x0 + p.sw - 1) / p.sw;
-        j_lo = std::min(j_lo, Wq);
-        j_hi = std::max(j_lo, std::min(j_hi, Wq));
-        // Rows i in [i_lo, i_hi) read input rows inside the image.
-        const int64_t y0 = ph - p.pad_top;
-        const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
-        const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
-        // Whole planes are contiguous when rows need neither padding nor a column stride
-        // (1x1 convs, unpadded stride-1 convs): one copy per plane.
-        const bool contiguous = p.sw == 1 && p.sh == 1 && x0 == 0 && Wq == W && j_lo == 0 && j_hi == W;
-        for (int64_t n = 0; n < p.N; ++n) {
-          const float* src_plane = x + (n * p.C + c) * H * W;
-          float* dst_plane = packed + c * p.channel_stride + slot * p.plane + n * Hq * Wq;
-          if (n == p.N - 1) {
-            // The alignment gap after the last image: only garbage pixels read it, but it must
-            // hold ordinary numbers (no NaN or denormal slow paths).
-            std::memset(dst_plane + Hq * Wq, 0, size_t(p.plane - p.N * Hq * Wq) * sizeof(float));
-          }
-          if (contiguous) {
-            std::memset(dst_plane, 0, size_t(i_lo * Wq) * sizeof(float));
-            std::memcpy(dst_plane + i_lo * Wq, src_plane + (i_lo + y0) * W, size_t((i_hi - i_lo) * Wq) * sizeof(float));
-            std::memset(dst_plane + i_hi * Wq, 0, size_t((Hq - i_hi) * Wq) * sizeof(float));
-            continue;
-          }
-          for (int64_t i = 0; i < Hq; ++i) {
-            float* dst = dst_plane + i * Wq;
-            const int64_t yy = i * p.sh + ph - p.pad_top;
-            if (yy < 0 || yy >= H) {
-              std::memset(dst, 0, size_t(Wq) * sizeof(float));
-              continue;
-            }
-            const float* src = src_plane + yy * W + x0;
-            // Plain loops: rows are short (7..112 floats), where library calls cost more
-            // than the copy.
-            for (int64_t j = 0; j < j_lo; ++j) dst[j] = 0.0f;
-            if (p.sw == 1) {
-              for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j];
-            } else {
-              for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = src[j * p.sw];
-            }
-            for (int64_t j = j_hi; j < Wq; ++j) dst[j] = 0.0f;
-          }
-        }
-      }
+    pack_channel(p, x, packed, c, RowRange{0, rows}, kt);
+    // The alignment gap after the last image: only garbage pixels read it, but it must hold
+    // ordinary numbers (no NaN or denormal slow paths).
+    zero_planes(p, packed, c, images, p.plane);
+  }
+}
+
+void pack_span(const Plan& p, const float* x, float* packed, int64_t lo, int64_t hi, const KernelTable* kt) {
+  const int64_t rows = p.N * p.Hq, images = rows * p.Wq;
+  const int64_t end = std::min(hi, p.plane);
+  const RowRange rr{std::min(rows, lo / p.Wq), std::min(rows, (end + p.Wq - 1) / p.Wq)};
+  // Reads past the end of a plane land at the start of the next one (or in the tail after the
+  // last channel, zero_packed_tail); that start is packed here only from `lo` on.
+  const int64_t spill = std::max<int64_t>(0, hi - p.plane);
+  for (int64_t c = 0; c < p.C; ++c) {
+    if (p.channel_used[size_t(c)]) {
+      pack_channel(p, x, packed, c, rr, kt);
+      zero_planes(p, packed, c, std::max(lo, images), end);
+      zero_planes(p, packed, c, 0, std::min(lo, spill));
+    } else {
+      zero_planes(p, packed, c, 0, spill);
     }
   }
 }
@@ -211,6 +248,11 @@ void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, cons
   const int64_t t_begin = tt * grid.tiles_per_task, t_end = std::min(p.tiles, t_begin + grid.tiles_per_task);
   const size_t r_begin = size_t(gt * grid.groups_per_task);
   const size_t r_end = std::min(sw.groups.size(), r_begin + size_t(grid.groups_per_task));
+  run_tiles(p, sw, kt, t_begin, t_end, r_begin, r_end, packed, ep, y);
+}
+
+void run_tiles(const Plan& p, const SparseWeight& sw, const KernelTable& kt, int64_t t_begin, int64_t t_end,
+               size_t r_begin, size_t r_end, const float* packed, const Epilogue& ep, float* y) {
   if (r_begin >= r_end || t_begin >= t_end) return;
   const int64_t K = p.chunks;
   const int64_t T = p.tile;

@@ -38,6 +38,10 @@ class AlignedFloats {
 // `kt` (optional) supplies the ISA's row deinterleave for column stride 2 (default: scalar).
 void pack_input(const Plan& p, const float* x, float* packed, int64_t c_begin, int64_t c_end,
                 const KernelTable* kt = nullptr);
+// Packs, of every channel, the plane positions [lo, hi) (within a plane, in whole packed rows):
+// all that tiles [t0, t1) read when lo = t0 * tile and hi = t1 * tile + halo (tile_span), and
+// the zeros their garbage lanes read past a plane's end. For a task that packs its own tiles.
+void pack_span(const Plan& p, const float* x, float* packed, int64_t lo, int64_t hi, const KernelTable* kt);
 // Zeroes the tail after the last channel (read by the last tile's garbage lanes).
 void zero_packed_tail(const Plan& p, float* packed);
 
@@ -60,6 +64,9 @@ struct Epilogue {
 // Computes the output pixels of one task and stores them (bias and ReLU applied) into y.
 void run_task(const Plan& p, const SparseWeight& sw, const KernelTable& kt, const TaskGrid& grid,
               int64_t task, const float* packed, const Epilogue& ep, float* y);
+// The same for tiles [t_begin, t_end) and row groups [r_begin, r_end).
+void run_tiles(const Plan& p, const SparseWeight& sw, const KernelTable& kt, int64_t t_begin, int64_t t_end,
+               size_t r_begin, size_t r_end, const float* packed, const Epilogue& ep, float* y);
 
 // Dense kind with few rows (a batch-1 Gemm): X [rows][K] times the sparse rows directly, one
 // output per (row, output feature), for the row groups [r_begin, r_end) of sw. A tile of

@@ -525,6 +525,7 @@ Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWe
   p.tile = pick_tile(p.Q, lanes, max_vectors);
   p.tiles = ceil_div(p.Q, p.tile);
   const int64_t halo = ((ws.kh - 1) * ws.dh / ws.sh) * p.Wq + (ws.kw - 1) * ws.dw / ws.sw;
+  p.halo = halo;
   // Chunks depend on the tile, not on the plane; the plane's padding depends on the chunks.
   make_chunks(&p, sw, halo, chunk_bytes);
   // Planes start on a cache line (kAlign floats) so that taps at the same column phase of a

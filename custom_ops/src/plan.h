@@ -125,6 +125,7 @@ struct Plan {
 
   // Work decomposition.
   int64_t Q = 0;          // virtual pixels (garbage ones included) that cover all outputs
+  int64_t halo = 0;       // largest tap offset within a plane: tile t reads [t * tile, (t + 1) * tile + halo)
   int64_t tile = 0;       // floats per tile (a multiple of the kernel's lanes)
   int64_t tiles = 0;
   int64_t chunks = 1;     // input-channel chunks per tile

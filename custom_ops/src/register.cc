@@ -1,4 +1,5 @@
 // The library's only exported symbol (see exports.map).
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -60,8 +61,11 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     // built from these options; set them before registering the library.
     const std::string choice = session_config(*api, options, "fq_onnx.kernel");
     const std::string dense = session_config(*api, options, "fq_onnx.dense");
+    // "fq_onnx.threads": the session's intra-op threads (fq_onnx.runtime sets it; a custom op
+    // cannot query them). Absent or invalid: one per CPU the process may use.
+    const std::string threads = session_config(*api, options, "fq_onnx.threads");
     std::lock_guard<std::mutex> lock(g_mutex);
-    auto op = std::make_unique<fq::ShiftConvOp>(choice, dense);
+    auto op = std::make_unique<fq::ShiftConvOp>(choice, dense, std::atoll(threads.c_str()));
     OrtCustomOpDomain* domain = nullptr;
     if (OrtStatus* st = api->CreateCustomOpDomain("fq_onnx", &domain)) return st;
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, op.get())) {

@@ -149,8 +149,8 @@ int64_t run_bytes() {
   return bytes;
 }
 
-// CPUs this process may run on (sched_getaffinity; 1 if unknown): an upper bound on the
-// intra-op threads, which a custom op cannot query.
+// CPUs this process may run on (sched_getaffinity; 1 if unknown): the intra-op threads assumed
+// when the session does not say (fq_onnx.threads), as onnxruntime's default is one per core.
 int64_t available_cpus() {
   static const int64_t cpus = [] {
     cpu_set_t set;
@@ -164,7 +164,7 @@ int64_t available_cpus() {
 }  // namespace
 
 ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice,
-                                 const std::string& dense_choice) {
+                                 const std::string& dense_choice, int64_t threads) {
   Ort::ConstKernelInfo ki(info);
   name_ = ki.GetNodeName();
   const std::string where = "ShiftConv node '" + name_ + "': ";
@@ -284,8 +284,10 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     if (const char* g = std::getenv("FQ_ONNX_MAX_GROUP")) max_group = std::max(1, std::atoi(g));
     if (const char* c = std::getenv("FQ_ONNX_CHUNK_BYTES")) chunk_bytes_ = std::max<int64_t>(1, std::atoll(c));
     if (const char* b = std::getenv("FQ_ONNX_SUB_BATCH")) sub_batch_ = std::max<int64_t>(0, std::atoll(b));
-    cpus_ = available_cpus();
-    if (const char* c = std::getenv("FQ_ONNX_CPUS")) cpus_ = std::max<int64_t>(1, std::atoll(c));
+    inline_work_ = kInlineWork;
+    if (const char* w = std::getenv("FQ_ONNX_INLINE_WORK")) inline_work_ = std::max(0.0, std::atof(w));
+    threads_ = threads > 0 ? threads : available_cpus();
+    if (const char* c = std::getenv("FQ_ONNX_THREADS")) threads_ = std::max<int64_t>(1, std::atoll(c));
     // 8-vector tiles, but 16 (AVX-512 only) for stride-1 kernels wider than 1x1: measured 3-13%
     // faster there (fewer passes over long tap lists at batch 8), slower for 1x1 and stride 2
     // (docs/PERFORMANCE.md).
@@ -526,18 +528,18 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
     return;
   }
   // A batch too large for L2 runs as sub-batches of at most nb images, each packed and computed
-  // before the next (images_per_run). With as many sub-batches as CPUs, each pool thread packs
-  // and computes whole sub-batches on its own: one ParallelFor per call instead of two per
-  // sub-batch, each thread in its own cache, and no thread waits for a descheduled one at a
-  // barrier. The sub-batches are then made equal and, unless FQ_ONNX_SUB_BATCH sets their size,
-  // as many as a multiple of the CPU count where the batch allows, so threads get equal shares.
+  // before the next (images_per_run). With at least as many sub-batches as threads, each pool
+  // thread packs and computes whole sub-batches on its own: one ParallelFor per call instead of
+  // two per sub-batch, each thread in its own cache, and no thread waits for a descheduled one
+  // at a barrier. The sub-batches are then made equal and, unless FQ_ONNX_SUB_BATCH sets their
+  // size, as many as a multiple of the threads where the batch allows, for equal shares.
   int64_t x_image = 1, y_image = 1;
   for (size_t i = 1; i < x_shape.size(); ++i) x_image *= x_shape[i];
   for (size_t i = 1; i < plan->out_shape.size(); ++i) y_image *= plan->out_shape[i];
   const int64_t N = plan->N;
   int64_t runs = (N + nb - 1) / nb;
-  const bool by_image = cpus_ > 1 && runs >= cpus_;
-  if (by_image && sub_batch_ < 0) runs = std::min(N, (runs + cpus_ - 1) / cpus_ * cpus_);
+  const bool by_image = threads_ > 1 && runs >= threads_;
+  if (by_image && sub_batch_ < 0) runs = std::min(N, (runs + threads_ - 1) / threads_ * threads_);
   // Sub-batch i holds images [i * N / runs, (i + 1) * N / runs): sizes differ by at most one.
   std::vector<int64_t> sub_shape = x_shape;
   sub_shape[0] = N / runs;
@@ -578,10 +580,22 @@ int64_t ShiftConvKernel::images_per_run(const Plan& p) const {
 
 void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const float* x, float* y,
                                const float* bias) {
+  // FMA-vector count: below a few microseconds of work, waking the pool costs more than it saves.
+  const double work = double(weight_.stored_macs) * double(plan.tiles) * double(plan.tile / kernels_->lanes);
+  const bool small = work < inline_work_;
+  const bool inline_run = !ctx || small;
+  // Without a pool (a sub-batch task) the tasks still keep the row blocks of a multi-task grid:
+  // one task of all rows would carry every row's partial sums across the input chunks.
+  const TaskGrid grid = make_task_grid(plan, weight_, small ? 1 : kTargetTasks);
+  const Epilogue epilogue{bias, act_lo_, act_hi_};
+  if (!inline_run && !plan.dense && threads_ > 1 && plan.tiles >= 2) {
+    run_by_tiles(*ctx, plan, grid, x, y, epilogue);
+    return;
+  }
   PackLease lease(size_t(plan.packed_floats));
   float* packed = lease.get();
   zero_packed_tail(plan, packed);
-  if (!ctx || plan.C * plan.channel_stride < kInlinePackFloats) {
+  if (inline_run || plan.C * plan.channel_stride < kInlinePackFloats) {
     pack_input(plan, x, packed, 0, plan.C, kernels_);
   } else {
     PackJob pack{&plan, x, packed, 0, kernels_};
@@ -595,13 +609,8 @@ void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const 
         },
         size_t((plan.C + pack.per_task - 1) / pack.per_task), 0, &pack);
   }
-
-  // FMA-vector count: below a few microseconds of work, waking the pool costs more than it saves.
-  const double work = double(weight_.stored_macs) * double(plan.tiles) * double(plan.tile / kernels_->lanes);
-  const bool inline_run = work < kInlineWork;
-  ComputeJob job{&plan, &weight_, kernels_, make_task_grid(plan, weight_, inline_run ? 1 : kTargetTasks),
-                 packed, Epilogue{bias, act_lo_, act_hi_}, y};
-  if (inline_run || !ctx) {
+  ComputeJob job{&plan, &weight_, kernels_, grid, packed, epilogue, y};
+  if (inline_run) {
     // The same tasks in the same order as the pool would run them on one thread.
     for (int64_t i = 0; i < job.grid.count(); ++i) {
       run_task(*job.plan, *job.weight, *job.kernels, job.grid, i, job.packed, job.epilogue, job.y);
@@ -614,6 +623,39 @@ void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const 
         },
         size_t(job.grid.count()), 0, &job);
   }
+}
+
+void ShiftConvKernel::run_by_tiles(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x,
+                                   float* y, const Epilogue& epilogue) {
+  // One task per thread, each a contiguous run of tiles that it packs into its own buffer (the
+  // rows those tiles read, the halo rows twice) and computes, row-group block by row-group
+  // block as the grid splits them. Packing by channels and computing by tiles had every thread
+  // read most of the packed input from the other core's cache, and a pool round trip between
+  // the two: 2 threads ran the stride-2 layer with blocks of 4 at batch 1 no faster than 1.
+  struct TileParts {
+    const Plan* plan;
+    const SparseWeight* weight;
+    const KernelTable* kernels;
+    TaskGrid grid;
+    int64_t parts;
+    const float* x;
+    Epilogue epilogue;
+    float* y;
+    void run(int64_t part) const {
+      const Plan& p = *plan;
+      const int64_t t0 = part * p.tiles / parts, t1 = (part + 1) * p.tiles / parts;
+      PackLease lease(size_t(p.packed_floats));
+      float* packed = lease.get();
+      zero_packed_tail(p, packed);
+      pack_span(p, x, packed, t0 * p.tile, t1 * p.tile + p.halo, kernels);
+      const size_t groups = weight->groups.size(), per = size_t(grid.groups_per_task);
+      for (size_t r = 0; r < groups; r += per) {
+        run_tiles(p, *weight, *kernels, t0, t1, r, std::min(groups, r + per), packed, epilogue, y);
+      }
+    }
+  } job{&plan, &weight_, kernels_, grid, std::min(threads_, plan.tiles), x, epilogue, y};
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const TileParts*>(data)->run(int64_t(i)); },
+                  size_t(job.parts), size_t(job.parts), &job);
 }
 
 void ShiftConvKernel::compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows,
@@ -767,8 +809,8 @@ OrtStatusPtr ShiftConvKernel::ComputeV2(OrtKernelContext* context) {
   }
 }
 
-ShiftConvOp::ShiftConvOp(std::string kernel_choice, std::string dense_choice)
-    : kernel_choice_(std::move(kernel_choice)), dense_choice_(std::move(dense_choice)) {
+ShiftConvOp::ShiftConvOp(std::string kernel_choice, std::string dense_choice, int64_t threads)
+    : kernel_choice_(std::move(kernel_choice)), dense_choice_(std::move(dense_choice)), threads_(threads) {
   // Declare the API version whose OrtCustomOp layout we fill in, not the headers' (which may be
   // newer than the runtime).
   OrtCustomOp::version = kOrtApiVersion;
@@ -776,7 +818,7 @@ ShiftConvOp::ShiftConvOp(std::string kernel_choice, std::string dense_choice)
 
 OrtStatusPtr ShiftConvOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const {
   try {
-    *op_kernel = new ShiftConvKernel(info, kernel_choice_, dense_choice_);
+    *op_kernel = new ShiftConvKernel(info, kernel_choice_, dense_choice_, threads_);
     return nullptr;
   } catch (const std::exception& e) {
     *op_kernel = nullptr;

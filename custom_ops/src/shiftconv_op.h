@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "conv_geometry.h"
+#include "execute.h"
 #include "kernels.h"
 #include "ort_api.h"
 #include "ort_delegate.h"
@@ -22,7 +23,9 @@ class ShiftConvKernel {
  public:
   // Decodes and validates the weight once. Throws std::exception with a message naming the node.
   // dense_choice: dense_path.h's mode name ("" = FQ_ONNX_DENSE or auto).
-  ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice, const std::string& dense_choice);
+  // threads: the session's intra-op threads (0: unknown).
+  ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice, const std::string& dense_choice,
+                  int64_t threads = 0);
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
@@ -44,8 +47,12 @@ class ShiftConvKernel {
   // Images per pack-and-compute run (FQ_ONNX_SUB_BATCH: 0 the whole batch, n > 0 n images);
   // -1: the rule in images_per_run.
   int64_t sub_batch_ = -1;
-  // CPUs for the sub-batch split (available_cpus; FQ_ONNX_CPUS overrides it, for tests).
-  int64_t cpus_ = 1;
+  // Threads the sub-batch and tile splits plan for: the session's (fq_onnx.threads), else the
+  // CPUs the process may use; FQ_ONNX_THREADS overrides both (tests).
+  int64_t threads_ = 1;
+  // Convs of fewer FMA-vectors run on the calling thread (FQ_ONNX_INLINE_WORK overrides it, for
+  // tests: 0 sends every conv through the pool).
+  double inline_work_ = 0;
   // Depthwise convs (one input channel per output channel) run straight from X, unpacked:
   // per tap of weight_.taps its row and column offset (ky * dh, kx * dw).
   bool depthwise_ = false;
@@ -68,6 +75,9 @@ class ShiftConvKernel {
   // Packs X for `plan` and runs every tile task (Y for the plan's images), over the intra-op
   // pool, or all on this thread when ctx is null.
   void run_plan(Ort::KernelContext* ctx, const Plan& plan, const float* x, float* y, const float* bias);
+  // run_plan's multi-CPU form: a task per CPU packs and computes a run of tiles.
+  void run_by_tiles(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x, float* y,
+                    const Epilogue& epilogue);
   void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
 
@@ -80,7 +90,8 @@ class ShiftConvKernel {
 struct ShiftConvOp : Ort::CustomOpBase<ShiftConvOp, ShiftConvKernel, /*WithStatus=*/true> {
   // kernel_choice: "" (use FQ_ONNX_KERNEL or auto), "auto", "scalar", "avx2", "avx512".
   // dense_choice: "" (use FQ_ONNX_DENSE or auto), "auto", "own", "ort", "nchw", "nchwc".
-  ShiftConvOp(std::string kernel_choice, std::string dense_choice);
+  // threads: the session's intra-op threads (register.cc: fq_onnx.threads; 0 = unknown).
+  ShiftConvOp(std::string kernel_choice, std::string dense_choice, int64_t threads = 0);
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
   const char* GetName() const { return "ShiftConv"; }
@@ -98,6 +109,7 @@ struct ShiftConvOp : Ort::CustomOpBase<ShiftConvOp, ShiftConvKernel, /*WithStatu
  private:
   std::string kernel_choice_;
   std::string dense_choice_;
+  int64_t threads_ = 0;
 };
 
 }  // namespace fq
