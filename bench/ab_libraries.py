@@ -10,9 +10,10 @@ temp dir, then
 
 B/A > 1: B faster.
 
-Use ``--threads 1``. With 2 threads on the 2-core machine the session timed after another one
-is slowed by the other sessions' spinning thread pools: 512@7² at 90%, blocks of 4, batch 8
-measured B/A 0.29 with the new library as B and 0.38 with it as A (2026-11-25, load < 2).
+With more than one thread each timed block first settles for 50 ms of untimed runs
+(kernel.settle_seconds): before that, the session timed after another one was slowed by the
+other sessions' spinning thread pools (512@7² at 90%, blocks of 4, batch 8 had measured B/A
+0.29 with the new library as B and 0.38 with it as A, 2026-11-25, load < 2).
 """
 from __future__ import annotations
 
