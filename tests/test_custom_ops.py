@@ -310,15 +310,17 @@ def test_random_shapes_match_reference():
         assert_close(y, ref, x, weight)
 
 
+@pytest.mark.parametrize("split", ["auto", "tiles", "rows"])
 @pytest.mark.parametrize("threads", ["2", "3", "7"])
-def test_tile_runs_per_thread_match_reference(threads, monkeypatch):
-    """With several threads each pool task packs and computes its own run of tiles
-    (shiftconv_op.cc: run_by_tiles; pack_span packs the rows those tiles read, the halo twice,
-    and the zeros their garbage lanes read past a plane). FQ_ONNX_INLINE_WORK=0 sends even these
-    small convs through the pool, FQ_ONNX_THREADS sets the number of runs: random geometry on
-    every kernel."""
+def test_runs_per_thread_match_reference(threads, split, monkeypatch):
+    """With several threads each pool task packs and computes its own run of tiles or of row
+    groups (shiftconv_op.cc: run_per_thread; pack_span packs the rows the tiles read, the halo
+    twice, and the zeros their garbage lanes read past a plane). FQ_ONNX_INLINE_WORK=0 sends
+    even these small convs through the pool, FQ_ONNX_THREADS sets the number of runs and
+    FQ_ONNX_THREAD_SPLIT the split: random geometry on every kernel."""
     monkeypatch.setenv("FQ_ONNX_INLINE_WORK", "0")
     monkeypatch.setenv("FQ_ONNX_THREADS", threads)
+    monkeypatch.setenv("FQ_ONNX_THREAD_SPLIT", split)
     monkeypatch.setenv("FQ_ONNX_SUB_BATCH", "0")
     rng = np.random.default_rng(31 + int(threads))
     for trial in range(30):

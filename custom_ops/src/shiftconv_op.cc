@@ -135,6 +135,12 @@ constexpr int64_t kTargetTasks = 32;
 // Below these sizes a single thread is faster than a round trip through the thread pool.
 constexpr int64_t kInlinePackFloats = 64 * 1024;
 constexpr double kInlineWork = 16 * 1024;
+// run_per_thread splits tiles among threads when the packed input holds at least this many floats
+// per output channel: a tile split costs about one shared output cache line per channel (about
+// 28 ns, from 1x1 256->1024 @14²), a row-group split packing the whole input again per thread
+// (0.12-0.2 ns per float). Measured at batch 1 on 2 threads: 1x1 256->1024 (49 floats per
+// channel) is faster by row groups, 128@28² and stride 2 128->256 (870 and 480) by tiles.
+constexpr int64_t kPackedFloatsPerRowForTiles = 192;
 // Packed input per sub-batch (images_per_run): a quarter of the L2 (512 KiB of the development
 // machine's 2 MiB, where it was measured), leaving room for the tap lists, the sums and the
 // output; 512 KiB where the size is unknown.
@@ -288,6 +294,7 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
     if (const char* w = std::getenv("FQ_ONNX_INLINE_WORK")) inline_work_ = std::max(0.0, std::atof(w));
     threads_ = threads > 0 ? threads : available_cpus();
     if (const char* c = std::getenv("FQ_ONNX_THREADS")) threads_ = std::max<int64_t>(1, std::atoll(c));
+    if (const char* t = std::getenv("FQ_ONNX_THREAD_SPLIT")) thread_split_ = t[0];
     // 8-vector tiles, but 16 (AVX-512 only) for stride-1 kernels wider than 1x1: measured 3-13%
     // faster there (fewer passes over long tap lists at batch 8), slower for 1x1 and stride 2
     // (docs/PERFORMANCE.md).
@@ -588,8 +595,8 @@ void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const 
   // one task of all rows would carry every row's partial sums across the input chunks.
   const TaskGrid grid = make_task_grid(plan, weight_, small ? 1 : kTargetTasks);
   const Epilogue epilogue{bias, act_lo_, act_hi_};
-  if (!inline_run && !plan.dense && threads_ > 1 && plan.tiles >= 2) {
-    run_by_tiles(*ctx, plan, grid, x, y, epilogue);
+  if (!inline_run && !plan.dense && threads_ > 1) {
+    run_per_thread(*ctx, plan, grid, x, y, epilogue);
     return;
   }
   PackLease lease(size_t(plan.packed_floats));
@@ -625,36 +632,63 @@ void ShiftConvKernel::run_plan(Ort::KernelContext* ctx, const Plan& plan, const 
   }
 }
 
-void ShiftConvKernel::run_by_tiles(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x,
+void ShiftConvKernel::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x,
                                    float* y, const Epilogue& epilogue) {
-  // One task per thread, each a contiguous run of tiles that it packs into its own buffer (the
-  // rows those tiles read, the halo rows twice) and computes, row-group block by row-group
-  // block as the grid splits them. Packing by channels and computing by tiles had every thread
-  // read most of the packed input from the other core's cache, and a pool round trip between
-  // the two: 2 threads ran the stride-2 layer with blocks of 4 at batch 1 no faster than 1.
-  struct TileParts {
+  // One task per thread. Each packs into its own buffer what it reads and computes it: a
+  // contiguous run of tiles for every row group (packing the rows those tiles read, the halo
+  // rows twice), or, where tiles are fewer than threads or the packed input is small next to
+  // the output channels, every tile for a run of row groups (packing all of it). Packing by
+  // channels and computing by tiles had every thread read most of the packed input from the
+  // other core's cache, after a pool round trip: 2 threads ran the stride-2 layer with blocks
+  // of 4 at batch 1 no faster than 1. A tile split shares a cache line of output per channel
+  // and run boundary between two threads, so layers with many channels of small planes split
+  // row groups: 1x1 256->1024 @14², blocks of 4, 0.092 -> 0.073 ms; 64@56² the other way,
+  // 0.185 ms by tiles against 0.211 by row groups (2 threads, batch 1, 90%; docs/PERFORMANCE.md).
+  const int64_t threads = threads_;
+  const bool by_groups = thread_split_ == 'r' || plan.tiles < threads ||
+                         (thread_split_ != 't' && plan.C * plan.channel_stride < kPackedFloatsPerRowForTiles * weight_.M);
+  struct Parts {
     const Plan* plan;
     const SparseWeight* weight;
     const KernelTable* kernels;
     TaskGrid grid;
+    bool by_groups;
+    std::vector<size_t> group_cut;  // by_groups: part i runs row groups [cut[i], cut[i + 1])
     int64_t parts;
     const float* x;
     Epilogue epilogue;
     float* y;
     void run(int64_t part) const {
       const Plan& p = *plan;
-      const int64_t t0 = part * p.tiles / parts, t1 = (part + 1) * p.tiles / parts;
+      const int64_t t0 = by_groups ? 0 : part * p.tiles / parts;
+      const int64_t t1 = by_groups ? p.tiles : (part + 1) * p.tiles / parts;
+      const size_t g0 = by_groups ? group_cut[size_t(part)] : 0;
+      const size_t g1 = by_groups ? group_cut[size_t(part) + 1] : weight->groups.size();
+      if (g0 >= g1) return;
       PackLease lease(size_t(p.packed_floats));
       float* packed = lease.get();
       zero_packed_tail(p, packed);
       pack_span(p, x, packed, t0 * p.tile, t1 * p.tile + p.halo, kernels);
-      const size_t groups = weight->groups.size(), per = size_t(grid.groups_per_task);
-      for (size_t r = 0; r < groups; r += per) {
-        run_tiles(p, *weight, *kernels, t0, t1, r, std::min(groups, r + per), packed, epilogue, y);
+      const size_t per = size_t(grid.groups_per_task);
+      for (size_t r = g0; r < g1; r += per) {
+        run_tiles(p, *weight, *kernels, t0, t1, r, std::min(g1, r + per), packed, epilogue, y);
       }
     }
-  } job{&plan, &weight_, kernels_, grid, std::min(threads_, plan.tiles), x, epilogue, y};
-  ctx.ParallelFor([](void* data, size_t i) { static_cast<const TileParts*>(data)->run(int64_t(i)); },
+  } job{&plan, &weight_, kernels_, grid, by_groups, {}, by_groups ? threads : std::min(threads, plan.tiles), x,
+        epilogue, y};
+  if (by_groups) {
+    // Cut where the FMAs (taps x rows) are split evenly.
+    const std::vector<RowGroup>& groups = weight_.groups;
+    const double total = double(weight_.stored_macs);
+    job.group_cut.assign(1, 0);
+    double sum = 0;
+    for (size_t r = 0; r < groups.size() && int64_t(job.group_cut.size()) < job.parts; ++r) {
+      sum += double(groups[r].tap_end - groups[r].tap_begin) * groups[r].g;
+      if (sum >= total * double(job.group_cut.size()) / double(job.parts)) job.group_cut.push_back(r + 1);
+    }
+    while (int64_t(job.group_cut.size()) <= job.parts) job.group_cut.push_back(groups.size());
+  }
+  ctx.ParallelFor([](void* data, size_t i) { static_cast<const Parts*>(data)->run(int64_t(i)); },
                   size_t(job.parts), size_t(job.parts), &job);
 }
 

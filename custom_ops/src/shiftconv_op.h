@@ -53,6 +53,9 @@ class ShiftConvKernel {
   // Convs of fewer FMA-vectors run on the calling thread (FQ_ONNX_INLINE_WORK overrides it, for
   // tests: 0 sends every conv through the pool).
   double inline_work_ = 0;
+  // run_per_thread's split (FQ_ONNX_THREAD_SPLIT, for tests): 't' tiles where there are enough,
+  // 'r' row groups, else the rule.
+  char thread_split_ = 'a';
   // Depthwise convs (one input channel per output channel) run straight from X, unpacked:
   // per tap of weight_.taps its row and column offset (ky * dh, kx * dw).
   bool depthwise_ = false;
@@ -75,8 +78,9 @@ class ShiftConvKernel {
   // Packs X for `plan` and runs every tile task (Y for the plan's images), over the intra-op
   // pool, or all on this thread when ctx is null.
   void run_plan(Ort::KernelContext* ctx, const Plan& plan, const float* x, float* y, const float* bias);
-  // run_plan's multi-CPU form: a task per CPU packs and computes a run of tiles.
-  void run_by_tiles(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x, float* y,
+  // run_plan with more than one thread: a task per thread packs and computes a run of tiles, or
+  // of row groups.
+  void run_per_thread(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x, float* y,
                     const Epilogue& epilogue);
   void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
