@@ -15,6 +15,16 @@ namespace {
 // 1x1 stride 1, plain Conv (a direct SGEMM): at cost 0.40 (60% unstructured) ours was 1.04-1.21x
 // faster, at 0.47-0.49 (50%, dense) 0.71-0.89x.
 constexpr double kPointwiseAbove = 0.43;
+// With more than one intra-op thread, onnxruntime's plain 1x1 Conv called alone scales worse
+// than our kernel, which splits the tiles (or row groups) per thread: 2 threads, batch 1,
+// dense / 50%, against onnxruntime's own graph (ALL), ours vs its delegated Conv: 16->96 @112²
+// 1.30-1.52x vs 0.92-0.99x, 32->16 @112² 1.66-1.76x vs 1.16-1.39x, 24->144 @56² 1.66-1.75x vs
+// 0.84-0.91x, 32->192 @28² 1.41-1.42x vs 0.77-0.80x, 64->384 @14² 1.28-1.35x vs 0.92-0.95x;
+// but 144->24 @56² 1.35-1.41x vs 1.55-1.56x, and at batch 8 its Conv matched or beat ours
+// (16->96 @112² 1.44-1.45x vs 1.04-1.22x). With 1 thread its Conv won or tied every one of
+// these. So 1x1 layers of at most this many input channels keep both kernels when the session
+// has several threads, and run ours at batch 1 (pointwise_prefers_ort).
+constexpr int64_t kPointwiseOwnMaxInputs = 64;
 // k x k convs in the NCHWc layout: at 0.40 between 0.91x and 1.05x (a tie), at 0.30 ours was
 // 1.25-1.29x faster, at 0.49 0.80-0.88x.
 constexpr double kNchwcAbove = 0.35;
@@ -154,7 +164,10 @@ bool matmul_prefers_ort(int64_t rows) { return rows <= kMatMulMaxRows; }
 
 bool matmul_prefers_packed(int64_t rows) { return rows >= kPackedBandMinRows && rows <= kPackedBandMaxRows; }
 
-DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static) {
+bool pointwise_prefers_ort(int64_t batch) { return batch != 1; }
+
+DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static,
+                            int64_t threads) {
   DensePath p;
   p.cost = relative_cost(w);
   if (mode == DenseMode::kOwn || !pads_static || too_sparse_to_hold_dense(w)) return p;
@@ -178,6 +191,7 @@ DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWei
       const bool depthwise = ws.group > 1 && ws.Cg == 1 && ws.M == ws.group;
       if (pointwise) {
         p.delegate = r > kPointwiseAbove;
+        p.keep_own = p.delegate && threads > 1 && ws.Cg <= kPointwiseOwnMaxInputs;
       } else if (depthwise && nchwc_ok) {
         // The plane size is known per run: keep both (depthwise weights are small).
         p.delegate = p.keep_own = true;

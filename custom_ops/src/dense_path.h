@@ -40,7 +40,7 @@ struct DensePath {
   int nchwc_block = 0;    // > 0: in the NCHWc layout with this block
   double cost = 0;        // relative_cost of the weight (logged)
   // Our sparse kernel stays too, and one of the two above is picked per input shape
-  // (depthwise_prefers_ort, matmul_prefers_ort, matmul_prefers_packed).
+  // (depthwise_prefers_ort, pointwise_prefers_ort, matmul_prefers_ort, matmul_prefers_packed).
   bool keep_own = false;
 };
 
@@ -62,8 +62,13 @@ bool matmul_prefers_packed(int64_t rows);
 // our small-plane kernel (kernels.h: DepthwiseSmallArgs) would run it.
 bool depthwise_prefers_ort(double density, int64_t out_pixels, bool strided, bool small_plane = false);
 
+// For a 1x1 conv that keeps both kernels (several threads, few input channels): is onnxruntime's
+// Conv faster at this batch size?
+bool pointwise_prefers_ort(int64_t batch);
+
 // The choice for a conv layer. `pads_static`: the pads do not depend on the input size
-// (static_pads), a precondition of delegating.
-DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static);
+// (static_pads), a precondition of delegating. `threads`: the session's intra-op threads.
+DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static,
+                            int64_t threads = 1);
 
 }  // namespace fq

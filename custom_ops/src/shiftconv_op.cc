@@ -315,7 +315,7 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
       layer.ws.Cg = Cg;
       const bool pads_static = dense_ || static_pads(attrs_, wshape_, &layer.pads);
       auto choose = [&](const SparseWeight& w) {
-        return dense_ ? choose_matmul_path(mode, w, packed_mode) : choose_dense_path(mode, w, wshape_, pads_static);
+        return dense_ ? choose_matmul_path(mode, w, packed_mode) : choose_dense_path(mode, w, wshape_, pads_static, threads_);
       };
       // Merging every block of rows to get the exact cost took a third of session creation for
       // half-dense models. An estimate from every kSampleStride-th block decides when, made
@@ -480,8 +480,10 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   if (delegate_ && !dense_) {
     const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);  // validates X against the node
     const double density = double(weight_.nonzeros) / double(weight_.M * weight_.kh * weight_.kw);
+    const bool pointwise = wshape_.kh * wshape_.kw == 1 && !depthwise_;
     if (!choose_per_shape_ ||
-        depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1, small_depthwise_ok(cs))) {
+        (pointwise ? pointwise_prefers_ort(cs.N)
+                   : depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1, small_depthwise_ok(cs)))) {
       std::vector<int64_t> out_shape = {cs.N, weight_.M};
       if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
       out_shape.push_back(cs.OW);
