@@ -165,14 +165,18 @@ def test_auto_depthwise_chooses_per_input_shape(size, stride):
 @pytest.mark.parametrize("c_in, delegated_only", [(16, False), (64, False), (96, True)])
 def test_auto_pointwise_with_threads_chooses_per_batch(c_in, delegated_only, capfd):
     """With several threads a dense 1x1 conv of at most 64 input channels keeps our kernel beside
-    onnxruntime's (ours at batch 1, its Conv above: dense_path.cc, kPointwiseOwnMaxInputs); with
-    one thread, or more input channels, only onnxruntime's. Every batch gives the reference."""
+    onnxruntime's (ours at batch 1, its Conv above: dense_path.cc, kPointwiseOwnMaxInputs), a
+    wider one runs in onnxruntime's NCHWc layout; with one thread both run its plain Conv.
+    Every batch gives the reference."""
     rng = np.random.default_rng(c_in)
     blob = make_blob(rng, (48, c_in, 1, 1), sparsity=0.0)
     model = shiftconv_model(blob, (None, c_in, 9, 9), activation="relu")
     per_shape = "or ours, chosen per input shape"
-    assert (per_shape in dense_log(capfd, model, "auto", threads=2)) == (not delegated_only)
-    assert per_shape not in dense_log(capfd, model, "auto", threads=1)
+    two = dense_log(capfd, model, "auto", threads=2)
+    assert (per_shape in two) == (not delegated_only)
+    assert ("NCHWc Conv" in two) == bool(delegated_only and BLOCK), two
+    one = dense_log(capfd, model, "auto", threads=1)
+    assert per_shape not in one and "NCHWc Conv" not in one and "onnxruntime's Conv" in one, one
     sess = session(model, "auto", threads=2)
     for n in (1, 3, 1):
         x = rng.standard_normal((n, c_in, 9, 9)).astype(np.float32)
