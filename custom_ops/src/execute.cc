@@ -17,6 +17,18 @@ struct RowRange {
   int64_t b(int64_t n, int64_t Hq) const { return std::min(Hq, r1 - n * Hq); }
 };
 
+// Rows [lo, hi) of row phase ph read input rows inside the image (row i reads input row
+// i * sh + y0); the others are zero padding.
+struct PhaseRows {
+  int64_t y0, lo, hi;
+};
+PhaseRows phase_rows(const Plan& p, int64_t ph) {
+  const int64_t y0 = ph - p.pad_top;
+  const int64_t lo = std::min(p.Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
+  const int64_t hi = std::max(lo, std::min(p.Hq, p.H - y0 <= 0 ? int64_t(0) : (p.H - y0 + p.sh - 1) / p.sh));
+  return {y0, lo, hi};
+}
+
 // Zeroes rows [a, b) of an image's phase plane d (Wq floats each) that lie outside [i_lo, i_hi),
 // the rows that read input rows.
 void zero_padding_rows(float* d, int64_t a, int64_t b, int64_t i_lo, int64_t i_hi, int64_t Wq) {
@@ -32,10 +44,7 @@ void pack_channel_sw2(const Plan& p, const float* x, float* packed, int64_t c, R
   for (int64_t ph = 0; ph < p.sh; ++ph) {
     const int32_t s0 = p.phase_slot[size_t(ph * 2)], s1 = p.phase_slot[size_t(ph * 2 + 1)];
     if (s0 < 0 && s1 < 0) continue;  // no tap reads this row phase
-    // Rows i of this phase read input row i * sh + y0; those in [i_lo, i_hi) are inside the image.
-    const int64_t y0 = ph - p.pad_top;
-    const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
-    const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
+    const auto [y0, i_lo, i_hi] = phase_rows(p, ph);
     for (int64_t n = rr.r0 / Hq; n < p.N && n * Hq < rr.r1; ++n) {
       const int64_t a = rr.a(n, Hq), b = rr.b(n, Hq);
       const float* src_plane = x + (n * p.C + c) * H * W;
@@ -69,10 +78,7 @@ void pack_channel(const Plan& p, const float* x, float* packed, int64_t c, RowRa
       int64_t j_hi = W - x0 <= 0 ? 0 : (W - x0 + p.sw - 1) / p.sw;
       j_lo = std::min(j_lo, Wq);
       j_hi = std::max(j_lo, std::min(j_hi, Wq));
-      // Rows i in [i_lo, i_hi) read input rows inside the image.
-      const int64_t y0 = ph - p.pad_top;
-      const int64_t i_lo = std::min(Hq, y0 >= 0 ? int64_t(0) : (-y0 + p.sh - 1) / p.sh);
-      const int64_t i_hi = std::max(i_lo, std::min(Hq, H - y0 <= 0 ? int64_t(0) : (H - y0 + p.sh - 1) / p.sh));
+      const auto [y0, i_lo, i_hi] = phase_rows(p, ph);
       // Whole rows are contiguous when they need neither padding nor a column stride (1x1
       // convs, unpadded stride-1 convs): one copy per image.
       const bool contiguous = p.sw == 1 && p.sh == 1 && x0 == 0 && Wq == W && j_lo == 0 && j_hi == W;

@@ -167,6 +167,20 @@ int64_t available_cpus() {
   return cpus;
 }
 
+// Row groups [cut[i], cut[i + 1]) for each of `parts` runs, cut where the FMAs (taps x rows)
+// are split evenly (run_per_thread's split by row groups).
+std::vector<size_t> cut_groups(const SparseWeight& w, int64_t parts) {
+  std::vector<size_t> cut(1, 0);
+  const double total = double(w.stored_macs);
+  double sum = 0;
+  for (size_t r = 0; r < w.groups.size() && int64_t(cut.size()) < parts; ++r) {
+    sum += double(w.groups[r].tap_end - w.groups[r].tap_begin) * w.groups[r].g;
+    if (sum >= total * double(cut.size()) / double(parts)) cut.push_back(r + 1);
+  }
+  while (int64_t(cut.size()) <= parts) cut.push_back(w.groups.size());
+  return cut;
+}
+
 }  // namespace
 
 ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& kernel_choice,
@@ -379,6 +393,7 @@ ShiftConvKernel::ShiftConvKernel(const OrtKernelInfo* info, const std::string& k
         tap_dx_[t] = int32_t(int64_t(weight_.taps[t]) % wshape_.kw * wshape_.dw);
       }
     }
+    if (threads_ > 1) group_cut_ = cut_groups(weight_, threads_);
   } catch (const Ort::Exception& e) {
     throw std::runtime_error(where + e.what());
   } catch (const std::bad_alloc&) {
@@ -480,10 +495,11 @@ void ShiftConvKernel::compute(OrtKernelContext* context) {
   if (delegate_ && !dense_) {
     const ConvShape cs = conv_shape(attrs_, wshape_, x_shape);  // validates X against the node
     const double density = double(weight_.nonzeros) / double(weight_.M * weight_.kh * weight_.kw);
-    const bool pointwise = wshape_.kh * wshape_.kw == 1 && !depthwise_;
+    // Conv layers that keep both kernels are 1x1 (group 1) or depthwise (dense_path.cc).
     if (!choose_per_shape_ ||
-        (pointwise ? pointwise_prefers_ort(cs.N)
-                   : depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1, small_depthwise_ok(cs)))) {
+        (wshape_.group == 1
+             ? pointwise_prefers_ort(cs.N)
+             : depthwise_prefers_ort(density, cs.OH * cs.OW, wshape_.sh * wshape_.sw > 1, small_depthwise_ok(cs)))) {
       std::vector<int64_t> out_shape = {cs.N, weight_.M};
       if (wshape_.spatial == 2) out_shape.push_back(cs.OH);
       out_shape.push_back(cs.OW);
@@ -657,7 +673,7 @@ void ShiftConvKernel::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, 
     const KernelTable* kernels;
     TaskGrid grid;
     bool by_groups;
-    std::vector<size_t> group_cut;  // by_groups: part i runs row groups [cut[i], cut[i + 1])
+    const std::vector<size_t>* group_cut;  // by_groups: part i runs row groups [cut[i], cut[i + 1])
     int64_t parts;
     const float* x;
     Epilogue epilogue;
@@ -666,8 +682,8 @@ void ShiftConvKernel::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, 
       const Plan& p = *plan;
       const int64_t t0 = by_groups ? 0 : part * p.tiles / parts;
       const int64_t t1 = by_groups ? p.tiles : (part + 1) * p.tiles / parts;
-      const size_t g0 = by_groups ? group_cut[size_t(part)] : 0;
-      const size_t g1 = by_groups ? group_cut[size_t(part) + 1] : weight->groups.size();
+      const size_t g0 = by_groups ? (*group_cut)[size_t(part)] : 0;
+      const size_t g1 = by_groups ? (*group_cut)[size_t(part) + 1] : weight->groups.size();
       if (g0 >= g1) return;
       PackLease lease(size_t(p.packed_floats));
       float* packed = lease.get();
@@ -678,20 +694,8 @@ void ShiftConvKernel::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, 
         run_tiles(p, *weight, *kernels, t0, t1, r, std::min(g1, r + per), packed, epilogue, y);
       }
     }
-  } job{&plan, &weight_, kernels_, grid, by_groups, {}, by_groups ? threads : std::min(threads, plan.tiles), x,
-        epilogue, y};
-  if (by_groups) {
-    // Cut where the FMAs (taps x rows) are split evenly.
-    const std::vector<RowGroup>& groups = weight_.groups;
-    const double total = double(weight_.stored_macs);
-    job.group_cut.assign(1, 0);
-    double sum = 0;
-    for (size_t r = 0; r < groups.size() && int64_t(job.group_cut.size()) < job.parts; ++r) {
-      sum += double(groups[r].tap_end - groups[r].tap_begin) * groups[r].g;
-      if (sum >= total * double(job.group_cut.size()) / double(job.parts)) job.group_cut.push_back(r + 1);
-    }
-    while (int64_t(job.group_cut.size()) <= job.parts) job.group_cut.push_back(groups.size());
-  }
+  } job{&plan, &weight_, kernels_, grid, by_groups, &group_cut_, by_groups ? threads : std::min(threads, plan.tiles),
+        x, epilogue, y};
   ctx.ParallelFor([](void* data, size_t i) { static_cast<const Parts*>(data)->run(int64_t(i)); },
                   size_t(job.parts), size_t(job.parts), &job);
 }

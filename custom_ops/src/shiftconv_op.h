@@ -56,6 +56,8 @@ class ShiftConvKernel {
   // run_per_thread's split (FQ_ONNX_THREAD_SPLIT, for tests): 't' tiles where there are enough,
   // 'r' row groups, else the rule.
   char thread_split_ = 'a';
+  // With several threads: run_per_thread's row-group runs, one per thread (cut_groups).
+  std::vector<size_t> group_cut_;
   // Depthwise convs (one input channel per output channel) run straight from X, unpacked:
   // per tap of weight_.taps its row and column offset (ky * dh, kx * dw).
   bool depthwise_ = false;
