@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -14,13 +15,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, allocate, calibrate, focus, fmt, intmode, rewrite
-from fq_onnx.compress import PRUNE_METHODS, ROUNDINGS, LayerOptions, compress_layer
+from fq_onnx import __version__, allocate, calibrate, intmode, rewrite
+from fq_onnx.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
 from fq_onnx.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
+from fq_onnx.options import DEFAULTS, SETTINGS_KEY, ConvertOptions, load_sparsity_file
 
-__all__ = ["convert", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
+__all__ = ["convert", "ConvertOptions", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
 
 
 @dataclass
@@ -57,46 +59,6 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n / 1e3:.1f} kB"
 
 
-def load_sparsity_file(path: str | os.PathLike) -> dict[str, float]:
-    """Read a per-layer sparsity table: a JSON or YAML mapping of node name to sparsity.
-
-    The key ``"*"`` sets the sparsity of every layer not named.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FqOnnxError(f"{path}: no such sparsity file")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise FqOnnxError(f"{path}: reading YAML needs PyYAML (pip install 'fq-onnx[yaml]'), or use JSON") from None
-            table = yaml.safe_load(text)
-        else:
-            table = json.loads(text)
-    except (ValueError, Exception) as exc:
-        if isinstance(exc, FqOnnxError):
-            raise
-        raise FqOnnxError(f"{path}: cannot parse the sparsity table: {exc}") from None
-    if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
-        raise FqOnnxError(f"{path}: expected a mapping of node name to a sparsity number")
-    return {str(k): float(v) for k, v in table.items()}
-
-
-def _check_options(sparsity: float, bits: int, w_sep: float, block: int, assign: str) -> None:
-    if not 0.0 <= sparsity <= 0.99:
-        raise FqOnnxError(f"--sparsity must be in 0..0.99, got {sparsity}")
-    if not 2 <= bits <= 8:
-        raise FqOnnxError(f"--bits must be in 2..8, got {bits}")
-    if not w_sep >= 0:
-        raise FqOnnxError(f"--w-sep must be >= 0, got {w_sep}")
-    if not 1 <= block <= 255:
-        raise FqOnnxError(f"--block must be in 1..255, got {block}")
-    if assign not in focus.ASSIGNMENTS:
-        raise FqOnnxError(f"--assign must be one of {', '.join(focus.ASSIGNMENTS)}, got {assign!r}")
-
-
 def _unique_names(graph: gs.Graph) -> None:
     """Give unnamed or duplicate-named nodes a unique name (named nodes keep theirs)."""
     seen: set[str] = set()
@@ -114,45 +76,25 @@ def _unique_names(graph: gs.Graph) -> None:
 def convert(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
+    options: ConvertOptions | None = None,
     *,
-    sparsity: float = 0.5,
-    sparsity_file: str | os.PathLike | None = None,
-    bits: int = 5,
-    w_sep: float = 2.0,
-    block: int = 1,
-    exclude: Iterable[str] = (),
-    seed: int = 0,
-    pow2_centres: bool = True,
-    assign: str = "argmax",
-    per_channel: bool = True,
-    fuse_activation: bool = True,
-    calib=None,
-    calib_size: int = 256,
-    preset: str | None = None,
-    prune_method: str | None = None,
-    rounding: str | None = None,
-    bias_correction: bool | None = None,
-    sequential: bool = False,
-    target_ratio: float | None = None,
-    max_drop: float | None = None,
-    data=None,
-    eval_size: int = 1000,
-    keep_float: bool = True,
-    alloc_bits: Iterable[int] | None = None,
-    act_bits: int | None = None,
-    act_calib: str = "mse",
     progress: Callable[[str, int, int], None] | None = None,
     report_dir: str | os.PathLike | None = None,
+    **changes,
 ) -> ConversionReport:
     """Compress every Conv, Gemm and constant-weight MatMul of a model into ShiftConv nodes.
 
+    ``options`` (a :class:`ConvertOptions`, by default every default) says how; keyword
+    arguments with the names of its fields change single settings (an unknown name is an error).
+    ``progress(layer_name, done, total)`` is called after each layer. The same inputs and
+    options give a byte-identical output file.
+
     ``sparsity`` is the fraction of each layer's weights pruned (overridden per node name by
-    ``sparsity_file``); ``bits`` counts the bits of one nonzero code; ``w_sep`` is the
-    Wasserstein threshold above which a layer uses focused quantization; ``block`` makes G
-    consecutive output channels share one mask; ``per_channel`` stores one scale per output
-    channel (one level set per layer) instead of the paper's one per layer.
-    ``progress(layer_name, done, total)`` is called
-    after each layer. The same inputs and seed give a byte-identical output file.
+    ``sparsity_file``, or the inline table ``per_layer_sparsity``); ``bits`` counts the bits of
+    one nonzero code; ``w_sep`` is the Wasserstein threshold above which a layer uses focused
+    quantization; ``block`` makes G consecutive output channels share one mask; ``per_channel``
+    stores one scale per output channel (one level set per layer) instead of the paper's one per
+    layer; ``exclude`` names nodes or op types left untouched.
 
     Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
     reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
@@ -177,174 +119,181 @@ def convert(
     ``minmax`` or ``percentile``), so the node computes with integer shifts and adds
     (docs/SHIFTCONV.md). A layer whose int32 accumulator could overflow keeps float activations;
     each row's ``act`` says which and why.
+
+    The result's ``settings`` (also stored in the output's metadata) replay the conversion:
+    ``ConvertOptions.from_file(output_path)``.
     """
-    _check_options(sparsity, bits, w_sep, block, assign)
-    if act_bits is not None:
-        intmode.check_convert_options(act_bits, act_calib, calib, pow2_centres)
-    options = _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
-                             bias_correction, per_channel)
+    options = (options or DEFAULTS).replace(**changes)
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    pictures = None
     if report_dir is not None:
         from fq_onnx import report as html_report
 
         html_report.check_report_dir(report_dir)
         pictures = {}
-    per_layer = load_sparsity_file(sparsity_file) if sparsity_file else {}
-    default_sparsity = per_layer.pop("*", sparsity)
-    for name, value in per_layer.items():
-        if not 0.0 <= value <= 0.99:
-            raise FqOnnxError(f"{sparsity_file}: sparsity {value} for {name!r} is outside 0..0.99")
-
-    # Without calibration nothing runs the model: weights in external data stay on disk until compressed.
-    model = load_model(input_path, lazy_external=calib is None)
-    graph = gs.import_onnx(model)
-    _unique_names(graph)
-    folded = fold_batchnorms(graph)
-    targets, skipped = rewrite.find_targets(graph, tuple(exclude))
-    position = {node.name: i for i, node in enumerate(graph.nodes)}
-    unknown = set(per_layer) - {t.node.name for t in targets} - {name for name, _, _ in skipped}
-    if unknown:
-        raise FqOnnxError(f"{sparsity_file}: no compressible node named {', '.join(sorted(unknown))}")
-    if not targets:
-        reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
-        raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
-
-    workdir = tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") if calib is not None else None
-    inputs = None
-    if workdir:
-        reader = _calibration_reader(model, calib, calib_size, preset)
-        inputs = calibrate.sample_inputs(reader, calib_size, workdir.name, seed)
-        collect = functools.partial(calibrate.collect, inputs=inputs, seed=seed, description=_describe(reader))
-    stats = collect(graph, targets) if workdir else {}
-    allocation = None
-    if target_ratio is not None or max_drop is not None:
-        allocation = _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data,
-                               preset, eval_size, keep_float, _bits_grid(alloc_bits, bits), progress)
-        per_layer = {name: choice[0] for name, choice in allocation.plan.items() if not allocate.is_float(choice)}
-    rows: list[LayerRow] = []
-    for index, target in enumerate(targets):
-        name = target.node.name
-        layer_stats = stats.get(name)
-        if workdir and sequential and index > 0:
-            # Statistics of the inputs this layer sees once the layers before it are compressed.
-            current = graph.copy()
-            rewrite.to_plain(current)
-            layer_stats = collect(current, [target])[name]
-        if allocation and allocate.is_float(allocation.plan[name]):
-            if allocation.plan[name] == allocate.FLOAT16:
-                rewrite.store_float16(graph, target.node)
-            continue  # the allocator keeps this layer in float
-        result = allocation.results[name] if allocation else compress_layer(
-            target.weight, target.bias, per_layer.get(name, default_sparsity), options, layer_stats)
-        layer = result.layer
-        target.bias = result.bias
-        blob = layer.encode(block)
-        info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
-                "source_op": target.node.op}
-        if result.output_error is not None:
-            info["out_error"] = result.output_error
-        shift = target.replace(graph, blob, info, fuse_activation)
-        target.release()
-        rows.append(shiftconv_row(shift))
-        if report_dir is not None:
-            pictures[name] = html_report.layer_picture(name, layer, per_channel=per_channel, w_sep=w_sep)
-        if progress:
-            progress(name, index + 1, len(targets))
-    graph.cleanup()
-    if act_bits is not None:  # integer mode: each ShiftConv's input scale, on the compressed model
-        acts = intmode.assign_scales(graph, inputs, act_bits, act_calib, seed=seed, progress=progress)
-        for row in rows:
-            row.act = acts.get(row.name, row.act)
-    for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
-        rows.append(float_row(target))
-    if workdir:
-        workdir.cleanup()
-    rows.sort(key=lambda row: position.get(row.name, len(position)))
-    graph.cleanup().toposort()
-
-    settings = {"sparsity": default_sparsity, "per_layer_sparsity": per_layer or None, "bits": bits,
-                "per_layer_bits": {n: c[1] for n, c in allocation.plan.items() if not allocate.is_float(c)} if allocation else None, "w_sep": w_sep,
-                "block": block, "exclude": list(exclude), "seed": seed, "pow2_centres": pow2_centres,
-                "assign": assign, "per_channel": per_channel, "fuse_activation": fuse_activation, "prune_method": options.prune_method,
-                "rounding": options.rounding, "bias_correction": options.bias_correction,
-                "sequential": bool(workdir and sequential),
-                "calibration": None if calib is None else {"data": str(calib), "samples": calib_size,
-                                                            "preset": preset},
-                "target_ratio": target_ratio, "max_drop": max_drop,
-                "allocation": allocation.to_dict() if allocation else None,
-                "act_bits": act_bits, "act_calib": act_calib if act_bits is not None else None}
-    out_model = _export(graph, model, settings)
-    file_bytes = save_model(out_model, output_path)
-    conversion = ConversionReport(str(output_path), file_bytes, rows, skipped, str(input_path),
-                                  input_path.stat().st_size, tuple(folded), settings)
+    job = _prepare(input_path, options)
+    with contextlib.ExitStack() as cleanup:
+        calibration = _calibrate(job, options, cleanup)
+        allocation = _allocate(job, calibration, options, progress) if options.allocating else None
+        rows = _compress(job, calibration, allocation, options, progress, pictures)
+        if options.act_bits is not None:
+            _integer_mode(job.graph, calibration, rows, options, progress)
+    conversion = _export(job, rows, options, allocation, output_path)
     if report_dir is not None:
         pictures = {k: v for k, v in pictures.items() if v is not None}
         conversion.report_path = str(html_report.write_report(report_dir, conversion, pictures))
     return conversion
 
 
-def _layer_options(calib, bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding,
-                   bias_correction, per_channel=True) -> LayerOptions:
-    calibrated = calib is not None
-    prune_method = prune_method or ("obs" if calibrated else "magnitude")
-    rounding = rounding or ("gptq-cd" if calibrated else "nearest")
-    bias_correction = calibrated if bias_correction is None else bias_correction
-    if prune_method not in PRUNE_METHODS:
-        raise FqOnnxError(f"--prune-method must be one of {', '.join(PRUNE_METHODS)}, got {prune_method!r}")
-    if rounding not in ROUNDINGS:
-        raise FqOnnxError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
-    if not calibrated and (prune_method != "magnitude" or rounding != "nearest" or bias_correction):
-        raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
-    return LayerOptions(bits, w_sep, block, pow2_centres, assign, seed, prune_method, rounding, bias_correction,
-                        per_channel)
+@dataclass
+class _Job:
+    """A model on its way through ``convert``: the graph being edited and what was found in it."""
+
+    input_path: Path
+    model: onnx.ModelProto
+    graph: gs.Graph
+    folded: list[str]
+    targets: list[rewrite.Target]
+    skipped: list[tuple[str, str, str]]
+    position: dict[str, int]  # node name -> index in the input graph (the report's row order)
+    default_sparsity: float
+    per_layer: dict[str, float]  # node name -> sparsity (the table, then the allocator's plan)
 
 
-def _bits_grid(alloc_bits: Iterable[int] | None, bits: int) -> tuple[int, ...]:
-    """The widths the allocator may choose; by default ``bits - 3 .. bits + 1`` (2..6 for 5 bits):
-    on ResNet-20 at 12x, narrow codes on the robust layers cut the top-1 drop from 4.2 to 0.9 points."""
-    grid = tuple(sorted(set(alloc_bits))) if alloc_bits else tuple(range(max(2, bits - 3), min(8, bits + 1) + 1))
-    if not all(2 <= b <= 8 for b in grid):
-        raise FqOnnxError(f"--alloc-bits must be in 2..8, got {', '.join(map(str, grid))}")
-    return grid
+@dataclass
+class _Calibration:
+    """The calibration sample and the statistics of each target's inputs on it."""
+
+    inputs: np.ndarray
+    stats: dict[str, calibrate.LayerStats]
+    collect: Callable  # (graph, targets) -> stats, on the same sample
 
 
-def _allocate(graph, targets, skipped, stats, inputs, options, target_ratio, max_drop, model, data, preset,
-              eval_size, keep_float, bits_grid, progress) -> allocate.Allocation:
-    """Measure every layer's trade-off curve and gain, then search the per-layer sparsity and bits."""
-    if not stats:
-        raise FqOnnxError("--target-ratio and --max-drop need calibration data (--calib)")
-    if target_ratio is not None and max_drop is not None:
-        raise FqOnnxError("give --target-ratio or --max-drop, not both")
-    if target_ratio is not None and not target_ratio > 1:
-        raise FqOnnxError(f"--target-ratio must be above 1, got {target_ratio}")
-    if max_drop is not None and not max_drop >= 0:
-        raise FqOnnxError(f"--max-drop must be >= 0 points, got {max_drop}")
+def _prepare(input_path: Path, options: ConvertOptions) -> _Job:
+    """Load, name every node, fold BatchNorms and find the layers to compress."""
+    default_sparsity, per_layer, source = options.sparsity_table()
+    # Without calibration nothing runs the model: weights in external data stay on disk until compressed.
+    model = load_model(input_path, lazy_external=not options.calibrated)
+    graph = gs.import_onnx(model)
+    _unique_names(graph)
+    folded = fold_batchnorms(graph)
+    targets, skipped = rewrite.find_targets(graph, options.exclude)
+    unknown = set(per_layer) - {t.node.name for t in targets} - {name for name, _, _ in skipped}
+    if unknown:
+        raise FqOnnxError(f"{source}: no compressible node named {', '.join(sorted(unknown))}")
+    if not targets:
+        reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
+        raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")
+    position = {node.name: i for i, node in enumerate(graph.nodes)}
+    return _Job(input_path, model, graph, folded, targets, skipped, position, default_sparsity, per_layer)
+
+
+def _calibrate(job: _Job, options: ConvertOptions, cleanup: contextlib.ExitStack) -> _Calibration | None:
+    """Sample the calibration data (into a temporary file ``cleanup`` removes) and collect every
+    target's input statistics; None without calibration data."""
+    if not options.calibrated:
+        return None
+    workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fq-onnx-calib-"))
+    reader = _calibration_reader(job.model, options.calib, options.calib_size, options.preset)
+    inputs = calibrate.sample_inputs(reader, options.calib_size, workdir, options.seed)
+    collect = functools.partial(calibrate.collect, inputs=inputs, seed=options.seed, description=_describe(reader))
+    return _Calibration(inputs, collect(job.graph, job.targets), collect)
+
+
+def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
+              progress) -> allocate.Allocation:
+    """Measure every layer's trade-off curve and gain, then search the per-layer sparsity and bits
+    (``job.per_layer`` becomes the plan)."""
     evaluation = None
-    if max_drop is not None:
-        if data is None:
-            raise FqOnnxError("--max-drop needs labelled evaluation data (--data), separate from --calib")
-        evaluation = _arrays(model, data, preset, eval_size)
+    if options.max_drop is not None:
+        evaluation = _arrays(job.model, options.data, options.preset, options.eval_size)
         if evaluation[1] is None:
-            raise FqOnnxError(f"{data}: --max-drop needs labelled data, these samples have no labels")
-    curves = allocate.layer_curves(targets, stats, options, bits_grid=bits_grid, keep_float=keep_float,
+            raise FqOnnxError(f"{options.data}: --max-drop needs labelled data, these samples have no labels")
+    layer_options = options.layer_options()
+    graph, targets, stats, inputs = job.graph, job.targets, calibration.stats, calibration.inputs
+    curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
+                                   keep_float=options.keep_float,
                                    progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
-    allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, options)
+    allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, layer_options)
     excluded = graph.copy()
     float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]
-                      if t.node.name in {name for name, _, why in skipped})
-    return allocate.search(graph, curves, options.block, float_bytes, target_ratio=target_ratio,
-                           max_drop=max_drop, evaluation=evaluation)
+                      if t.node.name in {name for name, _, why in job.skipped})
+    allocation = allocate.search(graph, curves, options.block, float_bytes, target_ratio=options.target_ratio,
+                                 max_drop=options.max_drop, evaluation=evaluation)
+    job.per_layer = {name: choice[0] for name, choice in allocation.plan.items() if not allocate.is_float(choice)}
+    return allocation
+
+
+def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.Allocation | None,
+              options: ConvertOptions, progress, pictures: dict | None) -> list[LayerRow]:
+    """Compress each target and put a ShiftConv in its place; the report's rows, in order."""
+    graph, targets = job.graph, job.targets
+    layer_options = options.layer_options()
+    rows: list[LayerRow] = []
+    for index, target in enumerate(targets):
+        name = target.node.name
+        layer_stats = calibration.stats.get(name) if calibration else None
+        if calibration and options.sequential and index > 0:
+            # Statistics of the inputs this layer sees once the layers before it are compressed.
+            current = graph.copy()
+            rewrite.to_plain(current)
+            layer_stats = calibration.collect(current, [target])[name]
+        if allocation and allocate.is_float(allocation.plan[name]):
+            if allocation.plan[name] == allocate.FLOAT16:
+                rewrite.store_float16(graph, target.node)
+            continue  # the allocator keeps this layer in float
+        result = allocation.results[name] if allocation else compress_layer(
+            target.weight, target.bias, job.per_layer.get(name, job.default_sparsity), layer_options, layer_stats)
+        layer = result.layer
+        target.bias = result.bias
+        blob = layer.encode(options.block)
+        info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
+                "source_op": target.node.op}
+        if result.output_error is not None:
+            info["out_error"] = result.output_error
+        shift = target.replace(graph, blob, info, options.fuse_activation)
+        target.release()
+        rows.append(shiftconv_row(shift))
+        if pictures is not None:
+            from fq_onnx import report as html_report
+
+            pictures[name] = html_report.layer_picture(name, layer, per_channel=options.per_channel,
+                                                       w_sep=options.w_sep)
+        if progress:
+            progress(name, index + 1, len(targets))
+    graph.cleanup()
+    return rows
+
+
+def _integer_mode(graph: gs.Graph, calibration: _Calibration, rows: list[LayerRow], options: ConvertOptions,
+                  progress) -> None:
+    """Choose each ShiftConv's input scale on the compressed model; note it in the rows."""
+    acts = intmode.assign_scales(graph, calibration.inputs, options.act_bits, options.act_calib,
+                                 seed=options.seed, progress=progress)
+    for row in rows:
+        row.act = acts.get(row.name, row.act)
+
+
+def _export(job: _Job, rows: list[LayerRow], options: ConvertOptions, allocation, output_path: Path) -> ConversionReport:
+    """Write the output model (its settings in the metadata) and report on it."""
+    graph = job.graph
+    for target in rewrite.find_targets(graph)[0]:  # layers left as float count at full size
+        rows.append(float_row(target))
+    rows.sort(key=lambda row: job.position.get(row.name, len(job.position)))
+    graph.cleanup().toposort()
+    settings = options.settings(job.per_layer, job.default_sparsity, allocation)
+    file_bytes = save_model(_export_model(graph, job.model, settings), output_path)
+    return ConversionReport(str(output_path), file_bytes, rows, job.skipped, str(job.input_path),
+                            job.input_path.stat().st_size, tuple(job.folded), settings)
 
 
 def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
     """A reader of the calibration data, preprocessed for the model's input."""
     from fq_onnx import data as data_module
 
-    if calib_size < 1:
-        raise FqOnnxError(f"--calib-size must be >= 1, got {calib_size}")
     if isinstance(calib, str) and calib == "digits":
         return data_module.DigitsReader(split="train")
     shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -357,7 +306,7 @@ def _describe(reader) -> str:
     return reader_description(reader) if reader is not None else ""
 
 
-def _export(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
+def _export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
     """Export the edited graph, keeping the original's model-level fields and noting our settings."""
     model = gs.export_onnx(graph)
     if not any(op.domain == rewrite.DOMAIN for op in model.opset_import):
@@ -369,7 +318,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in original.metadata_props},
-                                        "fq_onnx.settings": json.dumps(settings, sort_keys=True)})
+                                        SETTINGS_KEY: json.dumps(settings, sort_keys=True)})
     return model
 
 
@@ -443,7 +392,7 @@ def sensitivity(
     if not targets:
         raise FqOnnxError(f"{model_path}: nothing to compress")
     x, y = _arrays(model, data, preset, limit)
-    options = _layer_options(calib, bits, 2.0, 1, True, "argmax", seed, None, None, None)
+    options = ConvertOptions(bits=bits, calib=calib, calib_size=calib_size, seed=seed).layer_options()
     stats = {}
     if calib is not None:
         with tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") as workdir:

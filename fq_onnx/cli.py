@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from fq_onnx import __version__, api, intmode
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.inspect import ModelReport
+from fq_onnx.options import DEFAULTS, FIELDS, ConvertOptions, read_recipe, recipe_fields, stored_settings
 
 # Tables are wide: when piped, do not squeeze them into 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -173,35 +174,37 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 
 @app.command()
 def convert(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Input .onnx model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output .onnx path."),
-    sparsity: float = typer.Option(0.5, help="Fraction of each layer's weights to prune (0..0.99)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe: JSON/YAML of these options (names with _), or a compressed .onnx whose stored settings to replay; flags given here override it."),
+    sparsity: float = typer.Option(DEFAULTS.sparsity, help="Fraction of each layer's weights to prune (0..0.99)."),
     sparsity_file: Optional[Path] = typer.Option(None, help="Per-layer sparsity, JSON/YAML {node name: sparsity}; '*' sets the rest."),
-    bits: int = typer.Option(5, help="Bits per nonzero weight code (paper: 5 or 7)."),
-    w_sep: float = typer.Option(2.0, help="Wasserstein separation above which a layer uses focused quantization."),
-    block: int = typer.Option(1, help="Output channels sharing one pruning mask (4 speeds up the kernel)."),
+    bits: int = typer.Option(DEFAULTS.bits, help="Bits per nonzero weight code (paper: 5 or 7)."),
+    w_sep: float = typer.Option(DEFAULTS.w_sep, help="Wasserstein separation above which a layer uses focused quantization."),
+    block: int = typer.Option(DEFAULTS.block, help="Output channels sharing one pruning mask (4 speeds up the kernel)."),
     exclude: list[str] = typer.Option([], help="Node name or op type to leave untouched (repeatable)."),
-    seed: int = typer.Option(0, help="Seed of the mixture fit and subsampling."),
-    pow2_centres: bool = typer.Option(True, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
-    assign: str = typer.Option("argmax", help="Component assignment: argmax, sample or nearest."),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-layer", help="One scale per output channel, or one per layer (the paper)."),
-    fuse_activation: bool = typer.Option(True, "--fuse-activation/--no-fuse-activation", help="Fuse a following Relu or Clip into ShiftConv."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Seed of the mixture fit and subsampling."),
+    pow2_centres: bool = typer.Option(DEFAULTS.pow2_centres, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
+    assign: str = typer.Option(DEFAULTS.assign, help="Component assignment: argmax, sample or nearest."),
+    per_channel: bool = typer.Option(DEFAULTS.per_channel, "--per-channel/--per-layer", help="One scale per output channel, or one per layer (the paper)."),
+    fuse_activation: bool = typer.Option(DEFAULTS.fuse_activation, "--fuse-activation/--no-fuse-activation", help="Fuse a following Relu or Clip into ShiftConv."),
     calib: Optional[str] = typer.Option(None, help="Calibration data (npz, image folder, .npy; 'digits' = bundled train split)."),
-    calib_size: int = typer.Option(256, help="Calibration samples to use."),
+    calib_size: int = typer.Option(DEFAULTS.calib_size, help="Calibration samples to use."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing of the calibration data: imagenet, cifar or none."),
     prune_method: Optional[str] = typer.Option(None, help="magnitude, or obs (needs --calib; its default)."),
     rounding: Optional[str] = typer.Option(None, help="nearest, gptq, or gptq-cd: GPTQ then coordinate-descent passes (needs --calib; its default)."),
     bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction",
                                                    help="Correct each output's mean (default: on with --calib)."),
-    sequential: bool = typer.Option(False, "--sequential/--parallel", help="Calibrate each layer on the already compressed layers before it."),
+    sequential: bool = typer.Option(DEFAULTS.sequential, "--sequential/--parallel", help="Calibrate each layer on the already compressed layers before it."),
     target_ratio: Optional[float] = typer.Option(None, help="Choose per-layer sparsity for this weights-only ratio (needs --calib)."),
     max_drop: Optional[float] = typer.Option(None, help="Largest ratio with top-1 drop <= this many points on --data (needs --calib)."),
     data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
-    eval_size: int = typer.Option(1000, help="Evaluation samples used by --max-drop."),
-    keep_float: bool = typer.Option(True, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float (stored as float16)."),
+    eval_size: int = typer.Option(DEFAULTS.eval_size, help="Evaluation samples used by --max-drop."),
+    keep_float: bool = typer.Option(DEFAULTS.keep_float, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float (stored as float16)."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
     act_bits: Optional[int] = typer.Option(None, help="Integer mode: quantize every layer's input to this many bits (4..8; needs --calib)."),
-    act_calib: str = typer.Option("mse", help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
+    act_calib: str = typer.Option(DEFAULTS.act_calib, help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write DIR/index.html: layer table, charts, weight histograms."),
     quiet: bool = QUIET,
@@ -209,14 +212,13 @@ def convert(
 ) -> None:
     """Compress MODEL into OUTPUT: prune, focus-quantize, Huffman-code, rewrite to ShiftConv."""
     _verbosity(quiet, verbose)
-    report = api.convert(model, output, sparsity=sparsity, sparsity_file=sparsity_file, bits=bits, w_sep=w_sep,
-                         block=block, exclude=exclude, seed=seed, pow2_centres=pow2_centres, assign=assign,
-                         per_channel=per_channel, fuse_activation=fuse_activation, calib=calib, calib_size=calib_size, preset=preset,
-                         prune_method=prune_method, rounding=rounding, bias_correction=bias_correction,
-                         sequential=sequential, target_ratio=target_ratio, max_drop=max_drop, data=data,
-                         eval_size=eval_size, keep_float=keep_float, act_bits=act_bits, act_calib=act_calib,
-                         alloc_bits=_int_list(alloc_bits, "--alloc-bits"), progress=_progress("compressing"),
-                         report_dir=report_dir)
+    given = {name: value for name, value in ctx.params.items()
+             if name in FIELDS and ctx.get_parameter_source(name).name != "DEFAULT"}
+    if "alloc_bits" in given:
+        given["alloc_bits"] = _int_list(given["alloc_bits"], "--alloc-bits")
+    recipe = recipe_fields(read_recipe(config), str(config)) if config else {}
+    options = ConvertOptions(**{**recipe, **given})
+    report = api.convert(model, output, options, progress=_progress("compressing"), report_dir=report_dir)
     allocation = report.settings.get("allocation")
     if allocation:
         for trial in allocation["trials"]:
@@ -243,11 +245,14 @@ def convert(
 def inspect(
     model: Path = typer.Argument(..., help="An original or a compressed .onnx model."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+    settings_path: Optional[Path] = typer.Option(None, "--settings", help="Also write the settings a compressed MODEL was converted with, as a recipe for convert --config."),
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
 ) -> None:
     """Per-layer table of MODEL's weights: shape, sparsity, mode, bits, bytes and ratio."""
     _verbosity(quiet, verbose)
+    if settings_path:
+        settings_path.write_text(json.dumps(stored_settings(model), indent=2, sort_keys=True) + "\n")
     report = api.inspect_model(model)
     out.print(layer_table(report, f"{model} ({report.file_bytes:,} bytes)"))
     _print_skipped(report)

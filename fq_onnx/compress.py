@@ -12,26 +12,26 @@ import numpy as np
 
 from fq_onnx import focus, prune, reconstruct
 from fq_onnx.calibrate import LayerStats
+from fq_onnx.options import DEFAULTS, PRUNE_METHODS, ROUNDINGS  # noqa: F401 (the choices, for callers)
 
-PRUNE_METHODS = ("magnitude", "obs")
-ROUNDINGS = ("nearest", "gptq", "gptq-cd")
 REFINE_SWEEPS = 2  # coordinate-descent passes of "gptq-cd": 4 passes gained 1% more on MobileNet-V2
 
 
 @dataclass(frozen=True)
 class LayerOptions:
-    """Per-layer compression settings (see fq_onnx.api.convert for their meaning)."""
+    """Per-layer compression settings: the part of ConvertOptions one layer needs, with the
+    calibrated defaults resolved (``ConvertOptions.layer_options()``); defaults: uncalibrated."""
 
-    bits: int = 5
-    w_sep: float = 2.0
-    block: int = 1
-    pow2_centres: bool = True
-    assign: str = "argmax"
-    seed: int = 0
-    prune_method: str = "magnitude"
-    rounding: str = "nearest"
+    bits: int = DEFAULTS.bits
+    w_sep: float = DEFAULTS.w_sep
+    block: int = DEFAULTS.block
+    pow2_centres: bool = DEFAULTS.pow2_centres
+    assign: str = DEFAULTS.assign
+    seed: int = DEFAULTS.seed
+    prune_method: str = PRUNE_METHODS[0]
+    rounding: str = ROUNDINGS[0]
     bias_correction: bool = False
-    per_channel: bool = True
+    per_channel: bool = DEFAULTS.per_channel
 
 
 @dataclass

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fq_onnx import fmt, memo
+from fq_onnx.options import ASSIGNMENTS  # noqa: F401 (focus.ASSIGNMENTS: the choices of assign)
 
 FIT_SAMPLES = 20_000  # weights used to fit the mixture (seeded subsample of larger layers)
 SEARCH_SAMPLES = 50_000  # weights used to search the scale
 MIN_FIT_WEIGHTS = 16  # below this a mixture fit means nothing: use shift quantization
 SCALE_GRID = np.linspace(-4.0, 1.0, 161)  # log2 offsets of the unit step around its first guess
-ASSIGNMENTS = ("argmax", "sample", "nearest")
 
 
 HISTOGRAM_BINS = 96  # of the values a level set is fitted on (the report draws it)

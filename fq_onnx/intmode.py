@@ -21,13 +21,13 @@ import onnx_graphsurgeon as gs
 from fq_onnx import calibrate, fmt, rewrite
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value
+from fq_onnx.options import ACT_CALIBS
 
 BITS_RANGE = (2, 8)  # what the op accepts
-CONVERT_BITS_RANGE = (4, 8)  # what the converter offers (below 4 bits post-training is useless)
 SCALE_LOG2_RANGE = (-64, 63)  # keeps x * 2^-a clear of denormal effects (SHIFTCONV.md, 1.)
 MAX_SHIFT = 30  # a larger shift alone overflows int32 for any act_bits
 INT32_MAX = 2**31 - 1
-METHODS = ("mse", "minmax", "percentile")
+METHODS = ACT_CALIBS  # how a node's activation scale is chosen
 PERCENTILE = 99.99  # share of calibration values the "percentile" scale keeps unclipped
 MSE_CANDIDATES = 8  # the "mse" method tries a_minmax - 7 .. a_minmax
 SAMPLE_VALUES = 1 << 18  # values per layer kept (seeded, uniform) to evaluate the MSE
@@ -425,19 +425,6 @@ def nonnegative(tensor: gs.Tensor, _seen: dict | None = None) -> bool:
 
 def _shiftconvs(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.op == rewrite.OP_TYPE and n.domain == rewrite.DOMAIN]
-
-
-def check_convert_options(act_bits, method: str, calib, pow2_centres: bool) -> None:
-    if not isinstance(act_bits, int) or isinstance(act_bits, bool) or \
-            not CONVERT_BITS_RANGE[0] <= act_bits <= CONVERT_BITS_RANGE[1]:
-        raise FqOnnxError(f"--act-bits must be an integer in {CONVERT_BITS_RANGE[0]}..{CONVERT_BITS_RANGE[1]}, "
-                          f"got {act_bits}")
-    if method not in METHODS:
-        raise FqOnnxError(f"--act-calib must be one of {', '.join(METHODS)}, got {method!r}")
-    if calib is None:
-        raise FqOnnxError("--act-bits needs calibration data (--calib) to choose the activation scales")
-    if not pow2_centres:
-        raise FqOnnxError("--act-bits needs power-of-two centres: drop --no-pow2-centres")
 
 
 def assign_scales(graph: gs.Graph, inputs: np.ndarray, act_bits: int, method: str = "mse", *, batch_size: int = 32,
