@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, allocate, calibrate, intmode, rewrite
+from fq_onnx import __version__, act_scales, allocate, calibrate, rewrite
 from fq_onnx.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
@@ -271,7 +271,7 @@ def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.
 def _integer_mode(graph: gs.Graph, calibration: _Calibration, rows: list[LayerRow], options: ConvertOptions,
                   progress) -> None:
     """Choose each ShiftConv's input scale on the compressed model; note it in the rows."""
-    acts = intmode.assign_scales(graph, calibration.inputs, options.act_bits, options.act_calib,
+    acts = act_scales.assign_scales(graph, calibration.inputs, options.act_bits, options.act_calib,
                                  seed=options.seed, progress=progress)
     for row in rows:
         row.act = acts.get(row.name, row.act)

@@ -21,6 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from fq_onnx import geometry
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.rewrite import Target
 
@@ -46,48 +47,12 @@ class LayerStats:
         return self.gram / max(self.count, 1)
 
 
-def conv_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> list[int]:
-    """Explicit ONNX pads [b1, b2, ..., e1, e2, ...] for a conv, resolving auto_pad."""
-    rank = len(kernel)
-    strides = list(attrs.get("strides", [1] * rank))
-    dilations = list(attrs.get("dilations", [1] * rank))
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for size, k, s, d in zip(spatial, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            begin.append(small if auto_pad == "SAME_UPPER" else big)
-            end.append(big if auto_pad == "SAME_UPPER" else small)
-        return begin + end
-    if auto_pad == "VALID":
-        return [0] * (2 * rank)
-    return list(attrs.get("pads", [0] * (2 * rank)))
-
-
 def conv_patches(x: np.ndarray, weight_shape: tuple[int, ...], attrs: dict, rng: np.random.Generator,
                  per_image: int = PATCHES_PER_IMAGE) -> np.ndarray:
     """Input patches of a conv: [groups, P, C/groups * prod(kernel)], rows matching the weight."""
-    kernel = tuple(weight_shape[2:])
-    if x.ndim == 3:  # a 1-D conv is a 2-D conv of height 1
-        x, kernel = x[:, :, None, :], (1, *kernel)
-        attrs = dict(attrs)
-        for key in ("strides", "dilations"):
-            if key in attrs:
-                attrs[key] = [1, *attrs[key]]
-        if "pads" in attrs:
-            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
-    rank = 2
-    pads = conv_pads(attrs, x.shape[2:], kernel)
-    strides = list(attrs.get("strides", [1] * rank))
-    dilations = list(attrs.get("dilations", [1] * rank))
+    x, kernel, attrs = geometry.lift_1d(x, tuple(weight_shape[2:]), attrs)
     group = int(attrs.get("group", 1))
-    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + rank]) for i in range(rank)])
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))  # N C OH' OW' sh sw
-    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+    windows = geometry.windows(x, kernel, attrs)  # N C OH OW kh kw
     n, c, oh, ow = windows.shape[:4]
     positions = oh * ow
     take = np.arange(positions) if positions <= per_image else np.sort(rng.choice(positions, per_image, replace=False))

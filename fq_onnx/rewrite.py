@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from fq_onnx import geometry
 from fq_onnx.graph import constant_value, is_external
 
 DOMAIN = "fq_onnx"
 OP_TYPE = "ShiftConv"
 OPSET_VERSION = 1
-CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+CONV_ATTRS = geometry.ATTRS  # what a Conv hands its ShiftConv
 
 
 @dataclass

@@ -16,17 +16,17 @@ unknown rather than guessed.
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 
 import onnx
 from onnx import AttributeProto, TensorProto, TypeProto, helper
 
+from fq_onnx import geometry
+
 DOMAIN = "fq_onnx"
 OP_TYPE = "ShiftConv"
 VERSION = 1
-AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 #: Why the schema is not registered (None when it is).
 note: str | None = None
@@ -154,16 +154,6 @@ def _value(dim) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") else None
 
 
-def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_total: int, auto_pad: str) -> int:
-    """Output length of one spatial axis of an ONNX Conv (docs/SHIFTCONV.md for SAME_*)."""
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return math.ceil(size / stride)
-    extent = dilation * (kernel - 1) + 1
-    if auto_pad == "VALID":
-        pad_total = 0
-    return (size + pad_total - extent) // stride + 1
-
-
 def _conv_shape(ctx, where, x_dims, w_dims, m) -> list | None:
     kernel = _attr(ctx, "kernel_shape", w_dims[2:] if w_dims is not None else None)
     kind_rank = len(w_dims) if w_dims is not None else (len(kernel) + 2 if kernel is not None else None)
@@ -182,8 +172,8 @@ def _conv_shape(ctx, where, x_dims, w_dims, m) -> list | None:
     strides = _attr(ctx, "strides", [1] * spatial)
     dilations = _attr(ctx, "dilations", [1] * spatial)
     pads = _attr(ctx, "pads", [0] * (2 * spatial))
-    if auto_pad not in AUTO_PADS:
-        raise ShapeError(f"{where}: auto_pad {auto_pad!r} is not one of {', '.join(AUTO_PADS)}")
+    if auto_pad not in geometry.AUTO_PADS:
+        raise ShapeError(f"{where}: auto_pad {auto_pad!r} is not one of {', '.join(geometry.AUTO_PADS)}")
     if auto_pad != "NOTSET" and ctx.get_attribute("pads") is not None:
         raise ShapeError(f"{where}: pads and auto_pad cannot both be given")
     if group < 1:
@@ -213,7 +203,7 @@ def _conv_shape(ctx, where, x_dims, w_dims, m) -> list | None:
             same = auto_pad.startswith("SAME") and strides[axis] == 1 and x_dims is not None
             out.append(x_dims[2 + axis] if same else None)  # SAME at stride 1 keeps even a symbolic size
             continue
-        length = conv_output_size(size, kernel[axis], strides[axis], dilations[axis],
+        length = geometry.output_size(size, kernel[axis], strides[axis], dilations[axis],
                                   pads[axis] + pads[axis + spatial], auto_pad)
         if length < 1:
             raise ShapeError(f"{where}: spatial axis {axis} of size {size} is smaller than the dilated kernel "

@@ -15,12 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fq_onnx import fmt
+from fq_onnx import fmt, geometry
 from fq_onnx.errors import FqOnnxError
 
 KINDS = ("conv", "dense")
 ACTIVATIONS = ("none", "relu", "clip")
-AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 NOT_CONSTANT = "input 1 (W) must be a constant initializer holding the compressed weight"
 
 
@@ -54,10 +53,6 @@ def _finite_bias(bias: np.ndarray) -> None:
         raise ValueError(f"bias B holds NaN or Inf (element {int(bad[0])} is {bias.reshape(-1)[bad[0]]})")
 
 
-def _ints(attrs: Mapping, key: str) -> list[int]:
-    return [int(v) for v in attrs.get(key) or []]
-
-
 def _check(attrs: Mapping, weight: np.ndarray | None, bias: np.ndarray | None) -> fmt.Decoded:
     kind = attrs.get("kind", "conv")
     activation = attrs.get("activation", "none")
@@ -71,9 +66,9 @@ def _check(attrs: Mapping, weight: np.ndarray | None, bias: np.ndarray | None) -
             raise ValueError("clip_min must not exceed clip_max")
     elif activation not in ("none", "relu"):
         raise ValueError(f"unknown activation '{activation}' (none, relu or clip)")
-    auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    auto_pad = geometry.auto_pad(attrs)
     if kind == "conv":
-        if auto_pad not in AUTO_PADS:
+        if auto_pad not in geometry.AUTO_PADS:
             raise ValueError(f"unknown auto_pad '{auto_pad}'")
         if auto_pad != "NOTSET" and attrs.get("pads"):
             raise ValueError("pads and auto_pad cannot both be given")
@@ -93,34 +88,13 @@ def _check(attrs: Mapping, weight: np.ndarray | None, bias: np.ndarray | None) -
         if len(dims) != 2:
             raise ValueError(f"a dense weight must have rank 2 [M, K], the blob has rank {len(dims)}")
     else:
-        _check_conv(attrs, dims)
+        geometry.check_weight_attrs(attrs, dims)
     if bias is not None:
         bias = np.asarray(bias)
         if bias.ndim != 1 or bias.size != dims[0]:
             raise ValueError(f"bias B has shape {list(bias.shape)}, expected [{dims[0]}]")
         _finite_bias(bias)
     return decoded
-
-
-def _check_conv(attrs: Mapping, dims: list[int]) -> None:
-    if len(dims) not in (3, 4):
-        raise ValueError(f"a conv weight must have rank 3 or 4 (1-D or 2-D conv), the blob has rank {len(dims)}")
-    spatial = len(dims) - 2
-    kernel = dims[2:]
-    kernel_shape = _ints(attrs, "kernel_shape")
-    if kernel_shape and kernel_shape != kernel:
-        raise ValueError(f"kernel_shape {kernel_shape} disagrees with the weight's {kernel}")
-    for key, count, low in (("strides", spatial, 1), ("dilations", spatial, 1), ("pads", 2 * spatial, 0)):
-        values = _ints(attrs, key)
-        if values and len(values) != count:
-            raise ValueError(f"{key} has {len(values)} values, expected {count}")
-        if any(v < low for v in values):
-            raise ValueError(f"{key} {values} out of range")
-    group = int(attrs.get("group", 1))
-    if group < 1:
-        raise ValueError("group must be >= 1")
-    if dims[0] % group:
-        raise ValueError(f"the weight's {dims[0]} output channels are not divisible by group {group}")
 
 
 def check_model(model: onnx.ModelProto) -> None:

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference.ops.op_conv import _conv_implementation
 
-from fq_onnx import api, fmt, intmode, reference
+from fq_onnx import act_scales, api, fmt, intmode, reference
 from fq_onnx.errors import FqOnnxError
 
 from conftest import conv_model, gemm_model, save
@@ -276,7 +276,7 @@ def test_act_stats_counts_clipping_exactly_and_chooses_by_method():
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal(50_000) * 3, [40.0, -41.0]]).astype(np.float32)
     for signed in (True, False):
-        stats = intmode.ActStats(8, signed, 1 << 20, np.random.default_rng(0))
+        stats = act_scales.ActStats(8, signed, 1 << 20, np.random.default_rng(0))
         for part in np.array_split(x, 7):
             stats.update(part)
         act = lambda a: intmode.ActQuant(8, a, signed)  # noqa: E731
@@ -308,7 +308,7 @@ def test_nonnegative_follows_relu_clip_and_shape_ops():
              gs.Node("Add", inputs=[flat, clip], outputs=[summed]),
              gs.Node("Add", inputs=[flat, x], outputs=[mixed])]
     gs.Graph(nodes=nodes, inputs=[x], outputs=[summed, mixed, neg_clip])
-    assert [intmode.nonnegative(t) for t in (x, relu, clip, neg_clip, flat, summed, mixed)] == \
+    assert [act_scales.nonnegative(t) for t in (x, relu, clip, neg_clip, flat, summed, mixed)] == \
         [False, True, True, False, True, True, False]
 
 
