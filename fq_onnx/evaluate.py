@@ -849,9 +849,59 @@ def evaluate(
     batch_size = int(batch_size)
     if limit is not None and int(limit) < 1:
         raise EvaluateError(f"limit must be a positive integer, got {limit}")
+    pairs = _open_models(model, reference, output_name)
+    io, fixed_batch = pairs[-1].io, pairs[-1].fixed_batch
+    if fixed_batch is not None and fixed_batch != batch_size:
+        notes.append(f"the model's batch dimension is fixed to {fixed_batch}: batches are run "
+                     f"in chunks of {fixed_batch}")
+
+    pre = data_mod.resolve_preprocess(
+        preset, size=size, crop=crop, scale=scale, mean=mean, std=std, layout=layout,
+        input_shape=io.input_shape, dtype=io.input_dtype)
+    reader = data_mod.open_data(data, pre, limit=limit, labels=labels,
+                                random_inputs=random_inputs, seed=seed)
+    for side in reversed(pairs):  # the model's notes first
+        side.stats = _model_stats(side.path, side.io, notes)
+    stats = pairs[-1].stats
+    ref_stats = pairs[0].stats if len(pairs) > 1 else None
+
+    with _progress(progress) as bar:
+        runners = _create_sessions(pairs, threads, session_repeats, bar)
+        run = _run_data(runners, pairs, reader, pre, batch_size, limit, label_offset, notes, bar)
+        comparison = _accuracy(run, stats, ref_stats, notes)
+        if latency_runs > 0 and run.first_x is not None:
+            _time_latency(runners, run.first_x, latency_runs, latency_budget_s, stats, ref_stats, bar)
+        del runners
+        if memory and run.first_x is not None:
+            _measure_memories(pairs, len(run.first_x), threads, notes, bar)
+
+    if comparison is not None:
+        _speed_and_memory_ratios(comparison, stats, ref_stats)
+    return EvaluationResult(
+        model=stats, reference=ref_stats, comparison=comparison,
+        data=data_mod.reader_description(reader), samples=run.n, labelled=run.labelled,
+        preprocessing=_describe_pre(pre, reader), batch_size=len(run.first_x) if run.first_x is not None
+        else batch_size, threads=threads, label_offset=run.offset, num_classes=run.num_classes,
+        input_shape=list(io.input_shape), elapsed_s=time.perf_counter() - t_start,
+        notes=notes, versions=_versions())
+
+
+@dataclass
+class _Side:
+    """One model being evaluated: ``key`` is "model" or "reference"."""
+
+    key: str
+    path: Path
+    io: _IO
+    fixed_batch: int | None  # the model's fixed batch dimension (None: any)
+    stats: ModelStats | None = None
+
+
+def _open_models(model, reference, output_name: str | None) -> list[_Side]:
+    """The models' inputs and outputs, checked against each other: ``[reference, model]`` (the
+    reference first: it runs first) or ``[model]``."""
     model_path = _check_model_path(model, "model")
     ref_path = _check_model_path(reference, "reference model") if reference is not None else None
-
     io = model_io(model_path, output_name)
     ref_io = model_io(ref_path, output_name) if ref_path is not None else None
     if ref_io is not None:
@@ -866,193 +916,194 @@ def evaluate(
                 f"{ref_path}: reference output {ref_io.output_name!r} has shape "
                 f"{_shape_str(ref_io.output_shape)} but {model_path}'s {io.output_name!r} is "
                 f"{_shape_str(io.output_shape)}")
+    sides = [_Side("model", model_path, io, io.input_shape[0] if io.input_shape else None)]
+    if ref_path is not None:
+        sides.insert(0, _Side("reference", ref_path, ref_io, ref_io.input_shape[0] if ref_io.input_shape else None))
+    return sides
 
-    fixed_batch = io.input_shape[0] if io.input_shape else None
-    if fixed_batch is not None and fixed_batch != batch_size:
-        notes.append(f"the model's batch dimension is fixed to {fixed_batch}: batches are run "
-                     f"in chunks of {fixed_batch}")
 
-    pre = data_mod.resolve_preprocess(
-        preset, size=size, crop=crop, scale=scale, mean=mean, std=std, layout=layout,
-        input_shape=io.input_shape, dtype=io.input_dtype)
-    reader = data_mod.open_data(data, pre, limit=limit, labels=labels,
-                                random_inputs=random_inputs, seed=seed)
+def _model_stats(path: Path, io: _IO, notes: list[str]) -> ModelStats:
+    """File size and weights-only sizes of one model."""
+    fp32, stored, sparsity = _weights_info(str(path), notes)
+    return ModelStats(str(path), model_file_bytes(path), io.input_name, io.output_name, fp32, stored, sparsity)
+
+
+def _create_sessions(sides: list[_Side], threads: int | None, repeats: int, bar) -> dict[str, _Runner]:
+    """One session per model, created ``repeats`` times to time creation (median kept)."""
+    runners: dict[str, _Runner] = {}
+    task = bar.add_task("creating sessions", total=len(sides) * max(1, repeats))
+    for side in sides:
+        times = []
+        sess = None
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            sess = _make_session(str(side.path), threads)
+            times.append(time.perf_counter() - t0)
+            bar.advance(task)
+        side.stats.session_first_s = times[0]
+        side.stats.session_s = float(np.median(times))
+        runners[side.key] = _Runner(sess, side.io, side.fixed_batch)
+    bar.update(task, visible=False)
+    return runners
+
+
+@dataclass
+class _DataRun:
+    """What one pass of both models over the data gathered."""
+
+    n: int = 0
+    labelled: bool | None = None
+    first_x: np.ndarray | None = None
+    num_classes: int | None = None
+    offset: int = 0
+    correct: dict[str, dict[int, list[np.ndarray]]] = field(default_factory=dict)  # key -> k -> per batch
+    agree: int = 0
+    signal: float = 0.0
+    noise: float = 0.0
+    max_abs: float = 0.0
+
+
+def _run_data(runners: dict[str, _Runner], sides: list[_Side], reader, pre, batch_size: int, limit: int | None,
+              label_offset: int | None, notes: list[str], bar) -> _DataRun:
+    """Run both models over the data: top-1/top-5 hits per sample, agreement and output noise."""
+    model = sides[-1]
+    reference = sides[0] if len(sides) > 1 else None
     total = data_mod.num_samples(reader)
     if limit is not None and total is not None:
         total = min(total, int(limit))
+    task = bar.add_task("evaluating", total=total)
+    run = _DataRun(correct={k: {1: [], 5: []} for k in runners})
+    for xb, yb in reader.batches(batch_size):
+        xb = np.asarray(xb)
+        if limit is not None and run.n + len(xb) > limit:
+            xb = xb[: limit - run.n]
+            yb = None if yb is None else yb[: limit - run.n]
+        if len(xb) == 0:
+            break
+        if run.first_x is None:
+            run.first_x = xb
+            _check_input(xb, model.io, pre, reader)
+        if run.labelled is None:
+            run.labelled = yb is not None
+        elif run.labelled != (yb is not None):
+            raise DataError(f"{data_mod.reader_description(reader)}: some batches have labels "
+                            f"and some do not")
+        outs = {k: r(xb) for k, r in runners.items()}
+        out = outs["model"]
+        if run.num_classes is None:
+            run.num_classes = int(np.prod(out.shape[1:])) if out.ndim >= 2 else 1
+            run.offset = _resolve_offset(label_offset, run.num_classes, run.labelled, notes)
+        logits = {k: v.reshape(len(v), -1) for k, v in outs.items()}
+        if "reference" in outs and outs["reference"].shape != out.shape:
+            raise EvaluateError(
+                f"{reference.path}: reference output {reference.io.output_name!r} has shape "
+                f"{list(outs['reference'].shape)} but {model.path}'s {model.io.output_name!r} has "
+                f"{list(out.shape)} for the same batch")
+        if run.labelled:
+            yb = np.asarray(yb, dtype=np.int64).reshape(-1)
+            if len(yb) != len(xb):
+                raise DataError(f"{data_mod.reader_description(reader)}: a batch has "
+                                f"{len(xb)} inputs but {len(yb)} labels")
+            yb = yb + run.offset
+            bad = (yb < 0) | (yb >= run.num_classes)
+            if bad.any():
+                raise DataError(
+                    f"{data_mod.reader_description(reader)}: label {int(yb[bad][0]) - run.offset} "
+                    f"(+ offset {run.offset}) is outside the model's {run.num_classes} classes")
+            for k, lg in logits.items():
+                run.correct[k][1].append(topk_correct(lg, yb, 1))
+                run.correct[k][5].append(topk_correct(lg, yb, 5))
+        if "reference" in logits:
+            ref_lg, lg = logits["reference"].astype(np.float64), logits["model"].astype(np.float64)
+            run.agree += int(np.sum(np.argmax(ref_lg, 1) == np.argmax(lg, 1)))
+            run.signal += float(np.sum(ref_lg * ref_lg))
+            err = lg - ref_lg
+            run.noise += float(np.sum(err * err))
+            run.max_abs = max(run.max_abs, float(np.max(np.abs(err))) if err.size else 0.0)
+        run.n += len(xb)
+        bar.advance(task, len(xb))
+        if limit is not None and run.n >= limit:
+            break
+    if run.n == 0:
+        raise DataError(f"{data_mod.reader_description(reader)}: no samples")
+    notes += [note for note in getattr(reader, "notes", []) if note not in notes]
+    bar.update(task, visible=False)
+    run.labelled = bool(run.labelled)
+    if not run.labelled and reference is None:
+        notes.append("no labels and no reference: accuracy and agreement cannot be measured")
+    return run
 
-    # weights-only sizes
-    w_fp32, w_stored, w_sparsity = _weights_info(str(model_path), notes)
-    stats = ModelStats(str(model_path), model_file_bytes(model_path), io.input_name,
-                       io.output_name, w_fp32, w_stored, w_sparsity)
-    ref_stats = None
-    if ref_path is not None:
-        r_fp32, r_stored, r_sparsity = _weights_info(str(ref_path), notes)
-        ref_stats = ModelStats(str(ref_path), model_file_bytes(ref_path), ref_io.input_name,
-                               ref_io.output_name, r_fp32, r_stored, r_sparsity)
-    pairs = [("model", model_path, io, stats)]
-    if ref_path is not None:
-        pairs.insert(0, ("reference", ref_path, ref_io, ref_stats))
 
-    with _progress(progress) as bar:
-        # sessions (timed)
-        runners: dict[str, _Runner] = {}
-        task = bar.add_task("creating sessions", total=len(pairs) * max(1, session_repeats))
-        for key, path, mio, st in pairs:
-            times = []
-            sess = None
-            for _ in range(max(1, session_repeats)):
-                t0 = time.perf_counter()
-                sess = _make_session(str(path), threads)
-                times.append(time.perf_counter() - t0)
-                bar.advance(task)
-            st.session_first_s = times[0]
-            st.session_s = float(np.median(times))
-            runners[key] = _Runner(sess, mio, fixed_batch if key == "model" else (
-                mio.input_shape[0] if mio.input_shape else None))
-        bar.update(task, visible=False)
+def _accuracy(run: _DataRun, stats: ModelStats, ref_stats: ModelStats | None,
+              notes: list[str]) -> Comparison | None:
+    """Top-1/top-5 of each model and, with a reference, the paired comparison."""
+    num_classes, n, corr = run.num_classes, run.n, run.correct
+    if run.labelled:
+        for key, st in (("model", stats), ("reference", ref_stats)):
+            if st is None:
+                continue
+            c1 = np.concatenate(corr[key][1])
+            st.correct1, st.top1 = int(c1.sum()), float(c1.mean())
+            if num_classes and num_classes > 5:
+                c5 = np.concatenate(corr[key][5])
+                st.correct5, st.top5 = int(c5.sum()), float(c5.mean())
+    base = ref_stats if ref_stats is not None else stats
+    if run.labelled and num_classes and num_classes > 2 and n >= 50 and base.top1 is not None \
+            and base.top1 < 2.0 / num_classes:
+        who = "the reference" if ref_stats is not None else "the model"
+        notes.append(f"top-1 of {who} ({100 * base.top1:.1f}%) is near chance for "
+                     f"{num_classes} classes: check the preprocessing (--preset, --mean/--std, "
+                     f"--layout), the label order and --label-offset")
+    if ref_stats is None:
+        return None
+    comparison = Comparison(agreement=run.agree / n, agree=run.agree, n=n,
+                            sqnr_db=_sqnr(run.signal, run.noise), max_abs_diff=run.max_abs,
+                            file_ratio=ref_stats.file_bytes / stats.file_bytes)
+    if run.labelled:
+        comparison.top1 = _paired(corr["model"][1], corr["reference"][1])
+        if stats.top5 is not None:
+            comparison.top5 = _paired(corr["model"][5], corr["reference"][5])
+    return comparison
 
-        # accuracy / agreement pass
-        task = bar.add_task("evaluating", total=total)
-        n = 0
-        labelled: bool | None = None
-        first_x: np.ndarray | None = None
-        num_classes: int | None = None
-        offset = 0
-        corr: dict[str, dict[int, list[np.ndarray]]] = {k: {1: [], 5: []} for k in runners}
-        agree = 0
-        sig = noise = 0.0
-        max_abs = 0.0
-        for xb, yb in reader.batches(batch_size):
-            xb = np.asarray(xb)
-            if limit is not None and n + len(xb) > limit:
-                xb = xb[: limit - n]
-                yb = None if yb is None else yb[: limit - n]
-            if len(xb) == 0:
-                break
-            if first_x is None:
-                first_x = xb
-                _check_input(xb, io, pre, reader)
-            if labelled is None:
-                labelled = yb is not None
-            elif labelled != (yb is not None):
-                raise DataError(f"{data_mod.reader_description(reader)}: some batches have labels "
-                                f"and some do not")
-            outs = {k: r(xb) for k, r in runners.items()}
-            out = outs["model"]
-            if num_classes is None:
-                num_classes = int(np.prod(out.shape[1:])) if out.ndim >= 2 else 1
-                offset = _resolve_offset(label_offset, num_classes, labelled, notes)
-            logits = {k: v.reshape(len(v), -1) for k, v in outs.items()}
-            if "reference" in outs and outs["reference"].shape != out.shape:
-                raise EvaluateError(
-                    f"{ref_path}: reference output {ref_io.output_name!r} has shape "
-                    f"{list(outs['reference'].shape)} but {model_path}'s {io.output_name!r} has "
-                    f"{list(out.shape)} for the same batch")
-            if labelled:
-                yb = np.asarray(yb, dtype=np.int64).reshape(-1)
-                if len(yb) != len(xb):
-                    raise DataError(f"{data_mod.reader_description(reader)}: a batch has "
-                                    f"{len(xb)} inputs but {len(yb)} labels")
-                yb = yb + offset
-                bad = (yb < 0) | (yb >= num_classes)
-                if bad.any():
-                    raise DataError(
-                        f"{data_mod.reader_description(reader)}: label {int(yb[bad][0]) - offset} "
-                        f"(+ offset {offset}) is outside the model's {num_classes} classes")
-                for k, lg in logits.items():
-                    corr[k][1].append(topk_correct(lg, yb, 1))
-                    corr[k][5].append(topk_correct(lg, yb, 5))
-            if "reference" in logits:
-                ref_lg, lg = logits["reference"].astype(np.float64), logits["model"].astype(np.float64)
-                agree += int(np.sum(np.argmax(ref_lg, 1) == np.argmax(lg, 1)))
-                sig += float(np.sum(ref_lg * ref_lg))
-                err = lg - ref_lg
-                noise += float(np.sum(err * err))
-                max_abs = max(max_abs, float(np.max(np.abs(err))) if err.size else 0.0)
-            n += len(xb)
-            bar.advance(task, len(xb))
-            if limit is not None and n >= limit:
-                break
-        if n == 0:
-            raise DataError(f"{data_mod.reader_description(reader)}: no samples")
-        notes += [note for note in getattr(reader, "notes", []) if note not in notes]
-        bar.update(task, visible=False)
-        labelled = bool(labelled)
-        if not labelled and ref_path is None:
-            notes.append("no labels and no reference: accuracy and agreement cannot be measured")
 
-        # accuracy numbers
-        comparison = None
-        if labelled:
-            for key, st in (("model", stats), ("reference", ref_stats)):
-                if st is None:
-                    continue
-                c1 = np.concatenate(corr[key][1])
-                st.correct1, st.top1 = int(c1.sum()), float(c1.mean())
-                if num_classes and num_classes > 5:
-                    c5 = np.concatenate(corr[key][5])
-                    st.correct5, st.top5 = int(c5.sum()), float(c5.mean())
-        base = ref_stats if ref_stats is not None else stats
-        if labelled and num_classes and num_classes > 2 and n >= 50 and base.top1 is not None \
-                and base.top1 < 2.0 / num_classes:
-            who = "the reference" if ref_stats is not None else "the model"
-            notes.append(f"top-1 of {who} ({100 * base.top1:.1f}%) is near chance for "
-                         f"{num_classes} classes: check the preprocessing (--preset, --mean/--std, "
-                         f"--layout), the label order and --label-offset")
+def _time_latency(runners: dict[str, _Runner], first_x: np.ndarray, runs: int, budget_s: float,
+                  stats: ModelStats, ref_stats: ModelStats | None, bar) -> None:
+    """Latency at batch 1 and at the evaluation batch, the two models' runs interleaved."""
+    eff_batch = len(first_x)
+    sizes = [1] if eff_batch == 1 else [1, eff_batch]
+    task = bar.add_task("timing", total=runs * len(sizes))
+    for bs in sizes:
+        lat = _latency(runners, first_x[:bs], runs, warmup=3 if bs == 1 else 1,
+                       budget_s=budget_s, tick=lambda: bar.advance(task))
+        for key, st in (("model", stats), ("reference", ref_stats)):
+            if st is not None:
+                setattr(st, "latency_batch1" if bs == 1 else "latency_batch", lat[key])
+    bar.update(task, visible=False)
+    if eff_batch == 1:
+        stats.latency_batch = stats.latency_batch1
         if ref_stats is not None:
-            comparison = Comparison(agreement=agree / n, agree=agree, n=n,
-                                    sqnr_db=_sqnr(sig, noise), max_abs_diff=max_abs,
-                                    file_ratio=ref_stats.file_bytes / stats.file_bytes)
-            if labelled:
-                comparison.top1 = _paired(corr["model"][1], corr["reference"][1])
-                if stats.top5 is not None:
-                    comparison.top5 = _paired(corr["model"][5], corr["reference"][5])
+            ref_stats.latency_batch = ref_stats.latency_batch1
 
-        # latency
-        if latency_runs > 0 and first_x is not None:
-            eff_batch = len(first_x)
-            sizes = [1] if eff_batch == 1 else [1, eff_batch]
-            task = bar.add_task("timing", total=latency_runs * len(sizes))
-            for bs in sizes:
-                lat = _latency(runners, first_x[:bs], latency_runs, warmup=3 if bs == 1 else 1,
-                               budget_s=latency_budget_s, tick=lambda: bar.advance(task))
-                for key, st in (("model", stats), ("reference", ref_stats)):
-                    if st is not None:
-                        setattr(st, "latency_batch1" if bs == 1 else "latency_batch", lat[key])
-            bar.update(task, visible=False)
-            if eff_batch == 1:
-                stats.latency_batch = stats.latency_batch1
-                if ref_stats is not None:
-                    ref_stats.latency_batch = ref_stats.latency_batch1
-        del runners
 
-        # memory
-        if memory and first_x is not None:
-            task = bar.add_task("measuring memory", total=len(pairs))
-            for key, path, mio, st in pairs:
-                try:
-                    st.memory = _measure_memory(str(path), mio, len(first_x), threads)
-                except Exception as e:
-                    notes.append(f"peak memory of {path} not measured ({e})")
-                bar.advance(task)
-            bar.update(task, visible=False)
+def _measure_memories(sides: list[_Side], batch: int, threads: int | None, notes: list[str], bar) -> None:
+    """Peak memory of each model, one subprocess each."""
+    task = bar.add_task("measuring memory", total=len(sides))
+    for side in sides:
+        try:
+            side.stats.memory = _measure_memory(str(side.path), side.io, batch, threads)
+        except Exception as e:
+            notes.append(f"peak memory of {side.path} not measured ({e})")
+        bar.advance(task)
+    bar.update(task, visible=False)
 
-    if comparison is not None:
-        comparison.latency_ratio_batch1 = _ratio(stats.latency_batch1, ref_stats.latency_batch1)
-        comparison.latency_ratio_batch = _ratio(stats.latency_batch, ref_stats.latency_batch)
-        if stats.session_s and ref_stats.session_s:
-            comparison.session_ratio = stats.session_s / ref_stats.session_s
-        if stats.memory and ref_stats.memory and ref_stats.memory.peak_delta_bytes:
-            comparison.memory_ratio = stats.memory.peak_delta_bytes / ref_stats.memory.peak_delta_bytes
 
-    return EvaluationResult(
-        model=stats, reference=ref_stats, comparison=comparison,
-        data=data_mod.reader_description(reader), samples=n, labelled=labelled,
-        preprocessing=_describe_pre(pre, reader), batch_size=len(first_x) if first_x is not None
-        else batch_size, threads=threads, label_offset=offset, num_classes=num_classes,
-        input_shape=list(io.input_shape), elapsed_s=time.perf_counter() - t_start,
-        notes=notes, versions=_versions())
+def _speed_and_memory_ratios(comparison: Comparison, stats: ModelStats, ref_stats: ModelStats) -> None:
+    comparison.latency_ratio_batch1 = _ratio(stats.latency_batch1, ref_stats.latency_batch1)
+    comparison.latency_ratio_batch = _ratio(stats.latency_batch, ref_stats.latency_batch)
+    if stats.session_s and ref_stats.session_s:
+        comparison.session_ratio = stats.session_s / ref_stats.session_s
+    if stats.memory and ref_stats.memory and ref_stats.memory.peak_delta_bytes:
+        comparison.memory_ratio = stats.memory.peak_delta_bytes / ref_stats.memory.peak_delta_bytes
 
 
 def _check_input(x: np.ndarray, io: _IO, pre, reader) -> None:
