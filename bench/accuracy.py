@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fq_onnx.svg import PALETTE, Chart
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ASSETS = REPO.parent / "shared" / "assets"
 DEFAULT_SETTINGS = "5:0.5:plain,5:0.5,7:0.5,5:0.7,5:r8:w0,5:r12:w0"
@@ -534,8 +536,7 @@ def render(rows: list[dict], meta: dict) -> str:
 
 
 def plot_svg(rows: list[dict]) -> str:
-    """Top-1 drop (points) against weights-only ratio, one colour per model, as plain SVG."""
-    width, height, left, bottom, top, right = 640, 400, 60, 50, 20, 150
+    """Top-1 drop (points) against weights-only ratio, one colour per model (filled: calibrated)."""
     points = []
     for row in rows:
         r = row["result"]
@@ -546,40 +547,19 @@ def plot_svg(rows: list[dict]) -> str:
         return ""
     x_max = max(p[1] for p in points) * 1.1
     y_min = min(min(p[2] for p in points), -1.0) * 1.1
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(v):
-        return left + plot_w * v / x_max
-
-    def sy(v):
-        return top + plot_h * (v / y_min)  # 0 at the top, y_min at the bottom
-
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    models = list(dict.fromkeys(p[0] for p in points))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="12"><rect width="{width}" height="{height}" fill="white"/>',
-           f'<line x1="{left}" y1="{sy(0):.1f}" x2="{left + plot_w}" y2="{sy(0):.1f}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-           f'<text x="{left + plot_w / 2}" y="{height - 10}" text-anchor="middle">weights-only compression ratio</text>',
-           f'<text x="15" y="{top + plot_h / 2}" transform="rotate(-90 15 {top + plot_h / 2})" '
-           f'text-anchor="middle">top-1 change (points)</text>']
-    for tick in range(0, int(x_max) + 1, 2):
-        out.append(f'<text x="{sx(tick):.1f}" y="{top + plot_h + 15}" text-anchor="middle">{tick}x</text>')
-    step = 10 if y_min < -30 else 2
-    for tick in range(0, int(y_min) - 1, -step):
-        out.append(f'<text x="{left - 5}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
-        out.append(f'<line x1="{left}" y1="{sy(tick):.1f}" x2="{left + plot_w}" y2="{sy(tick):.1f}" stroke="#ddd"/>')
-    for title, ratio, drop, calibrated, name in points:
-        colour = colours[models.index(title) % len(colours)]
-        fill = colour if calibrated else "white"
-        out.append(f'<circle cx="{sx(ratio):.1f}" cy="{sy(drop):.1f}" r="5" fill="{fill}" stroke="{colour}" '
-                   f'stroke-width="2"><title>{title} {name}: {ratio:.1f}x, {drop:+.2f}</title></circle>')
-    for i, title in enumerate(models):
-        y = top + 20 * i + 10
-        out.append(f'<circle cx="{width - right + 20}" cy="{y}" r="5" fill="{colours[i % len(colours)]}"/>')
-        out.append(f'<text x="{width - right + 32}" y="{y + 4}">{title}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    chart = Chart(640, 400, title="Top-1 change against weights-only ratio", x_label="weights-only compression ratio",
+                  y_label="top-1 change (points)", x_range=(0.0, x_max), y_range=(y_min, 0.0),
+                  x_format=lambda v: f"{v:g}x", y_format=lambda v: f"{v:g}")
+    chart.hline(0.0, "#555555")
+    for i, model in enumerate(dict.fromkeys(p[0] for p in points)):
+        colour = PALETTE[i % len(PALETTE)]
+        for calibrated in (True, False):
+            mine = [p for p in points if p[0] == model and p[3] == calibrated]
+            if mine:
+                chart.points([p[1] for p in mine], [p[2] for p in mine], colour,
+                             model if calibrated else f"{model} (uncalibrated)", radius=5, hollow=not calibrated,
+                             titles=[f"{t} {name}: {ratio:.1f}x, {drop:+.2f}" for t, ratio, drop, _, name in mine])
+    return chart.svg("Each point is one conversion: its weights-only ratio and its top-1 change.") + "\n"
 
 
 def write_outputs(out_md: Path, out_json: Path, rows: list[dict], meta: dict) -> None:

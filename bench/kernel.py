@@ -43,10 +43,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from fq_onnx import fmt, runtime
+from fq_onnx import fmt, geometry, runtime
+from fq_onnx import graph as graph_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = ROOT.parent / "shared" / "assets" / "models"
@@ -199,48 +201,12 @@ def resnet18_pair(sparsity, block, classes=1000):
 
 
 def fold_batchnorms(source: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of the model with every Conv -> BatchNormalization (constant parameters, Conv output
-    used only there) folded into the Conv, as both onnxruntime and the real converter do."""
-    model = onnx.ModelProto()
-    model.CopyFrom(source)
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    outputs = {o.name for o in graph.output}
-    drop = set()
-    for node in graph.node:
-        if node.op_type != "Conv" or node.input[1] not in inits:
-            continue
-        users = consumers.get(node.output[0], [])
-        if len(users) != 1 or users[0].op_type != "BatchNormalization" or node.output[0] in outputs:
-            continue
-        bn = users[0]
-        if not all(i in inits for i in bn.input[1:5]):
-            continue
-        scale, shift, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        factor = scale / np.sqrt(var + eps)
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
-        w_name, b_name = node.name + "_Wbn", node.name + "_Bbn"
-        graph.initializer.append(numpy_helper.from_array(
-            (w * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32), w_name))
-        graph.initializer.append(numpy_helper.from_array(((b - mean) * factor + shift).astype(np.float32), b_name))
-        inits[w_name], inits[b_name] = graph.initializer[-2], graph.initializer[-1]
-        del node.input[1:]
-        node.input.extend([w_name, b_name])
-        node.output[0] = bn.output[0]
-        drop.add(id(bn))
-    kept = [n for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    kept_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
+    """Copy of the model with every Conv -> BatchNormalization folded into the Conv, as both
+    onnxruntime and the converter (fq_onnx.graph.fold_batchnorms) do."""
+    graph = gs.import_onnx(source)
+    graph_module.fold_batchnorms(graph)
+    model = gs.export_onnx(graph)
+    model.ir_version = source.ir_version
     return model
 
 
@@ -298,7 +264,7 @@ def compress_existing(model: onnx.ModelProto, sparsity: float, block: int) -> tu
             if activation != "none":
                 out = user.output[0]
                 drop.add(id(user))
-        keep = {k: v for k, v in attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        keep = {k: v for k, v in attrs.items() if k in geometry.ATTRS}
         inputs = [node.input[0], wq] + list(node.input[2:3])
         new_nodes.append(helper.make_node("ShiftConv", inputs, [out], name=node.name or out, domain="fq_onnx",
                                           kind=kind, activation=activation, **clip, **keep))
