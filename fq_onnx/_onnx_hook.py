@@ -14,7 +14,7 @@ import sys
 
 
 def _register() -> None:
-    import fq_onnx.schema  # noqa: F401  registers on import (also when we are inside that import)
+    import fq_onnx.op.schema  # noqa: F401  registers on import (also when we are inside that import)
 
 
 class _RegisterAfterOnnx(importlib.abc.MetaPathFinder):

@@ -15,11 +15,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import __version__, act_scales, allocate, calibrate, rewrite
-from fq_onnx.compress import compress_layer
+from fq_onnx import __version__
+from fq_onnx.calibration import act_scales, calibrate
+from fq_onnx.quantize import allocate
+from fq_onnx.graph import rewrite
+from fq_onnx.quantize.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
-from fq_onnx.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
+from fq_onnx.reporting.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
 from fq_onnx.options import DEFAULTS, SETTINGS_KEY, ConvertOptions, load_sparsity_file
 
 __all__ = ["convert", "ConvertOptions", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
@@ -129,7 +132,7 @@ def convert(
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     pictures = None
     if report_dir is not None:
-        from fq_onnx import report as html_report
+        from fq_onnx.reporting import report as html_report
 
         html_report.check_report_dir(report_dir)
         pictures = {}
@@ -258,7 +261,7 @@ def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.
         target.release()
         rows.append(shiftconv_row(shift))
         if pictures is not None:
-            from fq_onnx import report as html_report
+            from fq_onnx.reporting import report as html_report
 
             pictures[name] = html_report.layer_picture(name, layer, per_channel=options.per_channel,
                                                        w_sep=options.w_sep)
@@ -292,7 +295,7 @@ def _export(job: _Job, rows: list[LayerRow], options: ConvertOptions, allocation
 
 def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
     """A reader of the calibration data, preprocessed for the model's input."""
-    from fq_onnx import data as data_module
+    from fq_onnx.evaluation import data as data_module
 
     if isinstance(calib, str) and calib == "digits":
         return data_module.DigitsReader(split="train")
@@ -301,7 +304,7 @@ def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: 
 
 
 def _describe(reader) -> str:
-    from fq_onnx.data import reader_description
+    from fq_onnx.evaluation.data import reader_description
 
     return reader_description(reader) if reader is not None else ""
 
@@ -425,7 +428,7 @@ def sensitivity(
 
 def _arrays(model: onnx.ModelProto, data, preset: str | None, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``limit`` preprocessed inputs (and labels, when the data has them), in memory."""
-    from fq_onnx import data as data_module
+    from fq_onnx.evaluation import data as data_module
 
     if isinstance(data, str) and data == "digits":
         reader = data_module.DigitsReader(split="val", limit=limit)
@@ -456,7 +459,7 @@ def demo(output_dir: str | os.PathLike = "fq-onnx-demo", *, target_ratio: float 
     ``OUTPUT_DIR/digits_cnn.fq.onnx`` and returns ``(ConversionReport, EvaluationResult)``.
     """
     from fq_onnx.digits import default_model_path
-    from fq_onnx.evaluate import evaluate
+    from fq_onnx.evaluation.evaluate import evaluate
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

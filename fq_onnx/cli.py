@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from fq_onnx import __version__, api, intmode
+from fq_onnx import __version__, api
+from fq_onnx.op import intmode
 from fq_onnx.errors import FqOnnxError
-from fq_onnx.inspect import ModelReport
+from fq_onnx.reporting.inspect import ModelReport
 from fq_onnx.options import DEFAULTS, FIELDS, ConvertOptions, read_recipe, recipe_fields, stored_settings
 
 # Tables are wide: when piped, do not squeeze them into 80 columns.
@@ -119,7 +120,7 @@ def layer_table(report: ModelReport, title: str) -> Table:
 
 def detail_table(path: Path) -> Table:
     """--verbose: what each compressed weight blob holds (docs/FORMAT.md), read from the file."""
-    from fq_onnx.inspect import blob_details
+    from fq_onnx.reporting.inspect import blob_details
 
     table = Table(title=f"{path}: compressed weights in detail", title_justify="left")
     for column in ("node", "centres", "b", "scales", "block", "zero run", "tokens", "header", "code table",
@@ -304,7 +305,7 @@ def evaluate(
     verbose: bool = VERBOSE,
 ) -> None:
     """Accuracy, agreement, SQNR, size, latency and memory of MODEL, side by side with --reference."""
-    from fq_onnx.evaluate import evaluate as run_evaluate
+    from fq_onnx.evaluation.evaluate import evaluate as run_evaluate
 
     _verbosity(quiet, verbose)
     result = run_evaluate(model, reference, data, preset=preset, size=size, crop=crop, mean=mean, std=std,

@@ -144,7 +144,7 @@ class ConvertOptions:
 
     def layer_options(self):
         """The per-layer settings (fq_onnx.compress.LayerOptions), calibrated defaults resolved."""
-        from fq_onnx.compress import LayerOptions
+        from fq_onnx.quantize.compress import LayerOptions
 
         prune_method, rounding, bias_correction = self.resolved()
         return LayerOptions(self.bits, self.w_sep, self.block, self.pow2_centres, self.assign, self.seed,
@@ -180,7 +180,7 @@ class ConvertOptions:
         the calibrated defaults resolved, the sparsity table inline, and what the allocator chose.
         Options that left no trace before they existed (``keep_float``, ``alloc_bits``,
         ``eval_size``, ``data``) are stored only when they differ from their default."""
-        from fq_onnx import allocate
+        from fq_onnx.quantize import allocate
 
         prune_method, rounding, bias_correction = self.resolved()
         if default_sparsity is None:

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from fq_onnx import data as data_mod
-from fq_onnx.data import DataError
+from fq_onnx.evaluation import data as data_mod
+from fq_onnx.evaluation.data import DataError
 from fq_onnx.errors import FqOnnxError
 
 __all__ = [
@@ -605,7 +605,7 @@ def _plain_session(path: str, threads: int | None = None):
 
 def _weights_info(path: str, notes: list[str]) -> tuple[int | None, int | None, float | None]:
     try:
-        from fq_onnx.inspect import inspect_model
+        from fq_onnx.reporting.inspect import inspect_model
     except ImportError as e:
         notes.append(f"weights-only sizes not measured (fq_onnx.inspect unavailable: {e})")
         return None, None, None
@@ -680,7 +680,7 @@ def hwm():
     return r if sys.platform == "darwin" else r * 1024
 import numpy as np
 import onnxruntime
-from fq_onnx.evaluate import _make_session as session
+from fq_onnx.evaluation.evaluate import _make_session as session
 x = np.zeros(shape, dtype=dtype)
 method = "VmHWM reset via /proc/self/clear_refs"
 try:
@@ -703,7 +703,7 @@ def _measure_memory(path: str, io: _IO, batch: int, threads: int | None,
     cmd = [sys.executable, "-c", _MEMORY_CHILD, str(Path(path).resolve()), io.input_name, json.dumps(shape),
            io.input_dtype, "none" if threads is None else str(threads)]
     env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[1])  # import the same fq_onnx as this process
+    pkg_root = str(Path(__file__).resolve().parents[2])  # import the same fq_onnx as this process
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
     # `python -c` puts the working directory first on sys.path: run from pkg_root so a source
     # checkout in the caller's directory cannot shadow the installed package.

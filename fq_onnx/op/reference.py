@@ -14,7 +14,8 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv import _conv_implementation
 
-from fq_onnx import fmt, intmode, validate
+from fq_onnx.format import fmt
+from fq_onnx.op import intmode, validate
 from fq_onnx.graph import load_model
 
 

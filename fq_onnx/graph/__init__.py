@@ -1,4 +1,6 @@
-"""Loading, validating and saving ONNX models, and folding BatchNormalization into Conv."""
+"""Editing the ONNX graph. This module: loading, validating and saving ONNX models, folding
+BatchNormalization into Conv, the constants behind tensors; ``fq_onnx.graph.rewrite``: the
+registry that turns Conv, Gemm and MatMul into ShiftConv nodes."""
 
 from __future__ import annotations
 

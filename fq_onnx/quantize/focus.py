@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fq_onnx import fmt, memo
+from fq_onnx.format import fmt
+from fq_onnx.quantize import memo
 from fq_onnx.options import ASSIGNMENTS  # noqa: F401 (focus.ASSIGNMENTS: the choices of assign)
 
 FIT_SAMPLES = 20_000  # weights used to fit the mixture (seeded subsample of larger layers)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fq_onnx import __version__, fmt
+from fq_onnx import __version__
+from fq_onnx.format import fmt
 from fq_onnx.errors import FqOnnxError
-from fq_onnx.focus import Histogram, Mixture, QuantizedLayer
-from fq_onnx.inspect import LayerRow, ModelReport
-from fq_onnx.svg import PALETTE, Chart
+from fq_onnx.quantize.focus import Histogram, Mixture, QuantizedLayer
+from fq_onnx.reporting.inspect import LayerRow, ModelReport
+from fq_onnx.reporting.svg import PALETTE, Chart
 
 REPORT_NAME = "index.html"
 MODE_COLOURS = {"FQ": PALETTE[0], "shift": PALETTE[1], "float": "#999999"}

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from fq_onnx import geometry
+from fq_onnx.op import geometry
 from fq_onnx.graph import constant_value, is_external
 
 DOMAIN = "fq_onnx"
@@ -203,7 +203,7 @@ def _reloader(tensor: gs.Tensor, stored: Callable[[np.ndarray], np.ndarray] = la
 
 def to_plain(graph: gs.Graph) -> int:
     """Replace every ShiftConv by plain float nodes with its dequantized weight; returns the count."""
-    from fq_onnx import fmt
+    from fq_onnx.format import fmt
 
     shiftconvs = [n for n in graph.nodes if n.op == OP_TYPE and n.domain == DOMAIN]
     for node in shiftconvs:

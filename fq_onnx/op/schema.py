@@ -22,7 +22,7 @@ import warnings
 import onnx
 from onnx import AttributeProto, TensorProto, TypeProto, helper
 
-from fq_onnx import geometry
+from fq_onnx.op import geometry
 
 DOMAIN = "fq_onnx"
 OP_TYPE = "ShiftConv"
@@ -130,7 +130,7 @@ def _attr(ctx, name, default):
 
 def _weight_dims(ctx, where: str) -> list[int] | None:
     """Dims of the stored weight from the blob header, checked; None when the blob is not at hand."""
-    from fq_onnx import fmt
+    from fq_onnx.format import fmt
 
     tensor = ctx.get_input_data(1)
     if tensor is None or tensor.data_location == TensorProto.EXTERNAL:

@@ -21,9 +21,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from fq_onnx import geometry
+from fq_onnx.op import geometry
 from fq_onnx.errors import FqOnnxError
-from fq_onnx.rewrite import Target
+from fq_onnx.graph.rewrite import Target
 
 PATCHES_PER_IMAGE = 1024  # positions sampled from each conv input; bounds time, not accuracy
 PROBE_BYTES = 64 << 20  # probed tensors per batch; MobileNet-V2 at 224² has 26 MB per image

@@ -16,9 +16,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from fq_onnx import fmt, reconstruct, rewrite
-from fq_onnx.calibrate import LayerStats, collect
-from fq_onnx.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
+from fq_onnx.format import fmt
+from fq_onnx.quantize import reconstruct
+from fq_onnx.graph import rewrite
+from fq_onnx.calibration.calibrate import LayerStats, collect
+from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see

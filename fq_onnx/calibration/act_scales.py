@@ -14,10 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx import calibrate, rewrite
+from fq_onnx.calibration import calibrate
+from fq_onnx.graph import rewrite
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value
-from fq_onnx.intmode import ATTRS, SCALE_LOG2_RANGE, ActQuant, IntModeError, prepare, quantize
+from fq_onnx.op.intmode import ATTRS, SCALE_LOG2_RANGE, ActQuant, IntModeError, prepare, quantize
 from fq_onnx.options import ACT_CALIBS
 
 METHODS = ACT_CALIBS  # how a node's activation scale is chosen

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fq_onnx import fmt, geometry
+from fq_onnx.format import fmt
+from fq_onnx.op import geometry
 
 BITS_RANGE = (2, 8)  # what the op accepts
 SCALE_LOG2_RANGE = (-64, 63)  # keeps x * 2^-a clear of denormal effects (SHIFTCONV.md, 1.)
@@ -305,10 +306,10 @@ def describe(act: dict | None) -> str:
 
 
 def __getattr__(name: str):
-    # The activation-scale calibration moved to fq_onnx.act_scales; its old names still resolve.
+    # The activation-scale calibration moved to fq_onnx.calibration.act_scales; its old names still resolve.
     if name in ("ActStats", "assign_scales", "nonnegative", "METHODS", "PERCENTILE", "MSE_CANDIDATES",
                 "SAMPLE_VALUES"):
-        from fq_onnx import act_scales
+        from fq_onnx.calibration import act_scales
 
         return getattr(act_scales, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fq_onnx import fmt, geometry
+from fq_onnx.format import fmt
+from fq_onnx.op import geometry
 from fq_onnx.errors import FqOnnxError
 
 KINDS = ("conv", "dense")

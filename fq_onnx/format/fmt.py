@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fq_onnx import codec
+from fq_onnx.format import codec
 
 MAGIC = b"FQW1"
 VERSION = 1

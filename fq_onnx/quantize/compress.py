@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fq_onnx import focus, prune, reconstruct
-from fq_onnx.calibrate import LayerStats
+from fq_onnx.quantize import focus, prune, reconstruct
+from fq_onnx.calibration.calibrate import LayerStats
 from fq_onnx.options import DEFAULTS, PRUNE_METHODS, ROUNDINGS  # noqa: F401 (the choices, for callers)
 
 REFINE_SWEEPS = 2  # coordinate-descent passes of "gptq-cd": 4 passes gained 1% more on MobileNet-V2

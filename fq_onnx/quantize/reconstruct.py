@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fq_onnx import memo
+from fq_onnx.quantize import memo
 
 COLUMN_BLOCK = 128  # columns whose pruning mask is chosen together
 DAMPING = 0.01  # fraction of the mean diagonal added to H: keeps the inverse well conditioned

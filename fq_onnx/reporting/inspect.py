@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from fq_onnx import fmt, intmode, rewrite, validate
+from fq_onnx.format import fmt
+from fq_onnx.op import intmode, validate
+from fq_onnx.graph import rewrite
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value, float16_source, load_model
 
