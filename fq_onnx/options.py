@@ -194,18 +194,21 @@ class ConvertOptions:
             "pow2_centres": self.pow2_centres, "assign": self.assign, "per_channel": self.per_channel,
             "fuse_activation": self.fuse_activation, "prune_method": prune_method,
             "rounding": rounding, "bias_correction": bias_correction,
-            "sequential": self.calibrated and self.sequential,
+            "sequential": bool(self.calibrated and self.sequential),
             "calibration": None if self.calib is None else {"data": str(self.calib), "samples": self.calib_size,
                                                             "preset": self.preset},
             "target_ratio": self.target_ratio, "max_drop": self.max_drop,
             "allocation": allocation.to_dict() if allocation else None,
             "act_bits": self.act_bits, "act_calib": self.act_calib if self.act_bits is not None else None,
         }
-        defaults = ConvertOptions()
-        for key in ("keep_float", "alloc_bits", "eval_size", "data"):
-            value = getattr(self, key)
-            if value != getattr(defaults, key):
-                settings[key] = list(value) if isinstance(value, tuple) else value if key != "data" else str(value)
+        if self.keep_float != DEFAULTS.keep_float:
+            settings["keep_float"] = self.keep_float
+        if self.alloc_bits is not None:
+            settings["alloc_bits"] = list(self.alloc_bits)
+        if self.eval_size != DEFAULTS.eval_size:
+            settings["eval_size"] = self.eval_size
+        if self.data is not None:
+            settings["data"] = str(self.data)
         return settings
 
     def to_dict(self) -> dict:
