@@ -370,12 +370,12 @@ def sensitivity(
     data,
     *,
     sparsities: Iterable[float] = (0.5, 0.7, 0.9),
-    bits: int = 5,
+    bits: int = DEFAULTS.bits,
     calib=None,
-    calib_size: int = 256,
+    calib_size: int = DEFAULTS.calib_size,
     preset: str | None = None,
     limit: int = 500,
-    seed: int = 0,
+    seed: int = DEFAULTS.seed,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> SensitivityReport:
     """Compress each layer alone at each sparsity and measure the damage on ``data``.
