@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,21 @@ ACT_BITS_RANGE = (4, 8)  # what the converter offers (below 4 bits post-training
 SETTINGS_KEY = "fq_onnx.settings"  # the model metadata entry holding the stored settings
 # Keys of the stored settings that describe what a conversion found, not what it was asked.
 _RESULT_KEYS = ("allocation", "per_layer_bits")
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+# What a recipe (or a caller) may give each option (None: the option's default where that is None).
+_TYPES = (
+    (("sparsity", "w_sep", "target_ratio", "max_drop"), "a number", _number),
+    (("bits", "block", "seed", "calib_size", "eval_size"), "an integer",
+     lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    (("pow2_centres", "per_channel", "fuse_activation", "sequential", "keep_float", "bias_correction"),
+     "true or false", lambda v: isinstance(v, bool)),
+    (("assign", "prune_method", "rounding", "preset", "act_calib"), "a string", lambda v: isinstance(v, str)),
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,11 @@ class ConvertOptions:
 
     # ----------------------------------------------------------------------------------------
     def _check(self) -> None:
+        for names, kind, test in _TYPES:
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and not test(value):
+                    raise FqOnnxError(f"--{name.replace('_', '-')} must be {kind}, got {value!r}")
         if not 0.0 <= self.sparsity <= 0.99:
             raise FqOnnxError(f"--sparsity must be in 0..0.99, got {self.sparsity}")
         if not 2 <= self.bits <= 8:

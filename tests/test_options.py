@@ -35,6 +35,9 @@ def test_unknown_and_bad_options_are_named(tmp_path):
     recipe.write_text(json.dumps({"bits": 4, "sparsiti": 0.5}))
     with pytest.raises(FqOnnxError, match=r"r.json: unknown option 'sparsiti'"):
         ConvertOptions.from_file(recipe)
+    recipe.write_text(json.dumps({"bits": "five"}))
+    with pytest.raises(FqOnnxError, match="--bits must be an integer, got 'five'"):
+        ConvertOptions.from_file(recipe)
 
 
 def test_options_object_and_keywords_give_the_same_file(tmp_path):
