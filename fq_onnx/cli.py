@@ -218,6 +218,8 @@ def convert(
     if "alloc_bits" in given:
         given["alloc_bits"] = _int_list(given["alloc_bits"], "--alloc-bits")
     recipe = recipe_fields(read_recipe(config), str(config)) if config else {}
+    if "sparsity_file" in given:  # the flag replaces the recipe's table
+        recipe.pop("per_layer_sparsity", None)
     options = ConvertOptions(**{**recipe, **given})
     report = api.convert(model, output, options, progress=_progress("compressing"), report_dir=report_dir)
     allocation = report.settings.get("allocation")
