@@ -29,7 +29,7 @@ def test_facade_names():
 
 
 @pytest.mark.parametrize("code", [
-    "from fq_onnx.graph import rewrite",  # a submodule before graph/model.py was loaded
+    "from fq_onnx.graph import rewrite",  # a submodule of a package that is also a module of names
     "from fq_onnx.graph import load_model, fold_batchnorms",  # the names of the old fq_onnx.graph
     "from fq_onnx.quantize import allocate",
     "from fq_onnx.evaluate import evaluate",
