@@ -8,7 +8,7 @@
 # Environment: FQ_FUZZ_BUILD_DIR (default <repo>/build-fuzz), FQ_FUZZ_SEED (the fuzzer's RNG
 # seed; default: the time, printed so a run can be repeated), FQ_FUZZ_PYTEST=0 skips the
 # Python step, PYTHON (default python3, with fq_onnx and pytest installed). onnxruntime headers
-# come from the same discovery as `pip install .` (cmake/FindOrtHeaders.cmake).
+# come from the same discovery as `pip install ./runtime` (cmake/FindOrtHeaders.cmake).
 # FQ_FUZZ_ENGINE=libfuzzer builds the fuzzer with clang's coverage-guided libFuzzer instead of
 # the mutation driver (Debian: apt-get install clang libclang-rt-14-dev; default build dir
 # build-fuzz-clang; no Python step: the module is built with gcc).

@@ -45,7 +45,7 @@ def test_the_marked_blocks_are_the_ones_meant():
     assert counts["PYTHON_API.md"] == len(FENCED.findall(python_api)) >= 6  # the page promises all of them
     assert counts["README.md"] >= 3 and counts["SHIFTCONV.md"] >= 1
     readme = (ROOT / "README.md").read_text()
-    install = readme.index("pip install . && fq-onnx demo")
+    install = readme.index("pip install ./runtime . && fq-onnx demo")
     assert "<!-- runnable -->" not in readme[max(0, install - 200) : install]
 
 

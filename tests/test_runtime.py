@@ -28,7 +28,7 @@ def _tiny_model(per_row: bool = False) -> onnx.ModelProto:
     return model
 
 
-def test_library_is_installed_inside_the_package():
+def test_library_is_installed_inside_the_runtime_package():
     path = runtime.library_path()
     assert path.endswith(runtime.LIBRARY_NAME)
 

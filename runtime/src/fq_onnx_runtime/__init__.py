@@ -1,0 +1,137 @@
+"""Run models compressed by fq-onnx in onnxruntime: the custom-op library and sessions that use it.
+
+The runtime-only package (``fq-onnx-runtime``): it imports onnxruntime and nothing of the
+converter (no onnx, scikit-learn or typer), so a deploy host needs only this and onnxruntime.
+``libfq_onnx_ops.so`` (built from ``custom_ops/`` by ``pip install ./runtime``, or shipped in
+the wheel) implements the ``fq_onnx.ShiftConv`` op of docs/SHIFTCONV.md. :func:`session` is the
+one way the converter (``fq_onnx.runtime`` is this module) and users should open a compressed
+model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import onnxruntime as ort
+
+__version__ = "0.1.0"
+__all__ = ["library_path", "session_options", "session", "LibraryNotFoundError"]
+
+LIBRARY_NAME = "libfq_onnx_ops.so"
+#: Environment variable that points at another build of the library (tests, development).
+LIBRARY_ENV = "FQ_ONNX_OPS_LIBRARY"
+#: Environment variable read when a kernel is created: auto | scalar | avx2 | avx512.
+KERNEL_ENV = "FQ_ONNX_KERNEL"
+#: Session config entry with the same meaning; takes precedence over the environment variable.
+KERNEL_CONFIG_KEY = "fq_onnx.kernel"
+KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512")
+#: Session config entry (pass it through ``config=``) choosing who runs conv layers: ``auto``
+#: (onnxruntime's own kernel where a layer is too dense for ours to win), ``own``, ``ort``,
+#: ``nchw``, ``nchwc``; ``$FQ_ONNX_DENSE`` is the default (docs/PERFORMANCE.md, "Dense layers").
+DENSE_CONFIG_KEY = "fq_onnx.dense"
+DENSE_ENV = "FQ_ONNX_DENSE"
+DENSE_CHOICES = ("auto", "own", "ort", "nchw", "nchwc")
+#: Session config entry telling the library the session's intra-op thread count, which a custom
+#: op cannot query: with more than one thread a conv splits its tiles into one run per thread.
+#: session_options sets it from ``intra_op_num_threads``; without it the library assumes one
+#: thread per CPU the process may use.
+THREADS_CONFIG_KEY = "fq_onnx.threads"
+#: Oldest onnxruntime whose C API (version 21) the library is built against.
+MIN_ORT_VERSION = (1, 21)
+
+
+class LibraryNotFoundError(FileNotFoundError):
+    """The custom-op library is not where it should be."""
+
+
+def library_path() -> str:
+    """Absolute path of ``libfq_onnx_ops.so``: ``$FQ_ONNX_OPS_LIBRARY`` if set, else the one
+    installed inside this package."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise LibraryNotFoundError(f"{LIBRARY_ENV}={override!r} does not name an existing file")
+        return str(path.resolve())
+    path = Path(__file__).resolve().with_name(LIBRARY_NAME)
+    if not path.is_file():
+        raise LibraryNotFoundError(
+            f"{LIBRARY_NAME} is not installed in {path.parent}. It comes with the fq-onnx-runtime "
+            "wheel, or is built by `pip install ./runtime` from the fq-onnx source tree (CMake, a "
+            f"C++17 compiler and onnxruntime headers needed); or set {LIBRARY_ENV} to a built copy."
+        )
+    return str(path)
+
+
+def _ort_version() -> tuple[int, ...]:
+    parts = []
+    for piece in ort.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def session_options(
+    threads: int | None = None,
+    kernel: str | None = None,
+    config: Mapping[str, str] | None = None,
+    **options: Any,
+) -> ort.SessionOptions:
+    """SessionOptions with the custom-op library registered.
+
+    ``threads``: intra-op threads (None = onnxruntime's default, one per core).
+    ``kernel``: force the ShiftConv microkernels (``KERNEL_CHOICES``); None leaves the choice to
+    ``$FQ_ONNX_KERNEL`` or CPU detection. ``config``: extra session config entries.
+    ``options``: attributes of ``onnxruntime.SessionOptions`` (e.g. ``execution_mode``,
+    ``log_severity_level``); graph optimization defaults to ``ORT_ENABLE_ALL``.
+    """
+    if _ort_version() < MIN_ORT_VERSION:
+        raise RuntimeError(
+            f"fq-onnx needs onnxruntime >= {'.'.join(map(str, MIN_ORT_VERSION))}, found {ort.__version__}"
+        )
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        so.intra_op_num_threads = int(threads)
+    for name, value in options.items():
+        if not hasattr(so, name):
+            raise TypeError(f"onnxruntime.SessionOptions has no option {name!r}")
+        setattr(so, name, value)
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, str(value))
+    if so.intra_op_num_threads > 0 and THREADS_CONFIG_KEY not in (config or {}):
+        so.add_session_config_entry(THREADS_CONFIG_KEY, str(so.intra_op_num_threads))
+    if kernel is not None:
+        if kernel not in KERNEL_CHOICES:
+            raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+        so.add_session_config_entry(KERNEL_CONFIG_KEY, kernel)
+    # Registration reads the config entries above, so it comes last.
+    so.register_custom_ops_library(library_path())
+    return so
+
+
+def session(
+    model: str | os.PathLike | bytes | Any,
+    threads: int | None = None,
+    *,
+    kernel: str | None = None,
+    providers: list[str] | None = None,
+    config: Mapping[str, str] | None = None,
+    **options: Any,
+) -> ort.InferenceSession:
+    """An onnxruntime session for a (compressed) model, with ShiftConv available.
+
+    ``model`` is a path, the serialized bytes, or an ``onnx.ModelProto``. The remaining
+    arguments are those of :func:`session_options`. Errors in a compressed weight surface here,
+    as an exception naming the node.
+    """
+    so = session_options(threads=threads, kernel=kernel, config=config, **options)
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, sess_options=so, providers=providers or ["CPUExecutionProvider"])
