@@ -89,3 +89,32 @@ def test_calibrated_allocation_of_a_model_with_a_near_zero_channel(tmp_path, mon
                          alloc_bits=(3, 5))
     assert (tmp_path / "dw.fq.onnx").exists()
     assert report.totals.ratio > 1
+
+
+def _dfl_weight() -> np.ndarray:
+    """YOLOv8's DFL conv: one output channel, weights 0..15 (the expected bin of a distribution)."""
+    return np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_single_output_row_keeps_its_scale(calibrated):
+    """A layer of one output row has one per-row scale; dequantizing must use it, not the level
+    set's alpha: refine_alphas, the errors and bias correction all read the dequantized weights
+    (YOLOv8n's DFL conv was stored at 0.6x its scale, relative error 0.89)."""
+    rng = np.random.default_rng(3)
+    weight = _dfl_weight()
+    stats = _stats(16, 1, rng) if calibrated else None
+    options = LayerOptions(bits=5, prune_method="obs", rounding="gptq-cd", bias_correction=True) if calibrated \
+        else LayerOptions(bits=5)
+    result = compress_layer(weight, np.zeros(1, np.float32), 0.0, options, stats)
+    decoded = fmt.dequantize(result.layer.encode())
+    np.testing.assert_array_equal(decoded, result.layer.dequantized())
+    error = np.linalg.norm(decoded - weight) / np.linalg.norm(weight)
+    assert error < 0.2 and abs(result.layer.rel_error - error) < 1e-6
+
+
+def test_one_scale_given_is_used():
+    params = fmt.QuantParams(fmt.MODE_SHIFT, 5, 2.0, 0.0, 0.0, 15)
+    codes = np.array([[15, 14, -1]])
+    np.testing.assert_array_equal(fmt.dequantize_codes(codes, params, np.array([4.0], np.float32)),
+                                  2 * fmt.dequantize_codes(codes, params))
