@@ -100,14 +100,35 @@ def log_grid_round(weight: np.ndarray, mantissa: int, exponents: int = 16, two_p
         e = 2.0 ** -np.arange(exponents)
         levels = np.unique((e[:, None] * (1 + np.arange(2**mantissa) / 2**mantissa)[None, :]).ravel())
     levels = levels[levels <= 1]
+    return _best_scale_round(weight, levels)
+
+
+SCALE_OFFSETS = np.linspace(-1.0, 0.0, 33)  # log2 of the top level over max|row|: one octave
+
+
+def _best_scale_round(weight: np.ndarray, levels: np.ndarray, zero: bool = False) -> np.ndarray:
+    """Each row rounded to ``+-scale * levels`` (and 0 when ``zero``), the scale per row the one
+    of ``max|row| * 2^SCALE_OFFSETS`` with the least squared weight error (as fq-onnx searches
+    its scale; the largest weights may clip to the top level)."""
+    levels = np.concatenate([[0.0], levels]) if zero else levels
     rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
     top = np.abs(rows).max(axis=1, keepdims=True)
     top[top == 0] = 1
-    u = np.abs(rows) / top
-    hi = np.clip(np.searchsorted(levels, u), 1, len(levels) - 1)
-    lo = hi - 1
-    pick = np.where(np.abs(u - levels[lo]) <= np.abs(u - levels[hi]), levels[lo], levels[hi])
-    return (np.sign(rows) * pick * top).reshape(weight.shape).astype(np.float32)
+    best, best_err = None, None
+    for offset in SCALE_OFFSETS:
+        scale = top * 2.0**offset
+        u = np.abs(rows) / scale
+        hi = np.clip(np.searchsorted(levels, u), 1, len(levels) - 1)
+        lo = hi - 1
+        pick = np.where(np.abs(u - levels[lo]) <= np.abs(u - levels[hi]), levels[lo], levels[hi])
+        q = np.sign(rows) * pick * scale
+        err = ((q - rows) ** 2).sum(axis=1, keepdims=True)
+        if best is None:
+            best, best_err = q, err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, q, best), np.minimum(err, best_err)
+    return best.reshape(weight.shape).astype(np.float32)
 
 
 SCHEMES = {  # name: (how many bits one nonzero code takes, weight transform)
@@ -116,16 +137,14 @@ SCHEMES = {  # name: (how many bits one nonzero code takes, weight transform)
     "mantissa m=2 (7 bit)": (7, lambda w: log_grid_round(w, 2)),
     "mantissa m=3 (8 bit)": (8, lambda w: log_grid_round(w, 3)),
     "two powers of two (~8 bit)": (8, lambda w: log_grid_round(w, 0, two_powers=True)),
-    "uniform int8 per row": (8, int8_rows),
+    "uniform int8 per row": (8, lambda w: uniform_rows(w, 127)),
     "uniform int6 per row": (6, lambda w: uniform_rows(w, 31)),
 }
 
 
 def uniform_rows(weight: np.ndarray, top: int) -> np.ndarray:
-    rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    step = np.abs(rows).max(axis=1, keepdims=True) / top
-    step[step == 0] = 1
-    return (np.round(rows / step) * step).reshape(weight.shape).astype(np.float32)
+    """Symmetric uniform grid of 2*top+1 levels per row, clipping scale searched."""
+    return _best_scale_round(weight, np.arange(1, top + 1) / top, zero=True)
 
 
 def whole_model(graph: gs.Graph, reference: np.ndarray, x: np.ndarray, sparsities=(0.0, 0.5)) -> list[dict]:
