@@ -547,14 +547,16 @@ def write_markdown(results: dict, command: str) -> None:
         cells = []
         for variant in ("plain", "calibrated"):
             r = e.get(variant, {})
-            if "error" in r:
+            if r.get("unfinished"):
+                cells.append(f"not finished: stopped by hand after {r['seconds']:.0f} s ({r['unfinished']})")
+            elif "error" in r:
                 cells.append(f"**fails** after {r['seconds']:.0f} s: `{r['error'][:160]}`")
             else:
                 cells.append(f"{r['ratio']:.2f}x / {fidelity_text(r)} / {r['seconds']:.0f} s")
         lat = e.get("latency_ms", {})
         lat_text = " / ".join(f"{lat[k]:.1f}" if k in lat else "-" for k in ("original", "plain", "calibrated"))
         lines.append(f"| {name} (`{e['package']}`, `{Path(e['file']).name}`) | {e['source_bytes'] / 1e6:.1f} MB | "
-                     f"{cells[0]} | {cells[1]} | {lat_text} | {e['load_average_at_start']}-{e['load_average_at_end']} |")
+                     f"{cells[0]} | {cells[1]} | {lat_text} | {e.get('load_average_at_start', '-')}-{e.get('load_average_at_end', '-')} |")
     ocr = [results[n] for n in ("ppocr-det", "ppocr-rec", "ppocr-cls") if n in results]
     if ocr:
         f = ocr[0]["plain"].get("fidelity") or ocr[0]["calibrated"].get("fidelity") or {}
