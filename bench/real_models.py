@@ -487,7 +487,7 @@ def convert(source: Path, out: Path, calib: np.ndarray | None) -> dict:
             "modes": dict(modes), "sparsity": report.totals.sparsity}
 
 
-def run_model(name: str, images: int, pages: int, work: Path) -> dict:
+def run_model(name: str, images: int, pages: int, work: Path, variants=("plain", "calibrated")) -> dict:
     source = model_path(name)
     task = make_task(name, images, pages)
     entry = {"model": name, "package": WHEELS[MODELS[name][0]][0], "file": MODELS[name][1],
@@ -498,6 +498,8 @@ def run_model(name: str, images: int, pages: int, work: Path) -> dict:
     sample = task.sample()
     entry["latency_ms"] = {"original": latency_ms(source, sample)}
     for variant, data in (("plain", None), ("calibrated", calib)):
+        if variant not in variants:
+            continue
         out = work / f"{name}.{variant}.onnx"
         print(f"[{name}] converting {variant} ...", flush=True)
         result = convert(source, out, data)
@@ -546,8 +548,10 @@ def write_markdown(results: dict, command: str) -> None:
             continue
         cells = []
         for variant in ("plain", "calibrated"):
-            r = e.get(variant, {})
-            if r.get("unfinished"):
+            r = e.get(variant)
+            if r is None:
+                cells.append("not run")
+            elif r.get("unfinished"):
                 cells.append(f"not finished: stopped by hand after {r['seconds']:.0f} s ({r['unfinished']})")
             elif "error" in r:
                 cells.append(f"**fails** after {r['seconds']:.0f} s: `{r['error'][:160]}`")
@@ -573,6 +577,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--images", type=int, default=200, help="photos per detector/classifier")
     parser.add_argument("--pages", type=int, default=24, help="rendered OCR pages (5-7 lines each)")
+    parser.add_argument("--variants", default="plain,calibrated", help="which conversions to run")
     parser.add_argument("--work", default=str(CACHE / "work"), help="where converted models are written")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -583,7 +588,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     command = "python bench/real_models.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     for name in names:
-        entry = run_model(name, args.images, args.pages, work)
+        entry = run_model(name, args.images, args.pages, work, tuple(args.variants.split(",")))
         entry["command"] = command
         results = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}  # runs in parallel merge
         results[name] = entry
