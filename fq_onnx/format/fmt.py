@@ -286,8 +286,10 @@ def unit_levels(params: QuantParams) -> np.ndarray:
 
 
 def dequantize_codes(codes: np.ndarray, params: QuantParams, alphas: np.ndarray | None = None) -> np.ndarray:
-    """Float32 weights of a code array (-1 -> +0.0), with one scale or one per row."""
-    if alphas is None or np.asarray(alphas).size == 1:
+    """Float32 weights of a code array (-1 -> +0.0), with ``params.alpha`` or the given scales
+    (one, or one per row). Given scales always win: a tensor of one row has one per-row scale,
+    which is not ``params.alpha`` (the level set's) until it is stored."""
+    if alphas is None:
         table = np.append(levels(params), np.float32(0.0))
         return table[np.where(codes < 0, params.value_count, codes)]
     u = np.append(unit_levels(params), np.float32(0.0))[np.where(codes < 0, params.value_count, codes)]

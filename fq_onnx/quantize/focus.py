@@ -24,6 +24,7 @@ FIT_SAMPLES = 20_000  # weights used to fit the mixture (seeded subsample of lar
 SEARCH_SAMPLES = 50_000  # weights used to search the scale
 MIN_FIT_WEIGHTS = 16  # below this a mixture fit means nothing: use shift quantization
 SCALE_GRID = np.linspace(-4.0, 1.0, 161)  # log2 offsets of the unit step around its first guess
+MIN_SPREAD = 2.0**-10  # smallest spread around focused centres searched, relative to the largest value
 
 
 HISTOGRAM_BINS = 96  # of the values a level set is fitted on (the report draws it)
@@ -175,7 +176,10 @@ def _search_shift(values: np.ndarray, e_max: int) -> float:
 
 def _search_focused(values, components, means, e_max, pow2) -> tuple[float, tuple[float, float]]:
     spread = max(np.max(np.abs(values[components == c] - means[c])) if np.any(components == c) else 0.0 for c in (0, 1))
-    unit0 = max(spread, 1e-30) / 2.0**e_max
+    # Components of (nearly) identical values (one kept weight per row: all +-1 once normalised)
+    # have no spread: a scale from it alone collapsed to ~1e-31, storing centres of ~1e17 and
+    # per-row scales that underflow float32 (PP-OCRv4's recognizer).
+    unit0 = max(spread, MIN_SPREAD * float(np.max(np.abs(values))), 1e-30) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
     c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2)
     c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2)
@@ -334,8 +338,14 @@ def finish(weight: np.ndarray, keep: np.ndarray, levels: LevelSet, kept_codes: n
 
 
 def fitted_alphas(levels: LevelSet, scales: np.ndarray) -> np.ndarray:
-    """Per-row scales of a level set fitted on rows divided by ``scales``."""
-    return (levels.params.alpha * np.asarray(scales, np.float64)).astype(np.float32)
+    """Per-row scales of a level set fitted on rows divided by ``scales``.
+
+    A row of weights so small (below ~1e-38 / alpha) that its scale would underflow float32 to
+    0, which no decoder accepts, gets the smallest normal float32 instead: its weights decode
+    to within ~1e-38 of themselves.
+    """
+    alphas = (levels.params.alpha * np.asarray(scales, np.float64)).astype(np.float32)
+    return np.maximum(alphas, np.finfo(np.float32).tiny)
 
 
 def refine_alphas(weight: np.ndarray, codes: np.ndarray, params: fmt.QuantParams, alphas: np.ndarray,
