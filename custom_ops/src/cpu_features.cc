@@ -27,11 +27,6 @@ bool has_avx512() {
 
 }  // namespace
 
-std::string kernel_choice_from_env() {
-  const char* v = std::getenv("FQ_ONNX_KERNEL");
-  return (v && *v) ? std::string(v) : std::string("auto");
-}
-
 int nchwc_block_guess() {
   if (has_avx512()) return 16;
   if (has_avx2_fma()) return 8;

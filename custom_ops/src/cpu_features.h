@@ -10,9 +10,6 @@ namespace fq {
 // CPU lacks is an error, never an illegal instruction). Throws std::invalid_argument.
 const KernelTable* select_kernels(const std::string& choice);
 
-// The choice from the environment variable FQ_ONNX_KERNEL, or "auto".
-std::string kernel_choice_from_env();
-
 // The NCHWc block size onnxruntime's MLAS picks on this CPU by the same rule (platform.cpp:
 // AVX-512F with OS support 16, AVX2+FMA 8), 0 where MLAS has no NCHWc kernels. A prediction
 // only: ort_delegate.cc checks it against the running onnxruntime before relying on it.

@@ -85,16 +85,6 @@ DenseMode parse_dense_mode(const std::string& s) {
   throw std::invalid_argument("unknown dense path choice '" + s + "' (expected auto, own, ort, nchw or nchwc)");
 }
 
-std::string dense_mode_from_env() {
-  const char* v = std::getenv("FQ_ONNX_DENSE");
-  return v ? std::string(v) : std::string();
-}
-
-int nchwc_block() {
-  if (const char* v = std::getenv("FQ_ONNX_NCHWC_BLOCK")) return std::max(0, std::atoi(v));
-  return nchwc_block_guess();
-}
-
 bool nchwc_eligible(const ConvWeightShape& ws, int B) {
   if (B <= 1 || ws.spatial != 2) return false;
   if (ws.group > 1) {
@@ -133,9 +123,7 @@ bool too_sparse_to_hold_dense(const SparseWeight& w) {
 
 }  // namespace
 
-PackedGemmMode packed_gemm_mode_from_env() {
-  const char* v = std::getenv("FQ_ONNX_PACKED_GEMM");
-  const std::string s = v ? v : "";
+PackedGemmMode parse_packed_gemm_mode(const std::string& s) {
   if (s.empty() || s == "auto") return PackedGemmMode::kAuto;
   if (s == "0") return PackedGemmMode::kNever;
   if (s == "1") return PackedGemmMode::kAlways;
@@ -170,12 +158,11 @@ bool matmul_prefers_packed(int64_t rows) { return rows >= kPackedBandMinRows && 
 bool pointwise_prefers_ort(int64_t batch) { return batch != 1; }
 
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static,
-                            int64_t threads) {
+                            int64_t threads, int block) {
   DensePath p;
   p.cost = relative_cost(w);
   if (mode == DenseMode::kOwn || !pads_static || too_sparse_to_hold_dense(w)) return p;
   const bool pointwise = ws.kh * ws.kw == 1 && ws.sh == 1 && ws.sw == 1 && ws.group == 1;
-  const int block = nchwc_block();
   const bool nchwc_ok = block > 1 && nchwc_eligible(ws, block);
   switch (mode) {
     case DenseMode::kNchw:

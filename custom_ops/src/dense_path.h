@@ -18,13 +18,6 @@ enum class DenseMode { kAuto, kOwn, kOrt, kNchw, kNchwc };
 // "" means auto. Throws std::invalid_argument for anything else than the names above.
 DenseMode parse_dense_mode(const std::string& s);
 
-// FQ_ONNX_DENSE, or "".
-std::string dense_mode_from_env();
-
-// Block size to reorder NCHWc filters for: nchwc_block_guess(), or FQ_ONNX_NCHWC_BLOCK (tests:
-// a wrong value exercises the verified fallback; 0 disables the NCHWc layout).
-int nchwc_block();
-
 // Can onnxruntime's NCHWc Conv run this layer with block size `block`? (The conditions of its
 // NchwcTransformer: 2-D, block-aligned channels, or fewer input channels than a block.)
 bool nchwc_eligible(const ConvWeightShape& ws, int block);
@@ -44,11 +37,11 @@ struct DensePath {
   bool keep_own = false;
 };
 
-// FQ_ONNX_PACKED_GEMM: "0" never use the packed GEMM (the rule before it: onnxruntime's MatMul
-// at few rows), "1" always where the weight may be held dense, unset or "auto" the rule.
-// Throws std::invalid_argument for other values.
+// FQ_ONNX_PACKED_GEMM (Tuning::packed_gemm): "0" never use the packed GEMM (the rule before it:
+// onnxruntime's MatMul at few rows), "1" always where the weight may be held dense, "" or
+// "auto" the rule. Throws std::invalid_argument for other values.
 enum class PackedGemmMode { kAuto, kNever, kAlways };
-PackedGemmMode packed_gemm_mode_from_env();
+PackedGemmMode parse_packed_gemm_mode(const std::string& s);
 
 // The choice for a dense-kind layer (Gemm / MatMul). auto and own: the packed dense GEMM where
 // the weight is dense enough (keeping the sparse kernel too in a band where it wins at some row
@@ -68,7 +61,9 @@ bool pointwise_prefers_ort(int64_t batch);
 
 // The choice for a conv layer. `pads_static`: the pads do not depend on the input size
 // (static_pads), a precondition of delegating. `threads`: the session's intra-op threads.
+// `nchwc_block`: the block size to reorder NCHWc filters for (Tuning::nchwc_block(); a wrong one
+// exercises ort_delegate's verified fallback, 0 disables the NCHWc layout).
 DensePath choose_dense_path(DenseMode mode, const SparseWeight& w, const ConvWeightShape& ws, bool pads_static,
-                            int64_t threads = 1);
+                            int64_t threads, int nchwc_block);
 
 }  // namespace fq

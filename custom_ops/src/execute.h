@@ -14,24 +14,59 @@
 
 namespace fq {
 
-// A growable float buffer aligned to a cache line (packed planes rely on it).
-class AlignedFloats {
+// A growable buffer aligned to a cache line (packed planes rely on it).
+template <class T>
+class AlignedBuffer {
  public:
-  float* reserve(size_t n) {
+  T* reserve(size_t n) {
     if (n > size_) {
-      ptr_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64))));
+      ptr_.reset(static_cast<T*>(::operator new[](n * sizeof(T), std::align_val_t(64))));
       size_ = n;
     }
     return ptr_.get();
   }
-  const float* get() const { return ptr_.get(); }
+  const T* get() const { return ptr_.get(); }
 
  private:
   struct Free {
-    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(64)); }
   };
-  std::unique_ptr<float, Free> ptr_;
+  std::unique_ptr<T, Free> ptr_;
   size_t size_ = 0;
+};
+using AlignedFloats = AlignedBuffer<float>;
+
+// Scratch of the calling thread, reused across runs (no page faults per call): one buffer per
+// thread for each Tag (a type naming the use, so two buffers held at once never share). The
+// `busy` flag makes a nested use on the same thread take a fresh allocation instead.
+template <class T, class Tag>
+class ScratchLease {
+ public:
+  explicit ScratchLease(size_t n) {
+    thread_local Slot tls;
+    if (!tls.busy) {
+      owner_ = &tls;
+      tls.busy = true;
+      ptr_ = tls.data.reserve(n);
+    } else {
+      ptr_ = own_.reserve(n);
+    }
+  }
+  ~ScratchLease() {
+    if (owner_) owner_->busy = false;
+  }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+  T* get() { return ptr_; }
+
+ private:
+  struct Slot {
+    AlignedBuffer<T> data;
+    bool busy = false;
+  };
+  Slot* owner_ = nullptr;
+  AlignedBuffer<T> own_;
+  T* ptr_ = nullptr;
 };
 
 // Packs input channels [c_begin, c_end) of X into the plan's zero-padded, phase-split layout.

@@ -141,34 +141,9 @@ struct BlockedFilter {
 };
 
 // The per-thread scratch of the NCHWc layout (reordered input and output), reused across runs
-// so large layers do not page-fault on every call; a nested use on one thread gets its own.
-struct ScratchSlot {
-  AlignedFloats data;
-  bool busy = false;
-};
-
-class Scratch {
- public:
-  Scratch(int slot, size_t floats) {
-    thread_local ScratchSlot slots[2];
-    if (!slots[slot].busy) {
-      owner_ = &slots[slot];
-      owner_->busy = true;
-      ptr_ = owner_->data.reserve(floats);
-    } else {
-      ptr_ = own_.reserve(floats);
-    }
-  }
-  ~Scratch() {
-    if (owner_) owner_->busy = false;
-  }
-  float* get() { return ptr_; }
-
- private:
-  ScratchSlot* owner_ = nullptr;
-  AlignedFloats own_;
-  float* ptr_ = nullptr;
-};
+// so large layers do not page-fault on every call (execute.h: ScratchLease).
+struct NchwcInputTag;
+struct NchwcOutputTag;
 
 void invoke(OrtKernelContext* ctx, const OrtOp* op, std::initializer_list<const OrtValue*> in, OrtValue* out,
             const char* what) {
@@ -485,14 +460,14 @@ void OrtDelegate::compute(OrtKernelContext* ctx, const OrtValue* x, const std::v
   const int64_t N = x_shape[0];
   const OrtValue* xin = x;
   ValueHolder xr, yr;
-  Scratch in_buf(0, reorder_input_ ? size_t(N * x_shape[1] * x_shape[2] * x_shape[3]) : 0);
+  ScratchLease<float, NchwcInputTag> in_buf(reorder_input_ ? size_t(N * x_shape[1] * x_shape[2] * x_shape[3]) : 0);
   if (reorder_input_) {
     xr.v = float_tensor(in_buf.get(), x_shape);  // channels are a multiple of the block
     invoke(ctx, reorder_in_op_, {x}, xr.v, "NCHWc ReorderInput");
     xin = xr.v;
   }
   const std::vector<int64_t> blocked = {N, m_padded_, out_shape[2], out_shape[3]};
-  Scratch out_buf(1, size_t(N * m_padded_ * out_shape[2] * out_shape[3]));
+  ScratchLease<float, NchwcOutputTag> out_buf(size_t(N * m_padded_ * out_shape[2] * out_shape[3]));
   yr.v = float_tensor(out_buf.get(), blocked);
   if (has_bias) {
     invoke(ctx, nchwc_conv_op_, {xin, w_value_, bias}, yr.v, "NCHWc Conv");

@@ -236,14 +236,14 @@ void make_chunks(Plan* p, const SparseWeight& sw, int64_t halo, int64_t chunk_by
 // of one tile's chunk (span floats per channel and phase) than the ways share a set, returns
 // base plus the padding (a multiple of kAlign floats, below 4 KiB and at most base / 8) that
 // minimizes that count (if it gains at least 2); otherwise base.
-int64_t pick_plane(const Plan& p, int64_t base, int64_t span) {
+int64_t pick_plane(const Plan& p, int64_t base, int64_t span, int64_t plane_pad) {
   constexpr int64_t kSets = 64, kLine = kAlign, kWay = kSets * kLine;  // floats
   constexpr int64_t kL1Floats = 48 * 1024 / 4;  // 48 KiB, 12 ways
   constexpr int32_t kWays = 12;
   const int64_t per_channel = p.phases_used * span;
   const int64_t channels = std::min(p.chunk_channels, std::max<int64_t>(1, kL1Floats / std::max<int64_t>(1, per_channel)));
-  // FQ_ONNX_PLANE_PAD: 0 turns the padding off, n > 0 forces n floats (comparisons).
-  if (const char* e = std::getenv("FQ_ONNX_PLANE_PAD")) return base + round_up(std::max<int64_t>(0, std::atoll(e)), kAlign);
+  // FQ_ONNX_PLANE_PAD (Tuning::plane_pad): 0 turns the padding off, n > 0 forces n floats.
+  if (plane_pad >= 0) return base + round_up(plane_pad, kAlign);
   if (channels * p.phases_used < 2 || span >= kWay) return base;
   auto worst = [&](int64_t plane) {
     int32_t count[kSets] = {};
@@ -475,7 +475,8 @@ SparseWeight build_sparse_weight(const DecodedWeight& w, int64_t M, int64_t Cg, 
 }
 
 Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWeightShape& ws,
-                    const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes) {
+                    const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes,
+                    int64_t plane_pad) {
   const ConvShape cs = conv_shape(attrs, ws, x_shape);
   Plan p;
   p.N = cs.N;
@@ -532,7 +533,7 @@ Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWe
   // row, and all taps of a 1x1 conv, are aligned loads rather than cache-line splits,
   // padded where whole 4 KiB multiples would alias in L1 (pick_plane).
   // The plane also holds the zeros the last image's outputs read past its last row (Q + halo).
-  p.plane = pick_plane(p, round_up(std::max(p.N * p.Hq * p.Wq, p.Q + halo), kAlign), p.tile + halo);
+  p.plane = pick_plane(p, round_up(std::max(p.N * p.Hq * p.Wq, p.Q + halo), kAlign), p.tile + halo, plane_pad);
   p.channel_stride = p.phases_used * p.plane;
   check_size(p.C * p.channel_stride);
   p.packed_floats = p.C * p.channel_stride + p.tile + lanes;

@@ -10,6 +10,9 @@
 // into the packed input, tiles, input-channel chunks and the output segments of each tile.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "conv_geometry.h"
@@ -137,11 +140,39 @@ struct Plan {
 };
 
 // Geometry of a conv for input shape x_shape. Throws std::invalid_argument when the input does
-// not fit, std::length_error when the packed input would exceed 2^31 floats.
+// not fit, std::length_error when the packed input would exceed 2^31 floats. plane_pad: floats
+// of padding per packed plane (Tuning::plane_pad), -1 for the rule against L1 set aliasing.
 Plan make_conv_plan(const SparseWeight& sw, const ConvAttrs& attrs, const ConvWeightShape& ws,
-                    const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes);
+                    const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes,
+                    int64_t plane_pad = -1);
 
 // Dense kind: X [..., K] -> Y [..., M].
 Plan make_dense_plan(const SparseWeight& sw, const std::vector<int64_t>& x_shape, int lanes, int max_vectors, int64_t chunk_bytes);
+
+// A node's plans by input shape, a few at most (a node sees few shapes in practice). A Plan is
+// immutable once published; the mutex guards the list only.
+class PlanCache {
+ public:
+  // The plan for x_shape: the cached one, else make() (a Plan; may throw), built outside the
+  // lock (two threads may build the same plan once; both are identical) and then cached.
+  template <class Make>
+  std::shared_ptr<const Plan> get(const std::vector<int64_t>& x_shape, Make&& make) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& entry : plans_) {
+        if (entry.first == x_shape) return entry.second;
+      }
+    }
+    auto plan = std::make_shared<const Plan>(make());
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (plans_.size() >= 8) plans_.erase(plans_.begin());
+    plans_.emplace_back(x_shape, plan);
+    return plan;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Plan>>> plans_;
+};
 
 }  // namespace fq
