@@ -15,24 +15,6 @@ namespace {
 
 struct PackTag;  // the pack buffer of ScratchLease
 
-struct PackJob {
-  const Plan* plan;
-  const float* x;
-  float* packed;
-  int64_t per_task;
-  const KernelTable* kt;
-};
-
-struct ComputeJob {
-  const Plan* plan;
-  const SparseWeight* weight;
-  const KernelTable* kernels;
-  TaskGrid grid;
-  const float* packed;
-  Epilogue epilogue;
-  float* y;
-};
-
 // run_per_thread splits tiles among threads when the packed input holds at least this many floats
 // per output channel: a tile split costs about one shared output cache line per channel (about
 // 28 ns, from 1x1 256->1024 @14²), a row-group split packing the whole input again per thread
@@ -180,7 +162,7 @@ void FloatShiftConv::compute(Ort::KernelContext& ctx, const Ort::ConstValue& xv,
   if (packed_) {
     const int64_t rows = frame_.dense_rows(x_shape);
     if (!choose_per_shape_ || matmul_prefers_packed(rows)) {
-      compute_packed(ctx, x_shape, rows, bias);
+      compute_rows(ctx, x_shape, rows, bias, /*packed=*/true);
       return;
     }
   }
@@ -210,7 +192,7 @@ void FloatShiftConv::compute(Ort::KernelContext& ctx, const Ort::ConstValue& xv,
   if (dense && !x_shape.empty() && x_shape.back() == weight_.Cg && frame_.tuning.matvec_rows > 0) {
     const int64_t rows = frame_.dense_rows(x_shape);
     if (rows <= frame_.tuning.matvec_rows) {
-      compute_matvec(ctx, x_shape, rows, bias);
+      compute_rows(ctx, x_shape, rows, bias, /*packed=*/false);
       return;
     }
   }
@@ -294,31 +276,12 @@ void FloatShiftConv::run_plan(Ort::KernelContext* ctx, const Plan& plan, const f
   if (inline_run || plan.C * plan.channel_stride < kInlinePackFloats) {
     pack_input(plan, x, packed, 0, plan.C, kernels_);
   } else {
-    PackJob pack{&plan, x, packed, 0, kernels_};
-    const int64_t pack_tasks = std::min<int64_t>(plan.C, 16);
-    pack.per_task = (plan.C + pack_tasks - 1) / pack_tasks;
-    ctx->ParallelFor(
-        [](void* data, size_t i) {
-          const PackJob& j = *static_cast<const PackJob*>(data);
-          const int64_t c0 = int64_t(i) * j.per_task;
-          pack_input(*j.plan, j.x, j.packed, c0, std::min(j.plan->C, c0 + j.per_task), j.kt);
-        },
-        size_t((plan.C + pack.per_task - 1) / pack.per_task), 0, &pack);
+    parallel_blocks(*ctx, plan.C, kPackTasks,
+                    [&](int64_t c0, int64_t c1) { pack_input(plan, x, packed, c0, c1, kernels_); });
   }
-  ComputeJob job{&plan, &weight_, kernels_, grid, packed, epilogue, y};
-  if (inline_run) {
-    // The same tasks in the same order as the pool would run them on one thread.
-    for (int64_t i = 0; i < job.grid.count(); ++i) {
-      run_task(*job.plan, *job.weight, *job.kernels, job.grid, i, job.packed, job.epilogue, job.y);
-    }
-  } else {
-    ctx->ParallelFor(
-        [](void* data, size_t i) {
-          const ComputeJob& j = *static_cast<const ComputeJob*>(data);
-          run_task(*j.plan, *j.weight, *j.kernels, j.grid, int64_t(i), j.packed, j.epilogue, j.y);
-        },
-        size_t(job.grid.count()), 0, &job);
-  }
+  // Inline: the same tasks in the same order as the pool would run them, on this thread.
+  run_tasks(inline_run ? nullptr : ctx, grid.count(),
+            [&](int64_t i) { run_task(plan, weight_, *kernels_, grid, i, packed, epilogue, y); });
 }
 
 void FloatShiftConv::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x,
@@ -369,97 +332,40 @@ void FloatShiftConv::run_per_thread(Ort::KernelContext& ctx, const Plan& plan, c
                   size_t(job.parts), size_t(job.parts), &job);
 }
 
-void FloatShiftConv::compute_matvec(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows,
-                                    const float* bias) {
+void FloatShiftConv::compute_rows(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows,
+                                  const float* bias, bool packed) {
   Ort::UnownedValue yv = ctx.GetOutput(0, frame_.dense_out_shape(x_shape));
-  struct MatvecJob {
-    const SparseWeight* w;
-    const float* x;
-    int64_t rows;
-    size_t per_task;
-    Epilogue ep;
-    float* y;
-  } job{&weight_, ctx.GetInput(0).GetTensorData<float>(), rows, weight_.groups.size(),
-        Epilogue{bias, frame_.act_lo, frame_.act_hi}, yv.GetTensorMutableData<float>()};
-  const size_t groups = weight_.groups.size();
-  // Scalar multiply-adds streaming the tap lists (0.7 ns each for MobileNet-V2's 85%-sparse
+  const float* x = ctx.GetInput(0).GetTensorData<float>();
+  float* y = yv.GetTensorMutableData<float>();
+  const Epilogue ep{bias, frame_.act_lo, frame_.act_hi};
+  // Tasks take blocks of the GEMM's column panels, or of the row groups for sparse_matvec:
+  // scalar multiply-adds streaming the tap lists (0.7 ns each for MobileNet-V2's 85%-sparse
   // classifier: 134 us inline, a tenth of it above the threshold that had kept it inline).
-  if (double(weight_.stored_macs) * double(rows) < kInlineWork || groups < 2) {
-    sparse_matvec(weight_, job.x, rows, 0, groups, job.ep, job.y);
+  const int64_t blocks = packed ? packed_->panels() : int64_t(weight_.groups.size());
+  const double work = packed ? packed_->work(rows) : double(weight_.stored_macs) * double(rows);
+  auto run = [&](int64_t b, int64_t e) {
+    if (packed) {
+      packed_->run(x, rows, b, e, ep, y);
+    } else {
+      sparse_matvec(weight_, x, rows, size_t(b), size_t(e), ep, y);
+    }
+  };
+  if (work < kInlineWork || blocks < 2) {
+    run(0, blocks);
     return;
   }
-  job.per_task = (groups + size_t(kTargetTasks) - 1) / size_t(kTargetTasks);
-  ctx.ParallelFor(
-      [](void* data, size_t i) {
-        const MatvecJob& j = *static_cast<const MatvecJob*>(data);
-        const size_t b = i * j.per_task, e = std::min(j.w->groups.size(), b + j.per_task);
-        sparse_matvec(*j.w, j.x, j.rows, b, e, j.ep, j.y);
-      },
-      (groups + job.per_task - 1) / job.per_task, 0, &job);
-}
-
-void FloatShiftConv::compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows,
-                                     const float* bias) {
-  Ort::UnownedValue yv = ctx.GetOutput(0, frame_.dense_out_shape(x_shape));
-  struct Job {
-    const PackedGemm* g;
-    const float* x;
-    int64_t rows, per_task;
-    Epilogue ep;
-    float* y;
-  } job{packed_.get(), ctx.GetInput(0).GetTensorData<float>(), rows, packed_->panels(), Epilogue{bias, frame_.act_lo, frame_.act_hi},
-        yv.GetTensorMutableData<float>()};
-  const int64_t panels = packed_->panels();
-  if (packed_->work(rows) < kInlineWork || panels < 2) {
-    packed_->run(job.x, rows, 0, panels, job.ep, job.y);
-    return;
-  }
-  job.per_task = (panels + kTargetTasks - 1) / kTargetTasks;
-  ctx.ParallelFor(
-      [](void* data, size_t i) {
-        const Job& j = *static_cast<const Job*>(data);
-        const int64_t b = int64_t(i) * j.per_task;
-        j.g->run(j.x, j.rows, b, std::min(j.g->panels(), b + j.per_task), j.ep, j.y);
-      },
-      size_t((panels + job.per_task - 1) / job.per_task), 0, &job);
+  parallel_blocks(ctx, blocks, kTargetTasks, run);
 }
 
 namespace {
 
-struct DepthwiseJob {
-  const SparseWeight* weight;
-  const KernelTable* kernels;
-  const int32_t* dy;
-  const int32_t* dx;
-  const float* x;
-  float* y;
-  const float* bias;
-  ConvShape cs;
-  int64_t sh, sw, M, per_task;
-  float lo, hi;
-  bool flat;
-  void run(int64_t task) const {
-    const int64_t planes = cs.N * M;
-    for (int64_t i = task * per_task; i < std::min(planes, (task + 1) * per_task); ++i) {
-      const int64_t m = i % M;
-      const RowGroup& rg = weight->groups[size_t(m)];
-      DepthwiseArgs a{x + i * cs.H * cs.W, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, sh, sw,
-                      cs.pad_top, cs.pad_left, dy + rg.tap_begin, dx + rg.tap_begin,
-                      weight->weights.data() + rg.w_begin, size_t(rg.tap_end - rg.tap_begin),
-                      bias ? bias[m] : 0.0f, lo, hi};
-      (flat ? kernels->depthwise_flat : kernels->depthwise)(a);
-    }
-  }
-};
-
 struct SmallDepthwiseJob {
   const KernelTable* kernels;
   DepthwiseSmallArgs proto;  // x, y, planes, tap_ptr, bias for channel 0 of image 0
-  int64_t M, per_task, planes;
-  void run(int64_t task) const {
+  int64_t M;
+  void run(int64_t b, int64_t e) const {
     // Planes [b, e) of all N * M, cut at image boundaries (channel m selects taps and bias).
-    int64_t i = task * per_task;
-    const int64_t e = std::min(planes, i + per_task);
+    int64_t i = b;
     while (i < e) {
       const int64_t m = i % M, n = std::min(e - i, M - m);
       DepthwiseSmallArgs a = proto;
@@ -495,41 +401,49 @@ bool FloatShiftConv::run_small_depthwise(Ort::KernelContext& ctx, const ConvShap
                         DepthwiseSmallArgs{ctx.GetInput(0).GetTensorData<float>(), y, 0, P, nvec, cs.H * cs.W,
                                            masks.data(), offs.data(), tap_ptr_.data(), weight_.taps.data(),
                                            weight_.weights.data(), bias, frame_.act_lo, frame_.act_hi},
-                        weight_.M, planes, planes};
+                        weight_.M};
   const double work = double(weight_.nonzeros) * double(cs.N) * double(nvec);  // FMA-vectors
   if (work < kInlineWork && planes * cs.H * cs.W < kInlinePackFloats) {
-    job.run(0);
+    job.run(0, planes);
     return true;
   }
-  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
-  ctx.ParallelFor([](void* data, size_t i) { static_cast<const SmallDepthwiseJob*>(data)->run(int64_t(i)); },
-                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
+  parallel_blocks(ctx, planes, kTargetTasks, [&](int64_t b, int64_t e) { job.run(b, e); });
   return true;
 }
 
 void FloatShiftConv::compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape,
-                                        const float* bias) {
+                                       const float* bias) {
   const ConvShape cs = conv_shape(frame_.attrs, frame_.wshape, x_shape);
   Ort::UnownedValue yv = ctx.GetOutput(0, frame_.conv_out_shape(cs));
-  if (run_small_depthwise(ctx, cs, bias, yv.GetTensorMutableData<float>())) return;
-  DepthwiseJob job{&weight_, kernels_, tap_dy_.data(), tap_dx_.data(), ctx.GetInput(0).GetTensorData<float>(), yv.GetTensorMutableData<float>(),
-                   bias, cs, frame_.wshape.sh, frame_.wshape.sw, weight_.M, 1, frame_.act_lo, frame_.act_hi,
-                   kernels_->depthwise_flat != nullptr && frame_.tuning.depthwise != DepthwiseChoice::kRows &&
-                       (frame_.tuning.depthwise == DepthwiseChoice::kFlat ||
-                        (frame_.wshape.sh == 1 && frame_.wshape.sw == 1 && cs.OW == cs.W ? cs.OW <= 32 : cs.OW <= 16))};
-  const int64_t planes = cs.N * weight_.M;
+  float* y = yv.GetTensorMutableData<float>();
+  if (run_small_depthwise(ctx, cs, bias, y)) return;
+  const float* x = ctx.GetInput(0).GetTensorData<float>();
+  const ConvWeightShape& ws = frame_.wshape;
+  const int64_t M = weight_.M;
+  const bool flat = kernels_->depthwise_flat != nullptr && frame_.tuning.depthwise != DepthwiseChoice::kRows &&
+                    (frame_.tuning.depthwise == DepthwiseChoice::kFlat ||
+                     (ws.sh == 1 && ws.sw == 1 && cs.OW == cs.W ? cs.OW <= 32 : cs.OW <= 16));
+  auto run = [&](int64_t b, int64_t e) {  // planes [b, e) of all N * M
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t m = i % M;
+      const RowGroup& rg = weight_.groups[size_t(m)];
+      DepthwiseArgs a{x + i * cs.H * cs.W, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, ws.sh, ws.sw,
+                      cs.pad_top, cs.pad_left, tap_dy_.data() + rg.tap_begin, tap_dx_.data() + rg.tap_begin,
+                      weight_.weights.data() + rg.w_begin, size_t(rg.tap_end - rg.tap_begin),
+                      bias ? bias[m] : 0.0f, frame_.act_lo, frame_.act_hi};
+      (flat ? kernels_->depthwise_flat : kernels_->depthwise)(a);
+    }
+  };
+  const int64_t planes = cs.N * M;
   // Output vectors written: below the inline threshold the pool costs more than it saves,
   // unless the input is large (a strided layer reads 4 floats per output: MobileNet-V2's 144
   // channels at 56² to 28² took 82 us inline, 100 us on one thread of two).
   const double work = double(planes) * double(cs.OH) * double((cs.OW + kernels_->lanes - 1) / kernels_->lanes);
   if (work < kInlineWork && planes * cs.H * cs.W < kInlinePackFloats) {
-    job.per_task = std::max<int64_t>(1, planes);
-    job.run(0);
+    run(0, planes);
     return;
   }
-  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
-  ctx.ParallelFor([](void* data, size_t i) { static_cast<const DepthwiseJob*>(data)->run(int64_t(i)); },
-                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
+  parallel_blocks(ctx, planes, kTargetTasks, run);
 }
 
 

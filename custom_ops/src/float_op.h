@@ -42,8 +42,9 @@ class FloatShiftConv {
   // of row groups.
   void run_per_thread(Ort::KernelContext& ctx, const Plan& plan, const TaskGrid& grid, const float* x, float* y,
                       const Epilogue& epilogue);
-  void compute_packed(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
-  void compute_matvec(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias);
+  // Dense kind: Y from `rows` rows of X by the packed GEMM (packed) or sparse_matvec.
+  void compute_rows(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, int64_t rows, const float* bias,
+                    bool packed);
   void compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias);
   bool small_depthwise_ok(const ConvShape& cs) const;
   bool run_small_depthwise(Ort::KernelContext& ctx, const ConvShape& cs, const float* bias, float* y);

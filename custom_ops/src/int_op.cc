@@ -18,27 +18,6 @@ namespace {
 struct PackTag;
 struct QuantizedTag;
 
-struct PrepJob {
-  const Plan* plan;
-  const KernelTable* fk;
-  const IntKernelTable* ik;
-  const ActQuant* act;
-  const float* x;
-  float* packed;
-  int32_t* q;
-  int64_t per_task;
-};
-
-struct IntJob {
-  const Plan* plan;
-  const IntWeight* w;
-  const IntKernelTable* kt;
-  TaskGrid grid;
-  const int32_t* q;
-  IntEpilogue ep;
-  float* y;
-};
-
 }  // namespace
 
 IntModeAttrs IntModeAttrs::read(const OrtKernelInfo* info) {
@@ -98,91 +77,61 @@ void IntShiftConv::compute(Ort::KernelContext& ctx, const Ort::ConstValue& xv, c
   float* y = yv.GetTensorMutableData<float>();
   ScratchLease<float, PackTag> packed_lease(size_t(plan->packed_floats));
   ScratchLease<int32_t, QuantizedTag> q_lease(size_t(plan->packed_floats));
-  PrepJob prep{plan.get(), float_kernels_, kernels_, &act_, xv.GetTensorData<float>(), packed_lease.get(),
-               q_lease.get(), plan->C};
-  zero_packed_tail(*plan, prep.packed);
-  zero_int_tail(*plan, prep.q);
-  auto run_prep = [](void* data, size_t i) {
-    const PrepJob& j = *static_cast<const PrepJob*>(data);
-    const int64_t c0 = int64_t(i) * j.per_task, c1 = std::min(j.plan->C, c0 + j.per_task);
-    pack_input(*j.plan, j.x, j.packed, c0, c1, j.fk);
-    quantize_packed(*j.plan, *j.ik, *j.act, j.packed, j.q, c0, c1);
+  const float* x = xv.GetTensorData<float>();
+  float* packed = packed_lease.get();
+  int32_t* q = q_lease.get();
+  zero_packed_tail(*plan, packed);
+  zero_int_tail(*plan, q);
+  // Packs and quantizes input channels [c0, c1).
+  auto prep = [&](int64_t c0, int64_t c1) {
+    pack_input(*plan, x, packed, c0, c1, float_kernels_);
+    quantize_packed(*plan, *kernels_, act_, packed, q, c0, c1);
   };
   if (plan->C * plan->channel_stride < kInlinePackFloats) {
-    run_prep(&prep, 0);
+    prep(0, plan->C);
   } else {
-    const int64_t tasks = std::min<int64_t>(plan->C, 16);
-    prep.per_task = (plan->C + tasks - 1) / tasks;
-    ctx.ParallelFor(run_prep, size_t((plan->C + prep.per_task - 1) / prep.per_task), 0, &prep);
+    parallel_blocks(ctx, plan->C, kPackTasks, prep);
   }
 
   const double work = double(w_.layout.stored_taps) * double(plan->tiles) * double(plan->tile / kernels_->lanes);
   const bool inline_run = work < kInlineWork;
-  IntJob job{plan.get(), &w_, kernels_, make_int_task_grid(*plan, M, inline_run ? 1 : kTargetTasks), prep.q,
-             IntEpilogue{bias, frame_.act_lo, frame_.act_hi}, y};
-  if (inline_run) {
-    for (int64_t t = 0; t < job.grid.count(); ++t) run_int_task(*job.plan, *job.w, *job.kt, job.grid, t, job.q, job.ep, job.y);
-  } else {
-    ctx.ParallelFor(
-        [](void* data, size_t i) {
-          const IntJob& j = *static_cast<const IntJob*>(data);
-          run_int_task(*j.plan, *j.w, *j.kt, j.grid, int64_t(i), j.q, j.ep, j.y);
-        },
-        size_t(job.grid.count()), 0, &job);
-  }
+  const TaskGrid grid = make_int_task_grid(*plan, M, inline_run ? 1 : kTargetTasks);
+  const IntEpilogue ep{bias, frame_.act_lo, frame_.act_hi};
+  run_tasks(inline_run ? nullptr : &ctx, grid.count(),
+            [&](int64_t t) { run_int_task(*plan, w_, *kernels_, grid, t, q, ep, y); });
 }
-
-namespace {
-
-struct IntDepthwiseJob {
-  const IntWeight* w;
-  const IntKernelTable* kt;
-  const ActQuant* act;
-  const int32_t* dy;
-  const int32_t* dx;
-  const float* x;
-  float* y;
-  const float* bias;
-  ConvShape cs;
-  int64_t sh, sw, M, per_task, before, after;
-  float lo, hi;
-  void run(int64_t task) const {
-    const int64_t planes = cs.N * M, plane = cs.H * cs.W;
-    // The quantized plane, with margins so that every pointer the kernel forms (a padded
-    // column's start, a row's end) stays inside the buffer.
-    ScratchLease<int32_t, QuantizedTag> buf(size_t(before + plane + after));
-    int32_t* q = buf.get() + before;
-    for (int64_t i = task * per_task; i < std::min(planes, (task + 1) * per_task); ++i) {
-      const int64_t m = i % M;
-      const uint32_t g0 = w->row_terms[size_t(m)], g1 = w->row_terms[size_t(m) + 1];
-      if (g1 > g0) kt->quantize(x + i * plane, q, size_t(plane), act->inv_scale, float(act->qmin), float(act->qmax));
-      IntDepthwiseArgs a{q, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, sh, sw, cs.pad_top, cs.pad_left, dy, dx,
-                         w->terms.data() + g0, g1 - g0, w->out_scale[size_t(m)], bias ? bias[m] : 0.0f, lo, hi};
-      kt->depthwise(a);
-    }
-  }
-};
-
-}  // namespace
 
 void IntShiftConv::compute_depthwise(Ort::KernelContext& ctx, const std::vector<int64_t>& x_shape, const float* bias) {
   const ConvShape cs = conv_shape(frame_.attrs, frame_.wshape, x_shape);
   Ort::UnownedValue yv = ctx.GetOutput(0, frame_.conv_out_shape(cs));
+  float* y = yv.GetTensorMutableData<float>();
+  const float* x = ctx.GetInput(0).GetTensorData<float>();
+  const ConvWeightShape& ws = frame_.wshape;
+  const int64_t M = w_.layout.M, plane = cs.H * cs.W;
+  // The quantized plane, with margins so that every pointer the kernel forms (a padded
+  // column's start, a row's end) stays inside the buffer.
   const int64_t before = cs.pad_left + 1;
-  const int64_t after = cs.OW * frame_.wshape.sw + frame_.wshape.kw * frame_.wshape.dw + kernels_->lanes;
-  IntDepthwiseJob job{&w_, kernels_, &act_, tap_dy_.data(), tap_dx_.data(), ctx.GetInput(0).GetTensorData<float>(),
-                      yv.GetTensorMutableData<float>(), bias, cs, frame_.wshape.sh, frame_.wshape.sw, w_.layout.M, 1, before, after,
-                      frame_.act_lo, frame_.act_hi};
-  const int64_t planes = cs.N * w_.layout.M;
+  const int64_t after = cs.OW * ws.sw + ws.kw * ws.dw + kernels_->lanes;
+  auto run = [&](int64_t b, int64_t e) {  // planes [b, e) of all N * M
+    ScratchLease<int32_t, QuantizedTag> buf(size_t(before + plane + after));
+    int32_t* q = buf.get() + before;
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t m = i % M;
+      const uint32_t g0 = w_.row_terms[size_t(m)], g1 = w_.row_terms[size_t(m) + 1];
+      if (g1 > g0) kernels_->quantize(x + i * plane, q, size_t(plane), act_.inv_scale, float(act_.qmin), float(act_.qmax));
+      IntDepthwiseArgs a{q, y + i * cs.OH * cs.OW, cs.H, cs.W, cs.OH, cs.OW, ws.sh, ws.sw, cs.pad_top, cs.pad_left,
+                         tap_dy_.data(), tap_dx_.data(), w_.terms.data() + g0, g1 - g0, w_.out_scale[size_t(m)],
+                         bias ? bias[m] : 0.0f, frame_.act_lo, frame_.act_hi};
+      kernels_->depthwise(a);
+    }
+  };
+  const int64_t planes = cs.N * M;
   const double work = double(planes) * double(cs.OH) * double((cs.OW + kernels_->lanes - 1) / kernels_->lanes);
   if (work < kInlineWork) {
-    job.per_task = std::max<int64_t>(1, planes);
-    job.run(0);
+    run(0, planes);
     return;
   }
-  job.per_task = std::max<int64_t>(1, (planes + kTargetTasks - 1) / kTargetTasks);
-  ctx.ParallelFor([](void* data, size_t i) { static_cast<const IntDepthwiseJob*>(data)->run(int64_t(i)); },
-                  size_t((planes + job.per_task - 1) / job.per_task), 0, &job);
+  parallel_blocks(ctx, planes, kTargetTasks, run);
 }
 
 }  // namespace fq

@@ -4,61 +4,14 @@
 
 namespace fq {
 
-bool attr_string(const OrtKernelInfo* info, const char* name, std::string* out) {
-  const OrtApi& api = Ort::GetApi();
-  size_t size = 0;
-  OrtStatus* st = api.KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st) {
-    api.ReleaseStatus(st);
-    return false;
-  }
-  std::string s(size, '\0');
-  Ort::ThrowOnError(api.KernelInfoGetAttribute_string(info, name, &s[0], &size));
-  s.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  *out = s;
-  return true;
-}
-
-bool attr_float(const OrtKernelInfo* info, const char* name, float* out) {
-  const OrtApi& api = Ort::GetApi();
-  OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, out);
-  if (st) {
-    api.ReleaseStatus(st);
-    return false;
-  }
-  return true;
-}
-
-bool attr_int(const OrtKernelInfo* info, const char* name, int64_t* out) {
-  const OrtApi& api = Ort::GetApi();
-  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, out);
-  if (st) {
-    api.ReleaseStatus(st);
-    return false;
-  }
-  return true;
-}
-
-std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name) {
-  const OrtApi& api = Ort::GetApi();
-  size_t size = 0;
-  OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (st) {
-    api.ReleaseStatus(st);
-    return {};
-  }
-  std::vector<int64_t> v(size);
-  if (size) Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
-  return v;
-}
-
-std::string shape_str(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
-
 namespace {
+
+// A missing attribute is a non-OK status, not an error.
+bool found(OrtStatus* st) {
+  if (!st) return true;
+  Ort::GetApi().ReleaseStatus(st);
+  return false;
+}
 
 // The one bias check, for a constant bias (once) and a runtime one (every run): shape [M], and
 // no NaN or Inf, which would silently poison every output of its channel (the numpy reference
@@ -80,6 +33,40 @@ const float* checked_bias(const Ort::ConstValue& bv, int64_t M) {
 }
 
 }  // namespace
+
+bool attr_string(const OrtKernelInfo* info, const char* name, std::string* out) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  if (!found(api.KernelInfoGetAttribute_string(info, name, nullptr, &size))) return false;
+  std::string s(size, '\0');
+  Ort::ThrowOnError(api.KernelInfoGetAttribute_string(info, name, &s[0], &size));
+  s.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  *out = s;
+  return true;
+}
+
+bool attr_float(const OrtKernelInfo* info, const char* name, float* out) {
+  return found(Ort::GetApi().KernelInfoGetAttribute_float(info, name, out));
+}
+
+bool attr_int(const OrtKernelInfo* info, const char* name, int64_t* out) {
+  return found(Ort::GetApi().KernelInfoGetAttribute_int64(info, name, out));
+}
+
+std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  size_t size = 0;
+  if (!found(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return {};
+  std::vector<int64_t> v(size);
+  if (size) Ort::ThrowOnError(api.KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
+  return v;
+}
+
+std::string shape_str(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
 
 void NodeFrame::parse(const OrtKernelInfo* info) {
   tuning = Tuning::from_env();

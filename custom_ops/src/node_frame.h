@@ -5,6 +5,7 @@
 // FloatShiftConv (float_op.h) and IntShiftConv (int_op.h) keep only their arithmetic;
 // ShiftConvKernel (shiftconv_op.h) composes this frame with one of them.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <new>
@@ -79,6 +80,26 @@ struct NodeFrame {
   std::vector<int64_t> dense_out_shape(const std::vector<int64_t>& x_shape) const;
   std::vector<int64_t> conv_out_shape(const ConvShape& cs) const;
 };
+
+// Runs fn(i) for every i in [0, n): one task each on onnxruntime's intra-op pool, or all on
+// this thread, in order, when ctx is null.
+template <class Fn>
+void run_tasks(Ort::KernelContext* ctx, int64_t n, const Fn& fn) {
+  if (!ctx) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  ctx->ParallelFor([](void* data, size_t i) { (*static_cast<const Fn*>(data))(int64_t(i)); }, size_t(n), 0,
+                   const_cast<Fn*>(&fn));
+}
+
+// Runs fn(begin, end) over blocks of [0, n) as tasks of the intra-op pool: about
+// `target_tasks` blocks of equal size (the last one shorter).
+template <class Fn>
+void parallel_blocks(Ort::KernelContext& ctx, int64_t n, int64_t target_tasks, const Fn& fn) {
+  const int64_t per_task = std::max<int64_t>(1, (n + target_tasks - 1) / target_tasks);
+  run_tasks(&ctx, (n + per_task - 1) / per_task, [&](int64_t i) { fn(i * per_task, std::min(n, (i + 1) * per_task)); });
+}
 
 // Depthwise convs (Cg = 1): per tap (ky * kw + kx) its row and column offset in the input plane,
 // (ky * dh, kx * dw).

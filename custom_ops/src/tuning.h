@@ -32,6 +32,8 @@ namespace fq {
 // packed convs). Enough tasks to balance a few threads; small enough that per-task overhead
 // stays invisible:
 constexpr int64_t kTargetTasks = 32;
+// Packing the input splits its channels into at most this many tasks.
+constexpr int64_t kPackTasks = 16;
 // Below these sizes a single thread is faster than a round trip through the thread pool.
 constexpr int64_t kInlinePackFloats = 64 * 1024;
 constexpr double kInlineWork = 16 * 1024;
