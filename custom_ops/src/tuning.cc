@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "cpu_features.h"
+#include "kernels/cpu_features.h"
 
 namespace fq {
 

@@ -1,25 +1,25 @@
 // Every FQ_ONNX_* environment setting the library reads, in one place and read once: each
 // kernel takes a Tuning::from_env() snapshot when onnxruntime creates it (tests and benchmarks
-// set a variable, then create the session), the C++ tools take one at start. Nothing else calls
+// set a variable, then create the session); kernel_timing takes one at start. Nothing else calls
 // getenv for an FQ_ONNX_* name. Session config entries (fq_onnx.kernel, fq_onnx.dense,
-// fq_onnx.threads; register.cc) take precedence where a setting has one, except FQ_ONNX_THREADS.
+// fq_onnx.threads; op/register.cc) take precedence where a setting has one, except FQ_ONNX_THREADS.
 //
-// | variable | meaning | default | used by |
+// | variable | meaning | default | set by |
 // |---|---|---|---|
-// | FQ_ONNX_KERNEL | microkernels: auto, scalar, avx2, avx512 (cpu_features.h) | auto | tests, bench |
-// | FQ_ONNX_DENSE | who runs dense layers: auto, own, ort, nchw, nchwc (dense_path.h) | auto | tests, bench |
-// | FQ_ONNX_PACKED_GEMM | dense kind: auto, 1 (always the packed GEMM), 0 (never) | auto | tests, bench |
-// | FQ_ONNX_NCHWC_BLOCK | onnxruntime's NCHWc block size; 0 disables NCHWc | nchwc_block_guess() | tests |
-// | FQ_ONNX_DEPTHWISE | depthwise kernels: rows or flat force one plane-by-plane kernel (no small-plane kernel), 0 no direct depthwise kernel | the rule | tests, bench |
-// | FQ_ONNX_THREADS | intra-op threads the splits plan for (overrides fq_onnx.threads) | session's, else CPUs | tests |
+// | FQ_ONNX_KERNEL | microkernels: auto, scalar, avx2, avx512 (kernels/cpu_features.h) | auto | users, tests |
+// | FQ_ONNX_DENSE | who runs dense layers: auto, own, ort, nchw, nchwc (dense/dense_path.h) | auto | users, tests |
+// | FQ_ONNX_PACKED_GEMM | dense kind: auto, 1 (always the packed GEMM), 0 (never) | auto | tests |
+// | FQ_ONNX_NCHWC_BLOCK | onnxruntime's NCHWc block size (a wrong one exercises the verified fallback); 0 disables NCHWc | nchwc_block_guess() | tests |
+// | FQ_ONNX_DEPTHWISE | depthwise kernels: rows or flat force one plane-by-plane kernel (no small-plane kernel), 0 no direct depthwise kernel | the measured rules | tests, comparisons |
+// | FQ_ONNX_THREADS | intra-op threads the splits plan for (overrides fq_onnx.threads) | the session's, else the CPUs | tests |
 // | FQ_ONNX_THREAD_SPLIT | several threads: t splits tiles where there are enough, r row groups | the rule | tests |
-// | FQ_ONNX_INLINE_WORK | packed convs of fewer FMA-vectors run on the calling thread; 0 sends all to the pool | 16384 | tests |
-// | FQ_ONNX_SUB_BATCH | images per pack-and-compute run: 0 the whole batch, n n images | a quarter of L2 | tests, bench |
-// | FQ_ONNX_MATVEC_ROWS | dense kind: largest row count on the sparse matrix-vector path | 2 | bench |
-// | FQ_ONNX_PLANE_PAD | floats of padding per packed plane: 0 none, n > 0 n (rounded up to a cache line) | the rule (plan.cc: pick_plane) | tests |
-// | FQ_ONNX_MAX_GROUP | largest row group | 8 | tuning experiments |
-// | FQ_ONNX_CHUNK_BYTES | input-channel chunk size in bytes | 32768 | tuning experiments |
-// | FQ_ONNX_TILE_VECTORS | widest tile in vectors (capped by the ISA) | 8, 16 for stride-1 kernels wider than 1x1 | tuning experiments |
+// | FQ_ONNX_INLINE_WORK | packed convs of fewer FMA-vectors run on the calling thread; 0 sends all to the pool | kInlineWork | tests |
+// | FQ_ONNX_SUB_BATCH | images per pack-and-compute run: 0 the whole batch, n n images | a quarter of L2 | tests |
+// | FQ_ONNX_PLANE_PAD | floats of padding per packed plane: 0 none, n > 0 n (rounded up to a cache line) | the rule (plan/plan.cc: pick_plane) | tests, kernel_timing |
+// | FQ_ONNX_MATVEC_ROWS | dense kind: largest row count on the sparse matrix-vector path | 2 | experiments |
+// | FQ_ONNX_MAX_GROUP | largest row group | 8 | experiments, kernel_timing |
+// | FQ_ONNX_CHUNK_BYTES | input-channel chunk size in bytes | 32768 | experiments, kernel_timing |
+// | FQ_ONNX_TILE_VECTORS | widest tile in vectors (capped by the ISA) | 8; 16 for stride-1 kernels wider than 1x1 | experiments, kernel_timing |
 //
 // (FQ_ONNX_OPS_LIBRARY and FQ_ONNX_ORT_* are read by Python and CMake, not by the library.)
 #pragma once

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "cpu_features.h"
-#include "execute.h"
-#include "plan.h"
+#include "kernels/cpu_features.h"
+#include "plan/execute.h"
+#include "plan/plan.h"
 #include "tuning.h"
 
 using namespace fq;
