@@ -224,24 +224,16 @@ void FloatShiftConv::compute(Ort::KernelContext& ctx, const Ort::ConstValue& xv,
   const std::shared_ptr<const Plan> small = plan_for(sub_shape);
   sub_shape[0] = (N + runs - 1) / runs;
   const std::shared_ptr<const Plan> large = plan_for(sub_shape);
-  struct SubBatches {
-    FloatShiftConv* self;
-    const Plan *small, *large;
-    int64_t N, runs, x_image, y_image;
-    const float* x;
-    float* y;
-    const float* bias;
-    void run(Ort::KernelContext* ctx, int64_t i) const {
-      const int64_t n0 = i * N / runs, n1 = (i + 1) * N / runs;
-      self->run_plan(ctx, n1 - n0 == small->N ? *small : *large, x + n0 * x_image, y + n0 * y_image, bias);
-    }
-  } job{this, small.get(), large.get(), N, runs, x_image, y_image, x, y, bias};
+  // Sub-batch i, computed over the pool (ctx) or on this thread (null).
+  auto run = [&](Ort::KernelContext* c, int64_t i) {
+    const int64_t n0 = i * N / runs, n1 = (i + 1) * N / runs;
+    run_plan(c, n1 - n0 == small->N ? *small : *large, x + n0 * x_image, y + n0 * y_image, bias);
+  };
   if (!by_image) {
-    for (int64_t i = 0; i < runs; ++i) job.run(&ctx, i);
+    for (int64_t i = 0; i < runs; ++i) run(&ctx, i);
     return;
   }
-  ctx.ParallelFor([](void* data, size_t i) { static_cast<const SubBatches*>(data)->run(nullptr, int64_t(i)); },
-                  size_t(runs), 0, &job);
+  run_tasks(&ctx, runs, [&](int64_t i) { run(nullptr, i); });
 }
 
 int64_t FloatShiftConv::images_per_run(const Plan& p) const {
