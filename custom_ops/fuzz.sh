@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sanitizer run of the custom-op library: an ASan + UBSan build of custom_ops/ (every report
 # fatal), its ctest, the decoder fuzzer for SECONDS on the seeds and regression inputs, then the
-# Python malformed-model and blob-corruption tests against the sanitized library.
+# Python malformed-model tests (each case on a float and on an integer-mode node) and
+# blob-corruption tests against the sanitized library.
 #
 #   custom_ops/fuzz.sh [SECONDS]            (default 60; run from anywhere)
 #
@@ -77,7 +78,7 @@ FQ_FUZZ_ARTIFACTS="$artifacts" "${fuzz[@]}" \
 if [[ "$engine" == libfuzzer ]]; then
   echo "== (no pytest step with FQ_FUZZ_ENGINE=libfuzzer: run fuzz.sh without it for that)"
 elif [[ "${FQ_FUZZ_PYTEST:-1}" != 0 ]]; then
-  echo "== pytest against the sanitized library (malformed models, corrupted blobs)"
+  echo "== pytest against the sanitized library (malformed models on float and integer nodes, corrupted blobs)"
   "$python" -P -c "import fq_onnx, pytest" 2>/dev/null \
     || die "$python cannot import fq_onnx and pytest (install '.[test]', or FQ_FUZZ_PYTEST=0)"
   # The interpreter is not instrumented: load the runtimes first, and leave leak checking to

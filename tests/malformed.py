@@ -2,9 +2,11 @@
 
 Every case starts from one real model compressed by ``api.convert`` (a Conv with bias and a
 fused Clip, then a Gemm: two ShiftConv nodes, ``conv`` and ``fc``) and breaks one thing: the
-file, a blob's bytes (docs/FORMAT.md), the node around a blob, or a float parameter. The models
-are built on the fly; nothing binary is committed. tests/test_malformed.py runs each case
-through session creation, ``fq-onnx inspect`` / ``decompress`` and the numpy reference.
+file, a blob's bytes (docs/FORMAT.md), the node around a blob, or a float parameter. Every case
+exists for both kinds of node: the float one and the integer one (``MODES``: the same model with
+the integer-mode attributes on both nodes), which share the node frame in C++. The models are
+built on the fly; nothing binary is committed. tests/test_malformed.py runs each case through
+session creation, ``fq-onnx inspect`` / ``decompress`` and the numpy reference.
 """
 
 from __future__ import annotations
@@ -53,13 +55,24 @@ def source_model(rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def compressed_model(directory: Path) -> bytes:
-    """The valid compressed model every case starts from."""
+MODES = ("float", "integer")
+# Integer mode (docs/SHIFTCONV.md): 8-bit signed inputs in steps of 2^-4 on both nodes.
+INT_ATTRS = {"act_bits": 8, "act_scale_log2": -4, "act_signed": 1}
+
+
+def compressed_model(directory: Path, mode: str = "float") -> bytes:
+    """The valid compressed model every case starts from, its nodes in float or integer mode."""
     src = directory / "source.onnx"
     onnx.save(source_model(np.random.default_rng(2026)), str(src))
     out = directory / "compressed.onnx"
     api.convert(src, out, sparsity=0.5, bits=5)
-    return out.read_bytes()
+    if mode == "float":
+        return out.read_bytes()
+    model = onnx.load(str(out))
+    for node in model.graph.node:
+        if node.op_type == "ShiftConv":
+            node.attribute.extend(helper.make_attribute(k, v) for k, v in INT_ATTRS.items())
+    return model.SerializeToString()
 
 
 # --- editing helpers ---------------------------------------------------------------------------

@@ -314,7 +314,7 @@ def test_random_shapes_match_reference():
 @pytest.mark.parametrize("threads", ["2", "3", "7"])
 def test_runs_per_thread_match_reference(threads, split, monkeypatch):
     """With several threads each pool task packs and computes its own run of tiles or of row
-    groups (shiftconv_op.cc: run_per_thread; pack_span packs the rows the tiles read, the halo
+    groups (op/float_op.cc: run_per_thread; pack_span packs the rows the tiles read, the halo
     twice, and the zeros their garbage lanes read past a plane). FQ_ONNX_INLINE_WORK=0 sends
     even these small convs through the pool, FQ_ONNX_THREADS sets the number of runs and
     FQ_ONNX_THREAD_SPLIT the split: random geometry on every kernel."""
@@ -362,7 +362,7 @@ def check_relu_conv_on_every_path(rng, x_shape, w_shape, attrs, block):
 @pytest.mark.parametrize("sub_batch", [None, "0", "1", "3"])
 def test_sub_batches_match_onnxruntime(sub_batch, threads, monkeypatch):
     """A batch whose packed input exceeds the L2 budget runs as sub-batches of images, each with
-    its own plan (shiftconv_op.cc: images_per_run); FQ_ONNX_SUB_BATCH forces the split (0: the
+    its own plan (op/float_op.cc: images_per_run); FQ_ONNX_SUB_BATCH forces the split (0: the
     whole batch at once, 3: 2 + 3 images of a batch of 5). With at least as many sub-batches as
     threads (FQ_ONNX_THREADS stands in for the session's), each pool task packs and computes
     whole sub-batches, made equal in size and, by the rule, as many as a multiple of the threads

@@ -1,4 +1,4 @@
-"""Dense layers run by onnxruntime's own kernels from inside ShiftConv (custom_ops/src/ort_delegate.*).
+"""Dense layers run by onnxruntime's own kernels from inside ShiftConv (custom_ops/src/dense/ort_delegate.*).
 
 The dense path is forced with the session config entry ``fq_onnx.dense`` (or FQ_ONNX_DENSE):
 own = our sparse kernel, ort = onnxruntime's kernel in its best layout, nchw = the plain Conv,

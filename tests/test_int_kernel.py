@@ -1,7 +1,7 @@
-"""The C++ integer mode (custom_ops/src/int_*) is bit-exact with the numpy reference
-(fq_onnx/intmode.py): every op variant, batch 1 and > 1, 1 and 2 threads, every CPU path,
-signed and unsigned inputs of 2..8 bits with extreme values; the accumulator bound at its exact
-limit; every bad attribute a clean error naming the node."""
+"""The C++ integer mode (custom_ops/src/: op/int_op.*, plan/int_mode.*, kernels/int_kernel*) is
+bit-exact with the numpy reference (fq_onnx/intmode.py): every op variant, batch 1 and > 1, 1
+and 2 threads, every CPU path, signed and unsigned inputs of 2..8 bits with extreme values; the
+accumulator bound at its exact limit; every bad attribute a clean error naming the node."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ naming the file or the node and the problem, and nothing crashes.
 
 Per case: onnxruntime session creation with our library, ``fq-onnx inspect`` and
 ``fq-onnx decompress`` (exit code 1, one line, no traceback; no output file) and the numpy
-reference. custom_ops/fuzz.sh runs these tests again against an ASan + UBSan build.
+reference, with the nodes in float and in integer mode. custom_ops/fuzz.sh runs these tests
+again against an ASan + UBSan build.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from malformed import BY_NAME, CASES, X_SHAPE, compressed_model
+from malformed import BY_NAME, CASES, MODES, X_SHAPE, compressed_model
 
 from fq_onnx import api, cli, reference, runtime
 from fq_onnx.errors import FqOnnxError
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    """The valid compressed model ("base") and one file per case."""
-    directory = tmp_path_factory.mktemp("malformed")
-    base = compressed_model(directory)
+@pytest.fixture(scope="module", params=MODES)
+def corpus(request, tmp_path_factory) -> dict[str, Path]:
+    """The valid compressed model ("base") and one file per case, in float or integer mode."""
+    directory = tmp_path_factory.mktemp(f"malformed-{request.param}")
+    base = compressed_model(directory, request.param)
     files = {"base": directory / "base.onnx"}
     files["base"].write_bytes(base)
     for case in CASES:
@@ -106,24 +107,29 @@ def test_installed_cli_in_a_subprocess(corpus, name, tmp_path):
     _expect(BY_NAME[name], " ".join(run.stderr.split()), corpus[name], python=True)
 
 
-def test_run_time_bias_is_checked(corpus):
-    """A bias fed at run time gets the check a constant one gets at session creation."""
+@pytest.mark.parametrize("node", ["conv", "fc"])
+def test_run_time_bias_is_checked(corpus, node):
+    """A bias fed at run time gets the check a constant one gets at session creation, in float
+    and integer mode alike (the node frame's one finiteness check)."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(str(corpus["base"]))
-    fc = next(n for n in model.graph.node if n.name == "fc")
-    bias_name = fc.input[2]
+    shiftconv = next(n for n in model.graph.node if n.name == node)
+    bias_name = shiftconv.input[2]
     bias = next(t for t in model.graph.initializer if t.name == bias_name)
     model.graph.initializer.remove(bias)
-    model.graph.input.append(helper.make_tensor_value_info(bias_name, TensorProto.FLOAT, [10]))
+    size = int(np.prod(bias.dims))
+    model.graph.input.append(helper.make_tensor_value_info(bias_name, TensorProto.FLOAT, [size]))
     x = np.zeros(X_SHAPE, np.float32)
-    good = np.zeros(10, np.float32)
-    bad = good.copy()
-    bad[4] = np.nan
+    good = np.zeros(size, np.float32)
     sess = runtime.session(model)
     sess.run(None, {"X": x, bias_name: good})
-    with pytest.raises(Exception, match=r"ShiftConv node 'fc': bias B holds NaN or Inf \(element 4"):
-        sess.run(None, {"X": x, bias_name: bad})
-    with pytest.raises(FqOnnxError, match=r"ShiftConv node 'fc': bias B holds NaN or Inf \(element 4"):
-        reference.run(model, {"X": x, bias_name: bad})
+    for value in (np.nan, np.inf, -np.inf):
+        bad = good.copy()
+        bad[4] = value
+        message = rf"ShiftConv node '{node}': bias B holds NaN or Inf \(element 4"
+        with pytest.raises(Exception, match=message):
+            sess.run(None, {"X": x, bias_name: bad})
+        with pytest.raises(FqOnnxError, match=message):
+            reference.run(model, {"X": x, bias_name: bad})

@@ -1,4 +1,4 @@
-"""The packed dense GEMM of dense-kind layers (custom_ops/src/packed_gemm.*).
+"""The packed dense GEMM of dense-kind layers (custom_ops/src/dense/packed_gemm.*).
 
 Gemm / MatMul layers too dense for the sparse kernels run a small-M GEMM over the weight
 decoded once into column panels. Checked against fq_onnx.reference on every ISA path, row

@@ -45,13 +45,13 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-#include "conv_geometry.h"
-#include "cpu_features.h"
-#include "crc32.h"
-#include "decode.h"
-#include "execute.h"
-#include "packed_gemm.h"
-#include "plan.h"
+#include "dense/packed_gemm.h"
+#include "format/crc32.h"
+#include "format/decode.h"
+#include "kernels/cpu_features.h"
+#include "plan/conv_geometry.h"
+#include "plan/execute.h"
+#include "plan/plan.h"
 
 namespace {
 

@@ -7,9 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "cpu_features.h"
-#include "execute.h"
-#include "plan.h"
+#include "kernels/cpu_features.h"
+#include "plan/execute.h"
+#include "plan/plan.h"
+#include "tuning.h"
 
 using namespace fq;
 
@@ -24,8 +25,7 @@ int main(int argc, char** argv) {
   const int block = std::atoi(argv[7]);
   const int64_t N = std::atoll(argv[8]);
   const KernelTable* kt = select_kernels(argc > 9 ? argv[9] : "auto");
-  const char* chunk_env = std::getenv("FQ_ONNX_CHUNK_BYTES");
-  const int64_t chunk = chunk_env ? std::atoll(chunk_env) : 32768;
+  const Tuning tuning = Tuning::from_env();  // FQ_ONNX_CHUNK_BYTES, _MAX_GROUP, _TILE_VECTORS, _PLANE_PAD
 
   // Random weights with `sparsity` pruned, rows in blocks sharing one mask.
   std::mt19937 rng(1);
@@ -51,10 +51,9 @@ int main(int argc, char** argv) {
   attrs.strides = {S, S};
   attrs.pads = {K / 2, K / 2, K / 2, K / 2};
   const ConvWeightShape ws = conv_weight_shape(attrs, dw.dims);
-  const char* mg = std::getenv("FQ_ONNX_MAX_GROUP");
-  const SparseWeight sw = build_sparse_weight(dw, M, C, K, K, 1, mg ? std::atoi(mg) : 8);
-  const char* tv = std::getenv("FQ_ONNX_TILE_VECTORS");
-  const Plan p = make_conv_plan(sw, attrs, ws, {N, C, H, H}, kt->lanes, tv ? std::atoi(tv) : 8, chunk);
+  const SparseWeight sw = build_sparse_weight(dw, M, C, K, K, 1, tuning.max_group);
+  const Plan p = make_conv_plan(sw, attrs, ws, {N, C, H, H}, kt->lanes, tuning.tile_vectors > 0 ? tuning.tile_vectors : 8,
+                                tuning.chunk_bytes, tuning.plane_pad);
   std::vector<float> x(size_t(N * C * H * H), 1.0f), y(size_t(N * M * p.OH * p.OW));
   AlignedFloats packed_buf;
   float* packed = packed_buf.reserve(size_t(p.packed_floats));

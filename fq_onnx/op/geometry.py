@@ -1,6 +1,6 @@
 """ONNX Conv shape arithmetic (auto_pad, pads, strides, dilations, group) for 1-D and 2-D convs.
 
-The Python mirror of custom_ops/src/conv_geometry.cc: the rules a node's attributes must keep
+The Python mirror of custom_ops/src/plan/conv_geometry.cc: the rules a node's attributes must keep
 against its weight (``check_weight_attrs``, the same words as the C++ kernel), the padding and
 output length of one spatial axis, and the sliding windows of a padded input. schema (shape
 inference), validate (the kernel's checks), calibrate (input patches) and the integer reference

@@ -1,7 +1,8 @@
 """Integer mode of ShiftConv: B-bit activations, integer weights, exact int32 sums.
 
 docs/SHIFTCONV.md ("Integer mode") defines the arithmetic; this module is its numpy reference
-(bit-exact with the C++ kernel in custom_ops/src/int_*) and the accumulator bound. Choosing each
+(bit-exact with the C++ kernel: custom_ops/src/op/int_op.*, plan/int_mode.*,
+kernels/int_kernel*) and the accumulator bound. Choosing each
 node's power-of-two activation scale on calibration data is fq_onnx.act_scales.
 
     q   = clamp(round_half_even(x * 2^-a), qmin, qmax)        int

@@ -3,7 +3,7 @@
 docs/SHIFTCONV.md: a blob that breaks a rule of docs/FORMAT.md, or whose shape disagrees with the
 node (rank, kernel_shape, group, bias length), is an error naming the node. ``fq-onnx inspect``,
 ``fq-onnx decompress`` and the numpy reference run these checks so that they refuse what
-onnxruntime refuses, in the same words (custom_ops/src/shiftconv_op.cc, conv_geometry.cc).
+onnxruntime refuses, in the same words (custom_ops/src/op/node_frame.cc, plan/conv_geometry.cc).
 """
 
 from __future__ import annotations
