@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from fq_onnx import __version__
 from fq_onnx.calibration import act_scales, calibrate
 from fq_onnx.quantize import allocate
-from fq_onnx.graph import rewrite
+from fq_onnx.graph import rewrite, select
 from fq_onnx.quantize.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
@@ -92,12 +92,13 @@ def convert(
     ``progress(layer_name, done, total)`` is called after each layer. The same inputs and
     options give a byte-identical output file.
 
-    ``sparsity`` is the fraction of each layer's weights pruned (overridden per node name by
-    ``sparsity_file``, or the inline table ``per_layer_sparsity``); ``bits`` counts the bits of
+    ``sparsity`` is the fraction of each layer's weights pruned (overridden per node by
+    ``sparsity_file``, or the inline table ``per_layer_sparsity``, whose keys are node names, op
+    types or glob patterns of either: fq_onnx.graph.select); ``bits`` counts the bits of
     one nonzero code; ``w_sep`` is the Wasserstein threshold above which a layer uses focused
     quantization; ``block`` makes G consecutive output channels share one mask; ``per_channel``
     stores one scale per output channel (one level set per layer) instead of the paper's one per
-    layer; ``exclude`` names nodes or op types left untouched.
+    layer; ``exclude`` names nodes, op types or glob patterns of either left untouched.
 
     Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
     reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
@@ -183,9 +184,8 @@ def _prepare(input_path: Path, options: ConvertOptions) -> _Job:
     _unique_names(graph)
     folded = fold_batchnorms(graph)
     targets, skipped = rewrite.find_targets(graph, options.exclude)
-    unknown = set(per_layer) - {t.node.name for t in targets} - {name for name, _, _ in skipped}
-    if unknown:
-        raise FqOnnxError(f"{source}: no compressible node named {', '.join(sorted(unknown))}")
+    per_layer = select.resolve_table(
+        per_layer, [(t.node.name, t.node.op) for t in targets] + [(name, op) for name, op, _ in skipped], source)
     if not targets:
         reasons = "; ".join(f"{n} ({op}): {why}" for n, op, why in skipped) or "it has no Conv, Gemm or MatMul node"
         raise FqOnnxError(f"{input_path}: nothing to compress: {reasons}")

@@ -320,9 +320,11 @@ def read_mapping(path: str | os.PathLike, what: str) -> Any:
 
 
 def load_sparsity_file(path: str | os.PathLike) -> dict[str, float]:
-    """Read a per-layer sparsity table: a JSON or YAML mapping of node name to sparsity.
+    """Read a per-layer sparsity table: a JSON or YAML mapping of key to sparsity.
 
-    The key ``"*"`` sets the sparsity of every layer not named.
+    A key is a node name, an op type or a glob pattern of either (fq_onnx.graph.select says
+    which value a node takes when several keys select it); ``"*"`` sets the sparsity of every
+    layer no other key selects.
     """
     table = read_mapping(path, "sparsity table")
     _check_table(table, str(Path(path)))

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from fq_onnx.op import geometry
-from fq_onnx.graph import constant_value, is_external
+from fq_onnx.graph import constant_value, is_external, select
 
 DOMAIN = "fq_onnx"
 OP_TYPE = "ShiftConv"
@@ -245,14 +245,14 @@ REWRITERS = {"Conv": match_conv, "Gemm": match_gemm, "MatMul": match_matmul}
 def find_targets(graph: gs.Graph, exclude: tuple[str, ...] = ()) -> tuple[list[Target], list[tuple[str, str, str]]]:
     """Targets to compress, and ``(node, op, reason)`` for every weight op left untouched.
 
-    ``exclude`` holds node names or op types to skip.
+    ``exclude`` holds node names, op types or glob patterns of either (fq_onnx.graph.select) to skip.
     """
     targets, skipped = [], []
     for node in graph.nodes:
         matcher = REWRITERS.get(node.op)
         if matcher is None or node.domain not in (None, "", "ai.onnx"):
             continue
-        if node.name in exclude or node.op in exclude:
+        if select.selected(exclude, node.name, node.op):
             skipped.append((node.name, node.op, "excluded by the user"))
             continue
         result = matcher(node)
