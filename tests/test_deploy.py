@@ -87,3 +87,63 @@ def test_cpp_host_reports_a_broken_model(cpp_host, tmp_path):
                              str(tmp_path / "y.npy")], capture_output=True, text=True)
     assert result.returncode == 1
     assert "fq_onnx_run:" in result.stderr
+
+
+# An app that builds its own sessions the way rapidocr's OrtInferSession does: InferenceSession
+# imported by name before fq_onnx_runtime.enable(), its own SessionOptions, providers as tuples.
+APP = '''
+from onnxruntime import GraphOptimizationLevel, InferenceSession, SessionOptions
+
+def open_model(path):
+    so = SessionOptions()
+    so.log_severity_level = 4
+    so.enable_cpu_mem_arena = False
+    so.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 2
+    return InferenceSession(path, sess_options=so,
+                            providers=[("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})])
+'''
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    (tmp_path / "ocr_app.py").write_text(APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("ocr_app")
+    yield module
+    fq_onnx_runtime.disable()
+    sys.modules.pop("ocr_app", None)
+
+
+def test_enable_lets_an_app_open_compressed_models_unchanged(app, compressed):
+    import onnxruntime as ort
+
+    path, x = compressed
+    with pytest.raises(Exception, match="fq_onnx"):  # without it, onnxruntime knows no ShiftConv
+        app.open_model(str(path))
+    fq_onnx_runtime.enable()
+    fq_onnx_runtime.enable()  # twice is once
+    session = app.open_model(str(path))
+    expected = runtime.session(path, threads=2).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(session.run(None, {"input": x})[0], expected)
+    # no options at all, and the package's own session(), also work while enabled
+    np.testing.assert_array_equal(ort.InferenceSession(str(path)).run(None, {"input": x})[0], expected)
+    np.testing.assert_array_equal(runtime.session(path, threads=2).run(None, {"input": x})[0], expected)
+    fq_onnx_runtime.disable()
+    with pytest.raises(Exception, match="fq_onnx"):
+        app.open_model(str(path))
+
+
+def test_register_is_idempotent_and_passes_the_thread_count(compressed):
+    import onnxruntime as ort
+
+    path, x = compressed
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 3
+    assert fq_onnx_runtime.register(fq_onnx_runtime.register(so)) is so
+    assert so.get_session_config_entry(runtime.THREADS_CONFIG_KEY) == "3"
+    for _ in range(2):  # the same options serve two sessions (a second registration would fail)
+        y = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert y.shape == (len(x), 10)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import onnxruntime as ort
 
 __version__ = "0.1.0"
-__all__ = ["library_path", "session_options", "session", "LibraryNotFoundError"]
+__all__ = ["library_path", "session_options", "session", "register", "enable", "disable", "LibraryNotFoundError"]
 
 LIBRARY_NAME = "libfq_onnx_ops.so"
 #: Environment variable that points at another build of the library (tests, development).
@@ -38,6 +38,9 @@ DENSE_CHOICES = ("auto", "own", "ort", "nchw", "nchwc")
 #: session_options sets it from ``intra_op_num_threads``; without it the library assumes one
 #: thread per CPU the process may use.
 THREADS_CONFIG_KEY = "fq_onnx.threads"
+#: Session config entry marking options that already carry the library: registering it twice on
+#: one SessionOptions makes onnxruntime refuse the session ("Domain already set in registry").
+REGISTERED_CONFIG_KEY = "fq_onnx.registered"
 #: Oldest onnxruntime whose C API (version 21) the library is built against.
 MIN_ORT_VERSION = (1, 21)
 
@@ -103,15 +106,71 @@ def session_options(
         setattr(so, name, value)
     for key, value in (config or {}).items():
         so.add_session_config_entry(key, str(value))
-    if so.intra_op_num_threads > 0 and THREADS_CONFIG_KEY not in (config or {}):
-        so.add_session_config_entry(THREADS_CONFIG_KEY, str(so.intra_op_num_threads))
     if kernel is not None:
         if kernel not in KERNEL_CHOICES:
             raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
         so.add_session_config_entry(KERNEL_CONFIG_KEY, kernel)
-    # Registration reads the config entries above, so it comes last.
+    return register(so)
+
+
+def _has_entry(so: ort.SessionOptions, key: str) -> bool:
+    try:
+        so.get_session_config_entry(key)
+    except RuntimeError:  # onnxruntime's answer for a key that is not set
+        return False
+    return True
+
+
+def register(so: ort.SessionOptions) -> ort.SessionOptions:
+    """Register the library on SessionOptions of your own (once: again is a no-op); returns them.
+
+    Sets ``fq_onnx.threads`` from ``intra_op_num_threads`` unless it is set; the library reads
+    every ``fq_onnx.*`` entry when it is registered, so set yours before calling this.
+    """
+    if _has_entry(so, REGISTERED_CONFIG_KEY):
+        return so
+    if so.intra_op_num_threads > 0 and not _has_entry(so, THREADS_CONFIG_KEY):
+        so.add_session_config_entry(THREADS_CONFIG_KEY, str(so.intra_op_num_threads))
+    so.add_session_config_entry(REGISTERED_CONFIG_KEY, "1")
     so.register_custom_ops_library(library_path())
     return so
+
+
+_original_init = None  # onnxruntime.InferenceSession.__init__ while enable() is in force
+
+
+def enable() -> None:
+    """Let every ``onnxruntime.InferenceSession`` created from now on run compressed models.
+
+    For apps that build their own sessions (rapidocr, nudenet, ...): one line before they load
+    their models, ``fq_onnx_runtime.enable()``, and they open ``.fq.onnx`` files unchanged. The
+    session's own SessionOptions get the library (:func:`register`), or options of
+    :func:`session_options` when it passes none; everything else the app chose stays. Patches
+    the class itself, so names the app imported before (``from onnxruntime import
+    InferenceSession``) are covered. :func:`disable` undoes it.
+    """
+    global _original_init
+    if _original_init is not None:
+        return
+    cls = ort.InferenceSession
+    original = cls.__init__
+
+    def __init__(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        sess_options = session_options() if sess_options is None else register(sess_options)
+        original(self, path_or_bytes, sess_options, *args, **kwargs)
+
+    __init__.__wrapped__ = original
+    __init__.__doc__ = original.__doc__
+    cls.__init__ = __init__
+    _original_init = original
+
+
+def disable() -> None:
+    """Undo :func:`enable`: sessions created from now on are onnxruntime's own again."""
+    global _original_init
+    if _original_init is not None:
+        ort.InferenceSession.__init__ = _original_init
+        _original_init = None
 
 
 def session(
