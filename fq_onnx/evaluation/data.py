@@ -26,7 +26,7 @@ a :class:`Reader` object           used as is
 
 Built-in readers apply a :class:`Preprocess` (presets ``imagenet``, ``cifar``, ``none`` plus
 explicit size/crop/scale/mean/std/layout) and return arrays of the model's input shape.
-Images are decoded with Pillow, which is optional (``pip install pillow``).
+Images are decoded with Pillow (a dependency of fq-onnx; a reader of images checks it is there).
 """
 
 from __future__ import annotations
