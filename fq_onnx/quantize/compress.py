@@ -32,6 +32,7 @@ class LayerOptions:
     rounding: str = ROUNDINGS[0]
     bias_correction: bool = False
     per_channel: bool = DEFAULTS.per_channel
+    mantissa: int = DEFAULTS.mantissa
 
 
 @dataclass
@@ -71,7 +72,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
-                               options.seed, options.per_channel)
+                               options.seed, options.per_channel, options.mantissa)
         return CompressedLayer(layer, bias, None)
 
     groups = stats.gram.shape[0]
@@ -82,7 +83,8 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     # 2. the level set, fitted on the weights that survive (each row normalised by its RMS)
     scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
     normalised = updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1))
-    levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
+    levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed,
+                              options.mantissa)
     # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
     if options.rounding in ("gptq", "gptq-cd"):
         table = levels.table.astype(np.float64)

@@ -115,40 +115,51 @@ def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
                    (float(weights[0]), float(weights[1]))), (gmm, order)
 
 
-def _nearest_pow2_error(residual: np.ndarray, unit, e_max: int) -> np.ndarray:
-    """Squared error of coding each residual as sign * unit * 2^e, e in [0, e_max] (nearest)."""
+def _nearest_pow2_error(residual: np.ndarray, unit, e_max: int, m: int = 0) -> np.ndarray:
+    """Squared error of coding each residual as sign * unit * 2^e * (1 + k/2^m), e in [0, e_max],
+    k in [0, 2^m) (nearest)."""
     magnitude = np.abs(residual)
     mantissa, e = np.frexp(magnitude / unit)  # magnitude / unit = mantissa * 2^e, mantissa in [0.5, 1)
-    e = np.clip(e - (mantissa < 0.75), 0, e_max)  # nearest in the linear domain: round up from 1.5 * 2^(e-1)
-    return (magnitude - np.ldexp(unit, e)) ** 2
+    if m == 0:
+        e = np.clip(e - (mantissa < 0.75), 0, e_max)  # nearest in the linear domain: round up from 1.5 * 2^(e-1)
+        return (magnitude - np.ldexp(unit, e)) ** 2
+    # Inside one octave [2^e, 2^(e+1)) the levels are uniform with step 2^(e-m): round the
+    # fraction to 2^m steps (2^m itself is the next octave's first level); below the smallest
+    # level the nearest is unit, above the largest it is the largest.
+    j = np.rint((2.0 * mantissa - 1.0) * (1 << m))
+    level = np.ldexp(unit * (1.0 + j / (1 << m)), e - 1)
+    level = np.where(e - 1 < 0, unit, level)
+    level = np.minimum(level, np.ldexp(unit * (2.0 - 2.0**-m), e_max))
+    level = np.where(magnitude == 0, unit, level)
+    return (magnitude - level) ** 2
 
 
 ERROR_CHUNK = 1 << 16  # elements of one (candidate x value) error block: stays in cache
 
 
-def _error_sums(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+def _error_sums(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
     """For each (centre, unit) pair: the summed squared error of coding ``values - centre``."""
     sums = np.empty(len(centres))
     step = max(1, ERROR_CHUNK // max(values.size, 1))
     for i in range(0, len(centres), step):
         residual = values[None, :] - centres[i : i + step, None]
-        sums[i : i + step] = _nearest_pow2_error(residual, units[i : i + step, None], e_max).sum(axis=1)
+        sums[i : i + step] = _nearest_pow2_error(residual, units[i : i + step, None], e_max, m).sum(axis=1)
     return sums
 
 
-def _lloyd_step(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+def _lloyd_step(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
     """Each centre moved to the mean of ``values`` minus their residual codes (one per unit)."""
     moved = np.empty(len(centres))
     step = max(1, ERROR_CHUNK // max(values.size, 1))
     for i in range(0, len(centres), step):
         r = values[None, :] - centres[i : i + step, None]
-        coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, units[i : i + step, None], e_max)))
+        coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, units[i : i + step, None], e_max, m)))
         moved[i : i + step] = np.mean(values[None, :] - coded, axis=1)
     return moved
 
 
 def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: int,
-                  pow2: bool) -> tuple[np.ndarray, np.ndarray]:
+                  pow2: bool, m: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per unit step: the centre (absolute) for one component and its squared error on ``values``."""
     if values.size == 0:
         return (units if guess >= 0 else -units), np.zeros(len(units))
@@ -159,30 +170,30 @@ def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: in
     else:
         steps = [np.full(len(units), float(guess))]
         for _ in range(2):  # Lloyd steps: move the centre to the mean of its residual-coded weights
-            steps.append(_lloyd_step(values, steps[-1], units, e_max))
+            steps.append(_lloyd_step(values, steps[-1], units, e_max, m))
         candidates = np.stack(steps, axis=1)
-    errors = _error_sums(values, candidates.ravel(), np.repeat(units, 3), e_max).reshape(-1, 3)
+    errors = _error_sums(values, candidates.ravel(), np.repeat(units, 3), e_max, m).reshape(-1, 3)
     pick = np.argmin(errors, axis=1)
     rows = np.arange(len(units))
     return candidates[rows, pick], errors[rows, pick]
 
 
-def _search_shift(values: np.ndarray, e_max: int) -> float:
+def _search_shift(values: np.ndarray, e_max: int, m: int = 0) -> float:
     unit0 = np.max(np.abs(values)) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
-    errors = _error_sums(values, np.zeros(len(units)), units, e_max)
+    errors = _error_sums(values, np.zeros(len(units)), units, e_max, m)
     return float(units[int(np.argmin(errors))])
 
 
-def _search_focused(values, components, means, e_max, pow2) -> tuple[float, tuple[float, float]]:
+def _search_focused(values, components, means, e_max, pow2, m=0) -> tuple[float, tuple[float, float]]:
     spread = max(np.max(np.abs(values[components == c] - means[c])) if np.any(components == c) else 0.0 for c in (0, 1))
     # Components of (nearly) identical values (one kept weight per row: all +-1 once normalised)
     # have no spread: a scale from it alone collapsed to ~1e-31, storing centres of ~1e17 and
     # per-row scales that underflow float32 (PP-OCRv4's recognizer).
     unit0 = max(spread, MIN_SPREAD * float(np.max(np.abs(values))), 1e-30) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
-    c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2)
-    c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2)
+    c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2, m)
+    c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2, m)
     total = err0 + err1
     best = int(np.argmin(total))
     if not np.isfinite(total[best]):
@@ -240,40 +251,45 @@ class LevelSet:
 
 
 def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centres: bool = True,
-               seed: int = 0) -> LevelSet:
+               seed: int = 0, mantissa: int = 0) -> LevelSet:
     """Fit the mixture, run the separation test and search scale and centres on ``values``.
 
     ``values`` are the nonzero weights of one layer. Scale and centres minimise their squared
-    error (on a seeded subsample of large layers).
+    error (on a seeded subsample of large layers). ``mantissa`` (m) bits of each code refine
+    every power of two into 2^m steps; the rest is sign (and component) and exponent. Focused
+    mode needs an exponent bit beside sign and component (bits >= 3 + m), else shift mode is used.
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
+    if not 0 <= mantissa <= bits - 2:
+        raise ValueError(f"mantissa must be in 0..{bits - 2} for {bits} bits (one sign and one exponent bit), "
+                         f"got {mantissa}")
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     mixture, fitted = (None, None)
     if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
         mixture, fitted = fit_mixture(values, seed)
     if values.size == 0:
-        e_max = (1 << (bits - 1)) - 1
-        return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126)), mixture)
+        e_max = (1 << (bits - 1 - mantissa)) - 1
+        return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126), mantissa), mixture)
     histogram = Histogram.of(values)
-    focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
+    focused = mixture is not None and bits >= 3 + mantissa and mixture.w2 >= w_sep
     search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
     if focused:
-        e_max = (1 << (bits - 2)) - 1
+        e_max = (1 << (bits - 2 - mantissa)) - 1
         gmm, order = fitted
         search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
-        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres)
+        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres, mantissa)
     else:
-        e_max = (1 << (bits - 1)) - 1
-        unit = _search_shift(search, e_max)
+        e_max = (1 << (bits - 1 - mantissa)) - 1
+        unit = _search_shift(search, e_max, mantissa)
         centres = (0.0, 0.0)
     b = min(e_max, 126)
     alpha = float(np.float32(unit * 2.0**b))
     relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
     if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
         relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
-    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
+    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b, mantissa)
     return LevelSet(params, mixture, fitted if focused else None, histogram)
 
 
@@ -299,6 +315,7 @@ def quantize(
     assign: str = "argmax",
     seed: int = 0,
     per_channel: bool = True,
+    mantissa: int = 0,
 ) -> QuantizedLayer:
     """Quantize the kept weights of ``weight`` (``keep`` is the pruning mask) to ``bits`` bits.
 
@@ -312,7 +329,7 @@ def quantize(
     weight64 = weight.astype(np.float64)
     scales = row_scales(weight64, keep) if per_channel else None
     normalised = weight64 / _broadcast(scales, weight64.ndim) if per_channel else weight64
-    levels = fit_levels(normalised[keep], bits, w_sep, pow2_centres, seed)
+    levels = fit_levels(normalised[keep], bits, w_sep, pow2_centres, seed, mantissa)
     codes = levels.codes(normalised[keep], assign, np.random.default_rng(seed))
     if not per_channel:
         return finish(weight64, keep, levels, codes)
