@@ -111,3 +111,108 @@ def test_nearest_level_error_matches_a_brute_force_search():
         levels = np.array([2.0**e * (1 + k / 2**m) for e in range(e_max + 1) for k in range(2**m)]) * 0.1
         brute = np.min((np.abs(values)[:, None] - levels[None, :]) ** 2, axis=1)
         assert np.allclose(focus._nearest_pow2_error(values, 0.1, e_max, m), brute, rtol=1e-12, atol=1e-15)
+
+
+# --- the C++ decoder and kernels against the Python reference ------------------------------------
+
+from fq_onnx import reference, runtime  # noqa: E402
+from fq_onnx.op import intmode  # noqa: E402
+
+from test_custom_ops import KERNELS, shiftconv_model  # noqa: E402
+from test_intmode import extreme_inputs  # noqa: E402
+
+
+def mantissa_params(rng, mode: int, bits: int, m: int, pow2: bool = False) -> fmt.QuantParams:
+    """Valid parameters with m mantissa bits; ``pow2``: centres integer mode accepts."""
+    x = bits - 1 - mode - m  # exponent bits
+    b = int(rng.integers(0, (1 << x) + 2))
+    alpha = float(rng.uniform(0.01, 0.2))
+    if mode == fmt.MODE_SHIFT:
+        return fmt.QuantParams(0, bits, alpha, b=b, mantissa=m)
+    if pow2:
+        c0, c1 = -(2.0 ** int(rng.integers(-b - 1, 3))), 2.0 ** int(rng.integers(-b - 1, 3))
+    else:
+        c0, c1 = float(rng.uniform(-2, 0)), float(rng.uniform(0, 2))
+    return fmt.QuantParams(1, bits, alpha, c0, c1, b, mantissa=m)
+
+
+CASES = [(mode, bits, m) for mode in (0, 1) for bits in (4, 5, 6) for m in range(4) if m <= bits - 2 - mode]
+# integer mode refuses level sets spanning 2^31 (5 exponent bits can): at most 4 exponent bits
+INT_CASES = [(mode, bits, m) for mode, bits, m in CASES if bits - 1 - mode - m <= 4]
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("mode,bits,m", CASES)
+def test_cpp_decodes_the_python_levels_bit_exactly(mode, bits, m):
+    """A dense layer fed the identity matrix outputs its decoded weight exactly (1*w plus zeros)."""
+    rng = np.random.default_rng(100 * mode + 10 * bits + m)
+    params = mantissa_params(rng, mode, bits, m)
+    codes = codes_for(params, (12, 40), seed=bits + m)
+    alphas = (params.alpha * rng.uniform(0.25, 1, 12)).astype(np.float32)
+    for scales in (None, alphas):
+        blob = fmt.encode(codes, params, alphas=scales)
+        weight = fmt.dequantize(blob)
+        model = shiftconv_model(blob, (40, 40), kind="dense")
+        x = np.eye(40, dtype=np.float32)
+        for kernel in KERNELS:
+            y = runtime.session(model, threads=1, kernel=kernel).run(None, {"X": x})[0]
+            assert np.array_equal(y, weight.T), (kernel, scales is None)
+
+
+def test_integer_weights_are_the_levels_times_a_power_of_two():
+    rng = np.random.default_rng(5)
+    for mode, bits, m in INT_CASES:
+        params = mantissa_params(rng, mode, bits, m, pow2=True)
+        codes = codes_for(params, (6, 30), seed=m)
+        decoded = fmt.decode(fmt.encode(codes, params))
+        iw = intmode.integer_weight(decoded)
+        units = fmt.dequantize_codes(codes, params, np.ones(6, np.float32)).astype(np.float64)
+        assert np.array_equal(iw.weight * np.exp2(iw.base.astype(np.float64))[:, None], units), (mode, bits, m)
+        if m == 0:  # exactly the shift-only decomposition
+            assert np.all(intmode.code_terms(params).mult == 1)
+
+
+@pytest.mark.parametrize("mode,bits,m", [c for c in INT_CASES if c[2] > 0])
+@pytest.mark.parametrize("kind", ["conv", "dense", "depthwise"])
+def test_integer_mode_bit_exact_on_every_kernel(mode, bits, m, kind):
+    rng = np.random.default_rng(1000 * mode + 100 * bits + 10 * m + len(kind))
+    params = mantissa_params(rng, mode, bits, m, pow2=True)
+    if kind == "conv":
+        w_shape, x_shape, attrs = (16, 8, 3, 3), (2, 8, 9, 11), dict(pads=[1, 1, 1, 1])
+    elif kind == "depthwise":
+        w_shape, x_shape, attrs = (8, 1, 3, 3), (2, 8, 12, 13), dict(pads=[1, 1, 1, 1], group=8, strides=[2, 1])
+    else:
+        w_shape, x_shape, attrs = (10, 70), (3, 70), dict(kind="dense")
+    codes = codes_for(params, w_shape, seed=m + bits)
+    alphas = (params.alpha * rng.uniform(0.25, 1, w_shape[0])).astype(np.float32)
+    blob = fmt.encode(codes, params, alphas=alphas)
+    for signed in (True, False):
+        act = intmode.ActQuant(8, int(rng.integers(-7, 1)), signed)
+        model = shiftconv_model(blob, x_shape, bias=rng.standard_normal(w_shape[0]).astype(np.float32),
+                                act_bits=act.bits, act_scale_log2=act.scale_log2, act_signed=int(signed), **attrs)
+        x = extreme_inputs(rng, x_shape, act)
+        ref = reference.run(model, {"X": x})[0]
+        for kernel in KERNELS:
+            y = runtime.session(model, threads=1, kernel=kernel).run(None, {"X": x})[0]
+            assert same_bits(y, ref), (kernel, signed)
+
+
+def test_integer_mode_refuses_a_mantissa_term_beyond_int32():
+    """The limit counts the multiplier's bits: 3 * 2^29 (top bit 30) is accepted, 3 * 2^30 is
+    refused by both implementations with the same words (8-bit shift mode, m = 1: e in 0..63)."""
+    params = fmt.QuantParams(fmt.MODE_SHIFT, 8, 0.5, b=40, mantissa=1)
+    codes = np.full((2, 4), -1)
+    codes[0, 0] = 0  # e = 0, k = 0
+    codes[0, 1] = (31 << 1) | 1  # e = 31, k = 1: (1 + 1/2) * 2^31 = 3 * 2^30 against 2^0: top bit 31
+    blob = fmt.encode(codes, params)
+    with pytest.raises(intmode.IntModeError, match="needs a shift of 31 bits"):
+        intmode.integer_weight(fmt.decode(blob))
+    codes[0, 1] = (30 << 1) | 1  # 3 * 2^29: top bit 30, accepted
+    iw = intmode.integer_weight(fmt.decode(fmt.encode(codes, params)))
+    assert iw.weight[0, 1] == 3 << 29
+    model = shiftconv_model(blob, (1, 4), kind="dense", act_bits=8, act_scale_log2=0, act_signed=1)
+    with pytest.raises(Exception, match="needs a shift of 31 bits"):
+        runtime.session(model)
