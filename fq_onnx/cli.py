@@ -109,7 +109,7 @@ def layer_table(report: ModelReport, title: str) -> Table:
     for r in report.layers:
         extra = [intmode.describe(r.act), f"{100 * r.act['clip_rate']:.3f}%" if r.act and "clip_rate" in r.act
                  else "-"] if acts else []
-        table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, str(r.bits),
+        table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, r.bits_text,
                       "-" if r.w2 is None else f"{r.w2:.2f}", "-" if r.rel_error is None else f"{r.rel_error:.3f}",
                       f"{r.fp32_bytes:,}", f"{r.stored_bytes:,}", f"{r.ratio:.1f}x", *extra)
     t = report.totals

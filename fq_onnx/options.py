@@ -265,7 +265,7 @@ class ConvertOptions:
         """The recipe form of these options (what ``settings`` stores, without the results)."""
         settings = self.settings()
         for key in _RESULT_KEYS:
-            settings.pop(key)
+            settings.pop(key, None)  # per_layer_mantissa is there only when one was chosen
         return settings
 
     @classmethod
