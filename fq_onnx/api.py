@@ -23,7 +23,7 @@ from fq_onnx.quantize.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import fold_batchnorms, load_model, save_model
 from fq_onnx.reporting.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
-from fq_onnx.options import DEFAULTS, SETTINGS_KEY, ConvertOptions, load_sparsity_file
+from fq_onnx.options import DEFAULTS, OBJECTIVES, SETTINGS_KEY, ConvertOptions, load_sparsity_file
 
 __all__ = ["convert", "ConvertOptions", "decompress", "inspect_model", "load_sparsity_file", "ConversionReport"]
 
@@ -102,8 +102,10 @@ def convert(
     layer; ``exclude`` names nodes, op types or glob patterns of either left untouched.
 
     Calibration: ``calib`` is data in any form fq_onnx.data.open_data reads (a path, arrays or a
-    reader; ``"digits"`` is the bundled training split), ``calib_size`` the samples used and
-    ``preset`` their preprocessing. With it the defaults become OBS pruning with weight updates
+    reader, an iterable of batches, a ``CalibrationDataReader``; ``"digits"`` is the bundled
+    training split), ``calib_size`` the samples used, ``preset`` and ``preprocess`` (keywords of
+    fq_onnx.data.resolve_preprocess: size, crop, fit, scale, mean, std, layout, channels) their
+    preprocessing, applied to ``data`` too. With it the defaults become OBS pruning with weight updates
     (``prune_method="obs"``), error-feedback rounding followed by coordinate-descent passes (``rounding="gptq-cd"``) and per-channel bias
     correction; without it, magnitude pruning and nearest rounding. ``sequential`` measures each
     layer's inputs with the layers before it already compressed, so later layers compensate the
@@ -113,8 +115,13 @@ def convert(
     ``alloc_bits``, default ``bits - 3`` to ``bits + 1``) and mantissa width (from
     ``alloc_mantissa``, default ``mantissa`` alone) giving the smallest
     estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
-    top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
-    Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
+    top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points,
+    or with ``objective="agreement"`` whose share of samples changing class is (no labels);
+    ``min_sqnr`` the largest ratio whose output SQNR on ``data`` is at least that many dB;
+    ``max_metric_drop`` the largest ratio whose ``metric(session) -> float`` (a callable or
+    ``"file.py:function"``, higher is better) drops at most that much (fq_onnx.evaluation.objective).
+    With ``target_ratio``, ``data`` or ``metric`` also score the chosen plan. Any of these
+    replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
     With ``keep_float`` the allocator may leave a fragile layer that weighs little uncompressed.
 
     ``report_dir``: also write ``report_dir/index.html``, a self-contained report with the layer
@@ -201,9 +208,9 @@ def _calibrate(job: _Job, options: ConvertOptions, cleanup: contextlib.ExitStack
     if not options.calibrated:
         return None
     workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fq-onnx-calib-"))
-    reader = _calibration_reader(job.model, options.calib, options.calib_size, options.preset)
-    inputs = calibrate.sample_inputs(reader, options.calib_size, workdir, options.seed)
-    collect = functools.partial(calibrate.collect, inputs=inputs, seed=options.seed, description=_describe(reader))
+    calib = _model_data(job.model, options.calib, "train", options.preset, preprocess=options.preprocess)
+    inputs = calibrate.sample_inputs(calib, options.calib_size, workdir, options.seed)
+    collect = functools.partial(calibrate.collect, inputs=inputs, seed=options.seed, description=calib.description)
     return _Calibration(inputs, collect(job.graph, job.targets), collect)
 
 
@@ -211,11 +218,7 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
               progress) -> allocate.Allocation:
     """Measure every layer's trade-off curve and gain, then search the per-layer sparsity and bits
     (``job.per_layer`` becomes the plan)."""
-    evaluation = None
-    if options.max_drop is not None:
-        evaluation = _arrays(job.model, options.data, options.preset, options.eval_size)
-        if evaluation[1] is None:
-            raise FqOnnxError(f"{options.data}: --max-drop needs labelled data, these samples have no labels")
+    objective = _objective(job, options)
     layer_options = options.layer_options()
     graph, targets, stats, inputs = job.graph, job.targets, calibration.stats, calibration.inputs
     curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
@@ -227,9 +230,30 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
     float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]
                       if t.node.name in {name for name, _, why in job.skipped})
     allocation = allocate.search(graph, curves, options.block, float_bytes, target_ratio=options.target_ratio,
-                                 max_drop=options.max_drop, evaluation=evaluation)
+                                 max_drop=options.max_drop if options.max_drop is not None else options.max_metric_drop,
+                                 min_score=options.min_sqnr, objective=objective)
     job.per_layer = {name: choice[0] for name, choice in allocation.plan.items() if not allocate.is_float(choice)}
     return allocation
+
+
+def _objective(job: _Job, options: ConvertOptions):
+    """What the allocator scores candidate plans by: the user's metric, or top-1 / agreement / SQNR
+    on ``options.data``; None for a target ratio with neither."""
+    from fq_onnx.evaluation import objective
+
+    original = gs.export_onnx(job.graph).SerializeToString()
+    if options.metric is not None:
+        return objective.metric_objective(options.metric, original)
+    if options.data is None:
+        return None
+    samples, labels = _samples(job.model, options.data, options.preset, options.eval_size, options.preprocess)
+    kind = options.objective or ("sqnr" if options.min_sqnr is not None else "top1")
+    if kind == "top1" and labels is None:
+        if options.max_drop is not None:
+            raise FqOnnxError(f"{options.data}: --max-drop measures top-1 on labelled data and these samples "
+                              f"have no labels; give --objective agreement (or --min-sqnr) for unlabelled data")
+        kind = "sqnr"  # a target ratio on unlabelled data: report the output SQNR
+    return objective.data_objective(kind, original, samples, labels)
 
 
 def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.Allocation | None,
@@ -295,20 +319,14 @@ def _export(job: _Job, rows: list[LayerRow], options: ConvertOptions, allocation
                             job.input_path.stat().st_size, tuple(job.folded), settings)
 
 
-def _calibration_reader(model: onnx.ModelProto, calib, calib_size: int, preset: str | None):
-    """A reader of the calibration data, preprocessed for the model's input."""
-    from fq_onnx.evaluation import data as data_module
+def _model_data(model: onnx.ModelProto, data, digits_split: str, preset: str | None, limit: int | None = None,
+                preprocess: dict | None = None):
+    """``data`` as batches of the model's feeds (fq_onnx.evaluation.feeds, the one entry point);
+    ``preprocess`` holds resolve_preprocess keywords over the preset."""
+    from fq_onnx.evaluation import feeds
 
-    if isinstance(calib, str) and calib == "digits":
-        return data_module.DigitsReader(split="train")
-    shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return data_module.open_data(calib, data_module.resolve_preprocess(preset, input_shape=shape))
-
-
-def _describe(reader) -> str:
-    from fq_onnx.evaluation.data import reader_description
-
-    return reader_description(reader) if reader is not None else ""
+    return feeds.open_model_data(data, feeds.model_inputs(model), digits_split=digits_split, preset=preset,
+                                 limit=limit, **(preprocess or {}))
 
 
 def _export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
@@ -360,11 +378,14 @@ class SensitivityReport:
     sparsities: tuple[float, ...]
     labelled: bool
     baseline_top1: float | None
-    rows: list[dict]  # {"node", "op", "weights", "by_sparsity": {s: {"top1", "drop", "sqnr_db"}}, "score"}
+    rows: list[dict]  # {"node", "op", "weights", "by_sparsity": {s: {"top1", "drop", "sqnr_db", ...}}, "score"}
+    objective: str = "top1"  # what "score" (mean damage) and the sort order measure
+    baseline_metric: float | None = None  # the original model's user metric
 
     def to_dict(self) -> dict:
         return {"model": self.model, "sparsities": list(self.sparsities), "labelled": self.labelled,
-                "baseline_top1": self.baseline_top1, "layers": self.rows}
+                "baseline_top1": self.baseline_top1, "objective": self.objective,
+                "baseline_metric": self.baseline_metric, "layers": self.rows}
 
 
 def sensitivity(
@@ -376,15 +397,23 @@ def sensitivity(
     calib=None,
     calib_size: int = DEFAULTS.calib_size,
     preset: str | None = None,
+    preprocess: dict | None = None,
     limit: int = 500,
     seed: int = DEFAULTS.seed,
+    objective: str | None = None,
+    metric: Callable | str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> SensitivityReport:
     """Compress each layer alone at each sparsity and measure the damage on ``data``.
 
-    With labels the damage is the top-1 drop in points, else the output SQNR in dB against the
-    original model; layers are sorted most sensitive first. With ``calib`` the layers are
-    compressed as ``convert`` does with calibration (OBS, GPTQ, bias correction).
+    Every entry holds the output SQNR in dB against the original model and the top-1 agreement
+    with it in percent, the top-1 accuracy and its drop in points with labels, and ``metric``
+    with a user metric (``metric(session) -> float``, or ``"file.py:function"``). Layers are
+    sorted most sensitive first by ``objective``: ``top1`` (mean drop; the default with labels),
+    ``agreement`` (mean disagreement), ``sqnr`` (lowest mean SQNR; the default without labels),
+    or the metric's mean drop when ``metric`` is given. With ``calib`` the layers are
+    compressed as ``convert`` does with calibration (OBS, GPTQ, bias correction). ``preset`` and
+    ``preprocess`` (keywords of fq_onnx.data.resolve_preprocess) prepare both data sets.
     """
     sparsities = tuple(float(s) for s in sparsities)
     if not sparsities or not all(0.0 <= s <= 0.99 for s in sparsities):
@@ -396,55 +425,73 @@ def sensitivity(
     targets, _ = rewrite.find_targets(graph)
     if not targets:
         raise FqOnnxError(f"{model_path}: nothing to compress")
-    x, y = _arrays(model, data, preset, limit)
+    x, y = _samples(model, data, preset, limit, preprocess)
     options = ConvertOptions(bits=bits, calib=calib, calib_size=calib_size, seed=seed).layer_options()
     stats = {}
     if calib is not None:
         with tempfile.TemporaryDirectory(prefix="fq-onnx-calib-") as workdir:
-            inputs = calibrate.sample_inputs(_calibration_reader(model, calib, calib_size, preset), calib_size, workdir, seed)
+            inputs = calibrate.sample_inputs(_model_data(model, calib, "train", preset, preprocess=preprocess),
+                                             calib_size, workdir, seed)
             stats = calibrate.collect(graph, targets, inputs, seed=seed)
-    reference = allocate.run_model(gs.export_onnx(graph).SerializeToString(), x)
+    original = gs.export_onnx(graph).SerializeToString()
+    reference = allocate.run_model(original, x)
     baseline = allocate.top1(reference, y) if y is not None else None
+    kind = objective or ("top1" if y is not None else "sqnr")
+    if kind not in OBJECTIVES:
+        raise FqOnnxError(f"objective must be one of {', '.join(OBJECTIVES)}, got {kind!r}")
+    if kind == "top1" and y is None:
+        raise FqOnnxError(f"{data}: the top-1 objective needs labelled data; use agreement or sqnr")
+    scorer = None
+    if metric is not None:
+        from fq_onnx.evaluation.objective import metric_objective
+
+        scorer = metric_objective(metric, original)
+        kind = "metric"
+    agree_with = allocate.top1_classes(reference)
     rows = []
     for index, target in enumerate(targets):
         name = target.node.name
         row = {"node": name, "op": target.node.op, "weights": int(target.weight.size), "by_sparsity": {}}
         for s in sparsities:
             result = compress_layer(target.weight, target.bias, s, options, stats.get(name))
-            logits = allocate.run_model(allocate.plain_model(graph, {name: result}, 1), x)
+            candidate = allocate.plain_model(graph, {name: result}, 1)
+            logits = allocate.run_model(candidate, x)
             noise = allocate.noise(reference, logits)
-            entry = {"sqnr_db": float(-10 * np.log10(max(noise, 1e-30)))}
+            entry = {"sqnr_db": float(-10 * np.log10(max(noise, 1e-30))),
+                     "agreement": 100 * float(np.mean(agree_with == allocate.top1_classes(logits)))}
             if y is not None:
                 accuracy = allocate.top1(logits, y)
                 entry.update(top1=accuracy, drop=100 * (baseline - accuracy))
+            if scorer is not None:
+                value = scorer.score(candidate)
+                entry.update(metric=value, metric_drop=scorer.baseline - value)
             row["by_sparsity"][str(s)] = entry
         entries = row["by_sparsity"].values()
-        row["score"] = float(np.mean([e["drop"] for e in entries])) if y is not None else \
-            float(-np.mean([e["sqnr_db"] for e in entries]))
+        damage = {"top1": lambda e: e["drop"], "agreement": lambda e: 100 - e["agreement"],
+                  "sqnr": lambda e: -e["sqnr_db"], "metric": lambda e: e["metric_drop"]}[kind]
+        row["score"] = float(np.mean([damage(e) for e in entries]))
         rows.append(row)
         if progress:
             progress(name, index + 1, len(targets))
     rows.sort(key=lambda r: -r["score"])
-    return SensitivityReport(str(model_path), sparsities, y is not None, baseline, rows)
+    return SensitivityReport(str(model_path), sparsities, y is not None, baseline, rows, kind,
+                             scorer.baseline if scorer else None)
 
 
-def _arrays(model: onnx.ModelProto, data, preset: str | None, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Up to ``limit`` preprocessed inputs (and labels, when the data has them), in memory."""
-    from fq_onnx.evaluation import data as data_module
+def _samples(model: onnx.ModelProto, data, preset: str | None, limit: int, preprocess: dict | None = None):
+    """Up to ``limit`` preprocessed inputs as Samples, and their labels (None when the data has none)."""
+    from fq_onnx.evaluation.feeds import Samples
 
-    if isinstance(data, str) and data == "digits":
-        reader = data_module.DigitsReader(split="val", limit=limit)
-    else:
-        shape = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
-        reader = data_module.open_data(data, data_module.resolve_preprocess(preset, input_shape=shape), limit=limit)
-    xs, ys = [], []
-    for x, y in reader.batches(64):
-        xs.append(np.asarray(x, dtype=np.float32))
-        ys.append(None if y is None else np.asarray(y))
-    if not xs:
+    source = _model_data(model, data, "val", preset, limit, preprocess)
+    batches, ys = [], []
+    for feeds, y in source.batches(64):
+        batches.append(feeds)
+        ys.append(y)
+    samples = Samples.concatenate(batches)[:limit]
+    if not len(samples):
         raise FqOnnxError(f"{data}: no samples")
-    labels = None if any(v is None for v in ys) else np.concatenate(ys)[:limit]
-    return np.concatenate(xs)[:limit], labels
+    labels = None if any(v is None for v in ys) else np.concatenate(ys)[:limit].astype(np.int64)
+    return samples, labels
 
 
 # The demo's settings: calibrate on the bundled training split, then let the allocator pick

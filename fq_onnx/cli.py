@@ -43,6 +43,24 @@ def _info(text: str) -> None:
         out.print(text, markup=False, highlight=False)
 
 
+# Preprocessing of image data, shared by convert (--calib, --data), sensitivity and evaluate.
+PRESET = typer.Option(None, "--preset", help="Preprocessing preset: imagenet, cifar, yolo, paddle or none (default: uint8 data / 255, nothing else; docs/DATA.md).")
+SIZE = typer.Option(None, "--size", help="Resize: short side (256) or HxW (224x224).")
+CROP = typer.Option(None, "--crop", help="Centre crop: 224 or HxW.")
+RESIZE = typer.Option(None, "--resize", help="Reach --size HxW (default: the model's) by stretch, crop (cover, centre-crop) or letterbox (fit, pad grey 114).")
+MEAN = typer.Option(None, "--mean", help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406.")
+STD = typer.Option(None, "--std", help="Per-channel std to divide by, e.g. 0.229,0.224,0.225.")
+SCALE = typer.Option(None, "--scale", help="Divide raw values by this (default: 255 for uint8 data, else 1).")
+LAYOUT = typer.Option(None, "--layout", help="Model input layout nchw or nhwc (default: read from the model).")
+CHANNELS = typer.Option(None, "--channels", help="Channel order the model expects: rgb (default) or bgr.")
+
+
+def _preprocess(size, crop, resize, mean, std, scale, layout, channels) -> dict | None:
+    """The explicit preprocessing flags as fq_onnx.data.resolve_preprocess keywords."""
+    given = dict(size=size, crop=crop, fit=resize, mean=mean, std=std, scale=scale, layout=layout, channels=channels)
+    return {k: v for k, v in given.items() if v is not None} or None
+
+
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress and no info lines; results are still printed and written.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Extra detail, and the traceback of an error.")
 
@@ -193,16 +211,28 @@ def convert(
     fuse_activation: bool = typer.Option(DEFAULTS.fuse_activation, "--fuse-activation/--no-fuse-activation", help="Fuse a following Relu or Clip into ShiftConv."),
     calib: Optional[str] = typer.Option(None, help="Calibration data (npz, image folder, .npy; 'digits' = bundled train split)."),
     calib_size: int = typer.Option(DEFAULTS.calib_size, help="Calibration samples to use."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing of the calibration data: imagenet, cifar or none."),
+    preset: Optional[str] = PRESET,
+    size: Optional[str] = SIZE,
+    crop: Optional[str] = CROP,
+    resize: Optional[str] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    scale: Optional[float] = SCALE,
+    layout: Optional[str] = LAYOUT,
+    channels: Optional[str] = CHANNELS,
     prune_method: Optional[str] = typer.Option(None, help="magnitude, or obs (needs --calib; its default)."),
     rounding: Optional[str] = typer.Option(None, help="nearest, gptq, or gptq-cd: GPTQ then coordinate-descent passes (needs --calib; its default)."),
     bias_correction: Optional[bool] = typer.Option(None, "--bias-correction/--no-bias-correction",
                                                    help="Correct each output's mean (default: on with --calib)."),
     sequential: bool = typer.Option(DEFAULTS.sequential, "--sequential/--parallel", help="Calibrate each layer on the already compressed layers before it."),
     target_ratio: Optional[float] = typer.Option(None, help="Choose per-layer sparsity for this weights-only ratio (needs --calib)."),
-    max_drop: Optional[float] = typer.Option(None, help="Largest ratio with top-1 drop <= this many points on --data (needs --calib)."),
-    data: Optional[str] = typer.Option(None, help="Labelled evaluation data for --max-drop ('digits' = bundled validation split)."),
-    eval_size: int = typer.Option(DEFAULTS.eval_size, help="Evaluation samples used by --max-drop."),
+    max_drop: Optional[float] = typer.Option(None, help="Largest ratio whose --objective (top1 or agreement) drops <= this many points on --data (needs --calib)."),
+    objective: Optional[str] = typer.Option(None, help="What --max-drop bounds and --target-ratio reports: top1 (labels), agreement or sqnr (no labels).  [default: top1]"),
+    min_sqnr: Optional[float] = typer.Option(None, help="Largest ratio whose output SQNR on --data (no labels needed) is >= this many dB (needs --calib)."),
+    metric: Optional[str] = typer.Option(None, help="Your metric, file.py:function or module:function: metric(session) -> float, higher is better; scores each plan."),
+    max_metric_drop: Optional[float] = typer.Option(None, help="Largest ratio whose --metric drops <= this much below the original's (needs --calib)."),
+    data: Optional[str] = typer.Option(None, help="Evaluation data for --max-drop / --min-sqnr, labelled for top1 ('digits' = bundled validation split)."),
+    eval_size: int = typer.Option(DEFAULTS.eval_size, help="Evaluation samples used by --max-drop and --min-sqnr."),
     keep_float: bool = typer.Option(DEFAULTS.keep_float, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float (stored as float16)."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
     alloc_mantissa: Optional[str] = typer.Option(None, help="Mantissa widths the allocator may give a layer, e.g. 0,1,2 (default: --mantissa alone; each one more multiplies the measuring time)."),
@@ -224,12 +254,16 @@ def convert(
     recipe = recipe_fields(read_recipe(config), str(config)) if config else {}
     if "sparsity_file" in given:  # the flag replaces the recipe's table
         recipe.pop("per_layer_sparsity", None)
+    preprocess = _preprocess(size, crop, resize, mean, std, scale, layout, channels)
+    if preprocess:
+        given["preprocess"] = {**(recipe.get("preprocess") or {}), **preprocess}
     options = ConvertOptions(**{**recipe, **given})
     report = api.convert(model, output, options, progress=_progress("compressing"), report_dir=report_dir)
     allocation = report.settings.get("allocation")
     if allocation:
         for trial in allocation["trials"]:
-            measured = "" if trial["top1"] is None else f", top-1 {100 * trial['top1']:.2f}% (drop {trial['drop']:.2f})"
+            measured = "" if trial.get("score") is None else f", {trial['objective']} {trial['score']:.4g}" + (
+                "" if trial["drop"] is None else f" (drop {trial['drop']:.2f})")
             _info(f"trial: {trial['ratio']:.2f}x weights-only, estimated output noise {trial['noise']:.4f}{measured}")
         _info(allocation["message"])
         if verbose:
@@ -290,13 +324,15 @@ def evaluate(
     model: Path = typer.Argument(..., help="The model to measure (usually the compressed one)."),
     reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="The original model to compare against."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Validation data: .npz with x/y, image folder (class sub-folders, <synset>_* files or a labels file), .npy file/folder, or file.py:reader. Default: the bundled digits split."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing preset: imagenet, cifar or none (default: uint8 data / 255, nothing else)."),
-    size: Optional[str] = typer.Option(None, help="Resize: short side (256) or HxW (224x224)."),
-    crop: Optional[str] = typer.Option(None, help="Centre crop: 224 or HxW."),
-    mean: Optional[str] = typer.Option(None, help="Per-channel mean subtracted after scaling, e.g. 0.485,0.456,0.406."),
-    std: Optional[str] = typer.Option(None, help="Per-channel std to divide by, e.g. 0.229,0.224,0.225."),
-    layout: Optional[str] = typer.Option(None, help="Model input layout nchw or nhwc (default: read from the model)."),
-    scale: Optional[float] = typer.Option(None, help="Divide raw values by this (default: 255 for uint8 data, else 1)."),
+    preset: Optional[str] = PRESET,
+    size: Optional[str] = SIZE,
+    crop: Optional[str] = CROP,
+    resize: Optional[str] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    scale: Optional[float] = SCALE,
+    layout: Optional[str] = LAYOUT,
+    channels: Optional[str] = CHANNELS,
     labels: Optional[Path] = typer.Option(None, help="Labels file for an image folder ('<file> <label>' lines)."),
     label_offset: Optional[int] = typer.Option(None, help="Added to the labels (default: 1 for 1001-class models, else 0)."),
     output_name: Optional[str] = typer.Option(None, help="Model output holding the logits (default: the first)."),
@@ -315,8 +351,8 @@ def evaluate(
     from fq_onnx.evaluation.evaluate import evaluate as run_evaluate
 
     _verbosity(quiet, verbose)
-    result = run_evaluate(model, reference, data, preset=preset, size=size, crop=crop, mean=mean, std=std,
-                          layout=layout, scale=scale, labels=labels, label_offset=label_offset,
+    result = run_evaluate(model, reference, data, preset=preset, size=size, crop=crop, fit=resize, mean=mean,
+                          std=std, layout=layout, scale=scale, channels=channels, labels=labels, label_offset=label_offset,
                           output_name=output_name, batch_size=batch_size, limit=limit,
                           random_inputs=random_inputs, seed=seed, threads=threads,
                           latency_runs=latency_runs, memory=memory, progress=_show_progress())
@@ -339,8 +375,18 @@ def sensitivity(
     bits: int = typer.Option(DEFAULTS.bits, help="Bits per nonzero weight code."),
     calib: Optional[str] = typer.Option(None, help="Calibration data: compress as convert --calib does."),
     calib_size: int = typer.Option(DEFAULTS.calib_size, help="Calibration samples."),
-    preset: Optional[str] = typer.Option(None, help="Preprocessing: imagenet, cifar or none."),
+    preset: Optional[str] = PRESET,
+    size: Optional[str] = SIZE,
+    crop: Optional[str] = CROP,
+    resize: Optional[str] = RESIZE,
+    mean: Optional[str] = MEAN,
+    std: Optional[str] = STD,
+    scale: Optional[float] = SCALE,
+    layout: Optional[str] = LAYOUT,
+    channels: Optional[str] = CHANNELS,
     limit: int = typer.Option(500, help="Evaluation samples."),
+    objective: Optional[str] = typer.Option(None, help="Sort by top1 drop (default with labels), agreement, or sqnr (default without)."),
+    metric: Optional[str] = typer.Option(None, help="Your metric, file.py:function: metric(session) -> float, higher is better; sort by its drop."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON."),
     quiet: bool = QUIET,
     verbose: bool = VERBOSE,
@@ -352,15 +398,19 @@ def sensitivity(
     except ValueError:
         raise FqOnnxError(f"--sparsities must be comma-separated numbers, got {sparsities!r}") from None
     report = api.sensitivity(model, data, sparsities=values, bits=bits, calib=calib, calib_size=calib_size,
-                             preset=preset, limit=limit, progress=_progress("layer"))
-    unit = "top-1 drop (points)" if report.labelled else "output SQNR (dB)"
+                             preset=preset, preprocess=_preprocess(size, crop, resize, mean, std, scale, layout, channels),
+                             limit=limit, objective=objective, metric=metric, progress=_progress("layer"))
+    key, unit, fmt = {"top1": ("drop", "top-1 drop (points)", "{:+.2f}"),
+                         "agreement": ("agreement", "top-1 agreement with the original (%)", "{:.2f}"),
+                         "sqnr": ("sqnr_db", "output SQNR (dB)", "{:.1f}"),
+                         "metric": ("metric_drop", f"{metric} drop", "{:+.4g}")}[report.objective]
     table = Table(title=f"{model}: each layer compressed alone, {unit}", title_justify="left")
     for column in ["node", "op", "weights"] + [f"s={s:g}" for s in report.sparsities]:
         table.add_column(column, justify="left" if column in ("node", "op") else "right")
     for row in report.rows:
         cells = [row["by_sparsity"][str(s)] for s in report.sparsities]
-        values = [f"{c['drop']:+.2f}" if report.labelled else f"{c['sqnr_db']:.1f}" for c in cells]
-        if verbose and report.labelled:  # the output SQNR behind each drop
+        values = [fmt.format(c[key]) for c in cells]
+        if verbose and report.objective != "sqnr":  # the output SQNR behind each value
             values = [f"{v} ({c['sqnr_db']:.1f} dB)" for v, c in zip(values, cells)]
         table.add_row(row["node"], row["op"], f"{row['weights']:,}", *values)
     out.print(table)

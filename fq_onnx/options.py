@@ -24,10 +24,13 @@ ASSIGNMENTS = ("argmax", "sample", "nearest")
 PRUNE_METHODS = ("magnitude", "obs")
 ROUNDINGS = ("nearest", "gptq", "gptq-cd")
 ACT_CALIBS = ("mse", "minmax", "percentile")
+OBJECTIVES = ("top1", "agreement", "sqnr")  # fq_onnx.evaluation.objective
+ALLOCATION_TARGETS = ("target_ratio", "max_drop", "min_sqnr", "max_metric_drop")
 ACT_BITS_RANGE = (4, 8)  # what the converter offers (below 4 bits post-training is useless)
+PREPROCESS_KEYS = ("size", "crop", "fit", "scale", "mean", "std", "layout", "channels")  # fq_onnx.data.resolve_preprocess
 SETTINGS_KEY = "fq_onnx.settings"  # the model metadata entry holding the stored settings
 # Keys of the stored settings that describe what a conversion found, not what it was asked.
-_RESULT_KEYS = ("allocation", "per_layer_bits", "per_layer_mantissa")
+_RESULT_KEYS = ("allocation", "per_layer_bits", "per_layer_mantissa", "metric_function")
 
 
 def _number(v) -> bool:
@@ -36,12 +39,13 @@ def _number(v) -> bool:
 
 # What a recipe (or a caller) may give each option (None: the option's default where that is None).
 _TYPES = (
-    (("sparsity", "w_sep", "target_ratio", "max_drop"), "a number", _number),
+    (("sparsity", "w_sep", "target_ratio", "max_drop", "min_sqnr", "max_metric_drop"), "a number", _number),
     (("bits", "mantissa", "block", "seed", "calib_size", "eval_size"), "an integer",
      lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     (("pow2_centres", "per_channel", "fuse_activation", "sequential", "keep_float", "bias_correction"),
      "true or false", lambda v: isinstance(v, bool)),
-    (("assign", "prune_method", "rounding", "preset", "act_calib"), "a string", lambda v: isinstance(v, str)),
+    (("assign", "prune_method", "rounding", "preset", "act_calib", "objective"), "a string",
+     lambda v: isinstance(v, str)),
 )
 
 
@@ -65,6 +69,7 @@ class ConvertOptions:
     calib: Any = field(default=None, hash=False)
     calib_size: int = 256
     preset: str | None = None
+    preprocess: Mapping[str, Any] | None = field(default=None, hash=False)  # PREPROCESS_KEYS over the preset
     prune_method: str | None = None  # None: "obs" with calib, else "magnitude"
     rounding: str | None = None  # None: "gptq-cd" with calib, else "nearest"
     bias_correction: bool | None = None  # None: on with calib
@@ -72,6 +77,10 @@ class ConvertOptions:
     target_ratio: float | None = None
     max_drop: float | None = None
     data: Any = field(default=None, hash=False)
+    objective: str | None = None  # top1, agreement or sqnr (fq_onnx.evaluation.objective); None: top1
+    min_sqnr: float | None = None
+    metric: Any = field(default=None, hash=False)  # metric(session) -> float, or "file.py:function"
+    max_metric_drop: float | None = None
     eval_size: int = 1000
     keep_float: bool = True
     alloc_bits: tuple[int, ...] | None = None
@@ -88,6 +97,9 @@ class ConvertOptions:
                                tuple(sorted(set(int(m) for m in self.alloc_mantissa))) or None)
         if self.per_layer_sparsity is not None:
             object.__setattr__(self, "per_layer_sparsity", dict(self.per_layer_sparsity) or None)
+        if self.preprocess is not None:
+            object.__setattr__(self, "preprocess", {k: v for k, v in dict(self.preprocess).items()
+                                                    if v is not None} or None)
         self._check()
 
     # ----------------------------------------------------------------------------------------
@@ -114,6 +126,10 @@ class ConvertOptions:
             raise FqOnnxError("give a sparsity file or a per-layer sparsity table, not both")
         if self.per_layer_sparsity is not None:
             _check_table(self.per_layer_sparsity, "per_layer_sparsity")
+        unknown = set(self.preprocess or ()) - set(PREPROCESS_KEYS)
+        if unknown:
+            raise FqOnnxError(f"preprocess: unknown key {', '.join(sorted(unknown))}; the keys are "
+                              f"{', '.join(PREPROCESS_KEYS)}")
         if self.act_bits is not None:
             self._check_integer_mode()
         prune_method, rounding, bias_correction = self.resolved()
@@ -121,7 +137,7 @@ class ConvertOptions:
             raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
         if self.calib_size < 1:
             raise FqOnnxError(f"--calib-size must be >= 1, got {self.calib_size}")
-        if self.target_ratio is not None or self.max_drop is not None:
+        if self.allocating:
             self._check_allocation()
         if self.alloc_bits is not None:
             self.bits_grid()
@@ -144,14 +160,32 @@ class ConvertOptions:
     def _check_allocation(self) -> None:
         if not self.calibrated:
             raise FqOnnxError("--target-ratio and --max-drop need calibration data (--calib)")
-        if self.target_ratio is not None and self.max_drop is not None:
-            raise FqOnnxError("give --target-ratio or --max-drop, not both")
+        given = [f"--{n.replace('_', '-')}" for n in ALLOCATION_TARGETS if getattr(self, n) is not None]
+        if len(given) > 1:
+            if given == ["--target-ratio", "--max-drop"]:
+                raise FqOnnxError("give --target-ratio or --max-drop, not both")
+            raise FqOnnxError(f"give one of {', '.join(given)}, not several")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise FqOnnxError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.max_drop is not None and self.objective == "sqnr":
+            raise FqOnnxError("--max-drop bounds top-1 or agreement points; for SQNR give --min-sqnr DB")
+        if self.min_sqnr is not None and self.objective not in (None, "sqnr"):
+            raise FqOnnxError(f"--min-sqnr bounds the SQNR objective, not {self.objective}")
+        if self.max_metric_drop is not None and self.metric is None:
+            raise FqOnnxError("--max-metric-drop needs --metric file.py:function (metric(session) -> float)")
+        if self.metric is not None and (self.max_drop is not None or self.min_sqnr is not None):
+            raise FqOnnxError("a --metric is bounded by --max-metric-drop, not --max-drop or --min-sqnr")
+        if self.max_metric_drop is not None and not self.max_metric_drop >= 0:
+            raise FqOnnxError(f"--max-metric-drop must be >= 0, got {self.max_metric_drop}")
+        if self.min_sqnr is not None and self.data is None:
+            raise FqOnnxError("--min-sqnr needs evaluation data (--data, labels not needed), separate from --calib")
         if self.target_ratio is not None and not self.target_ratio > 1:
             raise FqOnnxError(f"--target-ratio must be above 1, got {self.target_ratio}")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise FqOnnxError(f"--max-drop must be >= 0 points, got {self.max_drop}")
         if self.max_drop is not None and self.data is None:
-            raise FqOnnxError("--max-drop needs labelled evaluation data (--data), separate from --calib")
+            raise FqOnnxError("--max-drop needs labelled evaluation data (--data), separate from --calib; "
+                              "with --objective agreement the data needs no labels")
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -160,7 +194,7 @@ class ConvertOptions:
 
     @property
     def allocating(self) -> bool:
-        return self.target_ratio is not None or self.max_drop is not None
+        return any(getattr(self, name) is not None for name in ALLOCATION_TARGETS)
 
     def resolved(self) -> tuple[str, str, bool]:
         """``(prune_method, rounding, bias_correction)`` with the calibrated defaults resolved."""
@@ -239,7 +273,7 @@ class ConvertOptions:
             "fuse_activation": self.fuse_activation, "prune_method": prune_method,
             "rounding": rounding, "bias_correction": bias_correction,
             "sequential": bool(self.calibrated and self.sequential),
-            "calibration": None if self.calib is None else {"data": str(self.calib), "samples": self.calib_size,
+            "calibration": None if self.calib is None else {"data": _data_name(self.calib), "samples": self.calib_size,
                                                             "preset": self.preset},
             "target_ratio": self.target_ratio, "max_drop": self.max_drop,
             "allocation": allocation.to_dict() if allocation else None,
@@ -258,7 +292,16 @@ class ConvertOptions:
         if self.eval_size != DEFAULTS.eval_size:
             settings["eval_size"] = self.eval_size
         if self.data is not None:
-            settings["data"] = str(self.data)
+            settings["data"] = _data_name(self.data)
+        for name in ("objective", "min_sqnr", "max_metric_drop"):
+            if getattr(self, name) is not None:
+                settings[name] = getattr(self, name)
+        if isinstance(self.metric, str):
+            settings["metric"] = self.metric
+        elif self.metric is not None:  # a Python callable: named, not replayable
+            settings["metric_function"] = getattr(self.metric, "__name__", type(self.metric).__name__)
+        if self.preprocess is not None:
+            settings["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.items()}
         return settings
 
     def to_dict(self) -> dict:
@@ -293,6 +336,14 @@ FIELDS = tuple(f.name for f in dataclasses.fields(ConvertOptions))
 DEFAULTS = ConvertOptions()
 
 
+def _data_name(data) -> str:
+    """How stored settings name data: a path as given; Python objects (arrays, generators, readers)
+    by their type, so the same data gives the same file (their repr holds a memory address)."""
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    return f"<{type(data).__name__}>"
+
+
 def _check_table(table, source: str) -> None:
     if not isinstance(table, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in table.values()):
@@ -304,8 +355,7 @@ def recipe_fields(values: Mapping[str, Any], source: str = "options") -> dict[st
     if not isinstance(values, Mapping):
         raise FqOnnxError(f"{source}: a recipe is a mapping of option names to values")
     fields = {}
-    allocating = values.get("allocation") is not None or values.get("target_ratio") is not None \
-        or values.get("max_drop") is not None
+    allocating = values.get("allocation") is not None or any(values.get(n) is not None for n in ALLOCATION_TARGETS)
     for key, value in values.items():
         key = str(key).replace("-", "_")
         if key in _RESULT_KEYS:

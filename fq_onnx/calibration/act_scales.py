@@ -15,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fq_onnx.calibration import calibrate
+from fq_onnx.evaluation.feeds import Samples
 from fq_onnx.graph import rewrite
 from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph import constant_value
@@ -154,7 +155,7 @@ def _shiftconvs(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.op == rewrite.OP_TYPE and n.domain == rewrite.DOMAIN]
 
 
-def assign_scales(graph: gs.Graph, inputs: np.ndarray, act_bits: int, method: str = "mse", *, batch_size: int = 32,
+def assign_scales(graph: gs.Graph, inputs: Samples | np.ndarray, act_bits: int, method: str = "mse", *, batch_size: int = 32,
                   seed: int = 0, progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict]:
     """Calibrate and set the integer-mode attributes of every ShiftConv node of ``graph``.
 
@@ -173,7 +174,8 @@ def assign_scales(graph: gs.Graph, inputs: np.ndarray, act_bits: int, method: st
     rewrite.to_plain(plain)
     names = [n.inputs[0].name for n in nodes]
     model = calibrate.probe_model(plain, names)
-    batches = -(-len(inputs) // batch_size)
+    inputs = Samples.of(inputs, graph.inputs[0].name)
+    batches = inputs.count_batches(batch_size)
     rng = np.random.default_rng(seed)
     stats: dict[tuple[str, bool], ActStats] = {}
     for node, name in zip(nodes, names):

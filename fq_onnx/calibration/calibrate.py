@@ -22,8 +22,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from fq_onnx.op import geometry
-from fq_onnx.errors import FqOnnxError
 from fq_onnx.graph.rewrite import Target
+from fq_onnx.evaluation.feeds import Samples, reservoir_sample
 
 PATCHES_PER_IMAGE = 1024  # positions sampled from each conv input; bounds time, not accuracy
 PROBE_BYTES = 64 << 20  # probed tensors per batch; MobileNet-V2 at 224² has 26 MB per image
@@ -72,30 +72,10 @@ def layer_inputs(target: Target, x: np.ndarray, rng: np.random.Generator) -> np.
     return x.reshape(1, -1, x.shape[-1])
 
 
-def sample_inputs(reader, size: int, directory: str | os.PathLike, seed: int = 0, batch_size: int = 32) -> np.ndarray:
-    """A seeded uniform sample of ``size`` model inputs from ``reader`` (reservoir sampling).
-
-    Reads the data once; the sample lives in a memory-mapped .npy file in ``directory``.
-    """
-    rng = np.random.default_rng(seed)
-    sample = None
-    seen = 0
-    for x, _ in reader.batches(batch_size):
-        x = np.asarray(x, dtype=np.float32)
-        if sample is None:
-            path = Path(directory) / "calibration_inputs.npy"
-            sample = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(size, *x.shape[1:]))
-        for row in x:
-            if seen < size:
-                sample[seen] = row
-            else:
-                slot = rng.integers(0, seen + 1)
-                if slot < size:
-                    sample[slot] = row
-            seen += 1
-    if sample is None or seen == 0:
-        raise FqOnnxError("the calibration data yielded no samples")
-    return sample[: min(seen, size)]
+def sample_inputs(data, size: int, directory: str | os.PathLike, seed: int = 0, batch_size: int = 32) -> Samples:
+    """A seeded uniform sample of ``size`` model inputs of ``data`` (a fq_onnx.evaluation.feeds
+    ModelData; reservoir sampling, one pass; fq_onnx.evaluation.feeds.reservoir_sample)."""
+    return reservoir_sample(data, size, directory, seed, batch_size)
 
 
 def _cache_key(model: onnx.ModelProto, targets: list[Target], description: str, size: int, seed: int) -> str:
@@ -112,7 +92,7 @@ def cache_dir() -> Path:
 def collect(
     graph: gs.Graph,
     targets: list[Target],
-    inputs: np.ndarray,
+    inputs: Samples | np.ndarray,
     *,
     batch_size: int = 32,
     description: str = "",
@@ -178,27 +158,30 @@ def probe_model(graph: gs.Graph, names: list[str]) -> onnx.ModelProto:
     return gs.export_onnx(probe)
 
 
-def tensor_batches(model: onnx.ModelProto, inputs: np.ndarray, batch_size: int = 32, max_bytes: int | None = None):
-    """Run ``model`` (one input) over ``inputs`` in batches; yields ``(batch size, {tensor name: value})``
-    with every graph output and the input itself.
+def tensor_batches(model: onnx.ModelProto, inputs: Samples | np.ndarray, batch_size: int = 32,
+                   max_bytes: int | None = None):
+    """Run ``model`` over ``inputs`` (Samples, or one array for a one-input model) in batches; yields
+    ``(batch size, {tensor name: value})`` with every graph output and the inputs themselves.
 
     With ``max_bytes`` the first batch is one sample, and later batches hold as many samples
-    (up to ``batch_size``) as keep the returned tensors within ``max_bytes``.
+    (up to ``batch_size``) as keep the returned tensors within ``max_bytes``. A batch never
+    spans two chunks of Samples (their shapes differ).
     """
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False  # every probed tensor is an output: the arena only grows
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    if len(session.get_inputs()) != 1:
-        raise FqOnnxError("calibration supports models with one input")
-    input_name = session.get_inputs()[0].name
+    samples = Samples.of(inputs, session.get_inputs()[0].name)
     output_names = [o.name for o in session.get_outputs()]
-    start, size = 0, batch_size if max_bytes is None else 1
-    while start < len(inputs):
-        x = np.ascontiguousarray(inputs[start : start + size])
-        values = dict(zip(output_names, session.run(None, {input_name: x})))
-        values[input_name] = x
-        yield len(x), values
-        start += len(x)
-        if max_bytes is not None:
-            per_sample = sum(v.nbytes for v in values.values()) / len(x)
-            size = int(np.clip(max_bytes // max(per_sample, 1), 1, batch_size))
+    size = batch_size if max_bytes is None else 1
+    for chunk in samples.chunks:
+        start, total = 0, len(next(iter(chunk.values())))
+        while start < total:
+            feeds = {k: np.ascontiguousarray(v[start : start + size]) for k, v in chunk.items()}
+            count = len(next(iter(feeds.values())))
+            values = dict(zip(output_names, session.run(None, feeds)))
+            values.update(feeds)
+            yield count, values
+            start += count
+            if max_bytes is not None:
+                per_sample = sum(v.nbytes for v in values.values()) / count
+                size = int(np.clip(max_bytes // max(per_sample, 1), 1, batch_size))

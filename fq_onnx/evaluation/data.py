@@ -22,10 +22,14 @@ folder of ``<synset>_*.JPEG``      ImageNet-style, label = index in the sorted s
 folder + labels file               ``labels.txt`` / ``labels.csv`` (or ``labels=``)
 ``file.py:name`` / ``module:name``  a Python callable returning a reader
 a :class:`Reader` object           used as is
+``get_next()`` object              onnxruntime's ``CalibrationDataReader``: input dicts
+a list, generator or iterable      batches (or single samples): arrays, input dicts,
+                                   ``(x, y)`` tuples/lists, dicts with a label key;
+                                   tensors with ``.numpy()`` (a torch ``DataLoader``)
 =================================  ==================================================
 
-Built-in readers apply a :class:`Preprocess` (presets ``imagenet``, ``cifar``, ``none`` plus
-explicit size/crop/scale/mean/std/layout) and return arrays of the model's input shape.
+Built-in readers apply a :class:`Preprocess` (presets ``imagenet``, ``cifar``, ``yolo``,
+``paddle``, ``none`` plus explicit size/crop/fit/scale/mean/std/layout/channels) and return arrays of the model's input shape.
 Images are decoded with Pillow (a dependency of fq-onnx; a reader of images checks it is there).
 """
 
@@ -66,12 +70,17 @@ __all__ = [
     "parse_hw",
     "parse_floats",
     "subset_indices",
+    "IterableReader",
+    "to_numpy",
+    "LABEL_KEYS",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LABEL_FILE_NAMES = ("labels.txt", "labels.csv", "labels.tsv")
 _SYNSET = re.compile(r"^(n\d{8})[_.\-]")
 
+FITS = ("stretch", "crop", "letterbox")
+LETTERBOX_GREY = 114  # the pad value of letterboxed uint8 images (Ultralytics')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -128,8 +137,14 @@ class Preprocess:
 
     Order: resize (``size``: an int resizes the short side keeping the aspect ratio, torchvision
     style; ``(h, w)`` resizes exactly; bilinear, antialiased like PIL) -> centre crop (``crop``)
-    -> divide by ``scale`` -> subtract ``mean`` -> divide by ``std`` (per channel) -> transpose to
-    the model ``layout`` -> cast to the model's input dtype.
+    -> RGB to BGR (``channels="bgr"``) -> divide by ``scale`` -> subtract ``mean`` -> divide by
+    ``std`` (per channel, in the model's channel order) -> transpose to the model ``layout`` ->
+    cast to the model's input dtype.
+
+    ``fit`` replaces size-then-crop by one way of reaching the size ``size`` (HxW, or the model
+    input's): ``stretch`` resizes to it exactly, ``crop`` resizes to cover it keeping the
+    aspect ratio and centre-crops, ``letterbox`` resizes to fit inside it keeping the aspect
+    ratio and pads the rest with grey 114 (YOLO's; 114/255 for float images).
 
     Automatic values: ``scale`` is 255 for uint8 data and 1 otherwise; images from a folder that
     do not match a fixed model input size are resized (short side) and centre-cropped to it.
@@ -142,6 +157,8 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     layout: str | None = None  # model input layout: "nchw" or "nhwc"
+    fit: str | None = None  # "stretch", "crop" or "letterbox" to size (None: size, then crop)
+    channels: str = "rgb"  # the model's channel order: "rgb" or "bgr"
     # filled from the model by resolve_preprocess():
     input_shape: tuple[Any, ...] | None = None  # full model input shape, dims int or None
     dtype: str = "float32"
@@ -182,8 +199,13 @@ class Preprocess:
             parts.append(f"preset {self.preset}")
         if self.size is not None:
             parts.append(f"resize {_fmt_hw(self.size, short=True)}")
+        if self.fit is not None:
+            target = self.size if self.size is not None else self.model_hw
+            parts.append(f"{self.fit} to {_fmt_hw(target) if None not in target else 'the input size'}")
         if self.crop is not None:
             parts.append(f"centre-crop {_fmt_hw(self.crop)}")
+        if self.channels == "bgr":
+            parts.append("BGR")
         scale = self.scale if self.scale is not None else (
             255.0 if raw_dtype is not None and np.dtype(raw_dtype) == np.uint8 else None)
         if scale not in (None, 1, 1.0):
@@ -196,6 +218,25 @@ class Preprocess:
         return ", ".join(parts)
 
     # ---- the numerics ---------------------------------------------------------------------
+    def geometry(self, hw, auto_fit: bool) -> tuple[tuple[int, int] | None, tuple[int, int] | None,
+                                                     tuple[int, int] | None]:
+        """``(resize to, centre-crop to, pad to)`` for an image of size ``hw`` (each None if not done)."""
+        if self.fit is None:
+            size, crop = self._size_crop(hw, auto_fit)
+            resized = None if size is None else _resized_hw(hw, size)
+            return resized, None if crop is None else ((crop, crop) if isinstance(crop, int) else crop), None
+        target = self.size if self.size is not None else self.model_hw
+        if isinstance(target, int):
+            target = (target, target)
+        if None in target:
+            raise DataError(f"--resize {self.fit} needs --size HxW: the model input size is dynamic")
+        th, tw = target
+        if self.fit == "stretch":
+            return (th, tw), None, None
+        scale = (max if self.fit == "crop" else min)(th / hw[0], tw / hw[1])
+        resized = (max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale)))
+        return (resized, (th, tw), None) if self.fit == "crop" else (resized, None, (th, tw))
+
     def _size_crop(self, hw, auto_fit: bool):
         size, crop = self.size, self.crop
         mh, mw = self.model_hw
@@ -206,6 +247,8 @@ class Preprocess:
     def finish(self, batch: np.ndarray, raw_dtype: Any) -> np.ndarray:
         """Scale, normalise, transpose and cast a batch of NHWC images (any size-checked)."""
         x = batch.astype(np.float32, copy=False)
+        if self.channels == "bgr" and x.shape[-1] == 3:
+            x = x[..., ::-1]
         scale = self.scale
         if scale is None:
             scale = 255.0 if np.dtype(raw_dtype) == np.uint8 else 1.0
@@ -246,6 +289,10 @@ PRESETS: dict[str, Preprocess] = {
     "cifar": Preprocess(preset="cifar", scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     # feed the data as it is (only cast, and transposed if the channel axis is elsewhere)
     "none": Preprocess(preset="none", scale=1.0),
+    # Ultralytics YOLO: RGB, letterboxed to the input size with grey 114, /255, no mean/std
+    "yolo": Preprocess(preset="yolo", fit="letterbox", scale=255.0),
+    # PaddleOCR / PaddlePaddle recognition models: (x/255 - 0.5) / 0.5 on BGR images (read with OpenCV)
+    "paddle": Preprocess(preset="paddle", scale=255.0, mean=(0.5,), std=(0.5,), channels="bgr"),
 }
 
 
@@ -258,6 +305,8 @@ def resolve_preprocess(
     mean: Sequence[float] | str | None = None,
     std: Sequence[float] | str | None = None,
     layout: str | None = None,
+    fit: str | None = None,
+    channels: str | None = None,
     input_shape: Sequence[Any] | None = None,
     dtype: Any = "float32",
 ) -> Preprocess:
@@ -278,6 +327,10 @@ def resolve_preprocess(
             raise DataError(f"unknown layout {layout!r}: use nchw or nhwc")
     elif shape is not None and len(shape) == 4:
         layout = _guess_layout(shape)
+    if fit is not None and fit.lower() not in FITS:
+        raise DataError(f"unknown resize mode {fit!r}: use {', '.join(FITS)}")
+    if channels is not None and channels.lower() not in ("rgb", "bgr"):
+        raise DataError(f"unknown channel order {channels!r}: use rgb or bgr")
     if scale is not None and not scale > 0:
         raise DataError(f"scale must be positive, got {scale}")
     p = replace(
@@ -288,12 +341,16 @@ def resolve_preprocess(
         mean=parse_floats(mean, "mean") if mean is not None else base.mean,
         std=parse_floats(std, "std") if std is not None else base.std,
         layout=layout or base.layout,
+        fit=fit.lower() if fit is not None else base.fit,
+        channels=channels.lower() if channels is not None else base.channels,
         input_shape=shape,
         dtype=np.dtype(dtype).name,
     )
     if p.std is not None and any(v == 0 for v in p.std):
         raise DataError(f"std must be nonzero, got {p.std}")
-    if shape is not None and len(shape) != 4 and (p.size is not None or p.crop is not None):
+    if p.fit is not None and p.crop is not None:
+        raise DataError(f"--crop and --resize {p.fit} exclude each other: --resize crop --size HxW crops")
+    if shape is not None and len(shape) != 4 and (p.size is not None or p.crop is not None or p.fit is not None):
         raise DataError(f"size/crop apply to image models (4-D input); this model's input is "
                         f"{_fmt_shape(shape)}")
     return p
@@ -536,11 +593,13 @@ class ArrayReader(Reader):
                 raise DataError(f"{self.source}: the data has {nhwc.shape[-1]} channels "
                                 f"({lay.upper()}), the model input expects {mc}")
         if _needs_spatial(p):
-            size, crop = p.size, p.crop
-            if size is not None:
-                nhwc = resize_bilinear(nhwc, _resized_hw(nhwc.shape[1:3], size))
+            resized, crop, pad = p.geometry(nhwc.shape[1:3], auto_fit=False)
+            if resized is not None:
+                nhwc = resize_bilinear(nhwc, resized)
             if crop is not None:
                 nhwc = np.stack([center_crop(im, crop) for im in nhwc])
+            if pad is not None:
+                nhwc = letterbox_pad(nhwc, pad, xb.dtype)
         return p.finish(nhwc, xb.dtype)
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -551,12 +610,22 @@ class ArrayReader(Reader):
 
 
 def _needs_spatial(p: Preprocess) -> bool:
-    return p.size is not None or p.crop is not None
+    return p.size is not None or p.crop is not None or p.fit is not None
+
+
+def letterbox_pad(images: np.ndarray, hw: tuple[int, int], raw_dtype: Any) -> np.ndarray:
+    """Pad NHWC ``images`` (or one HWC image) centred to ``hw`` with grey: 114 for uint8 data,
+    114/255 for floats."""
+    h, w = images.shape[-3:-1]
+    ph, pw = hw[0] - h, hw[1] - w
+    pad = [(0, 0)] * (images.ndim - 3) + [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)]
+    grey = LETTERBOX_GREY if np.dtype(raw_dtype) == np.uint8 else LETTERBOX_GREY / 255
+    return np.pad(images, pad, constant_values=grey)
 
 
 def _changes_values(p: Preprocess, dtype: Any) -> bool:
     scale = p.scale if p.scale is not None else (255.0 if np.dtype(dtype) == np.uint8 else 1.0)
-    return scale != 1.0 or p.mean is not None or p.std is not None or _needs_spatial(p)
+    return scale != 1.0 or p.mean is not None or p.std is not None or _needs_spatial(p) or p.channels == "bgr"
 
 
 def _finish_flat(p: Preprocess, xb: np.ndarray) -> np.ndarray:
@@ -677,6 +746,128 @@ class RandomReader(Reader):
             x = rng.random(shp, dtype=np.float32) if self.uniform else rng.standard_normal(
                 shp, dtype=np.float32)
             yield x.astype(self.dtype, copy=False), None
+
+
+LABEL_KEYS = ("label", "labels", "y", "target", "targets")  # a dict batch's labels, by name
+
+
+def to_numpy(value: Any, what: str) -> np.ndarray:
+    """An array, nested list or another library's tensor (``.numpy()``; a torch tensor is
+    detached and moved to the CPU first) as a numpy array; torch itself is never imported."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "numpy"):
+        for step in ("detach", "cpu"):
+            if callable(getattr(value, step, None)):
+                value = getattr(value, step)()
+        value = value.numpy()
+    try:
+        return np.asarray(value)
+    except Exception as e:
+        raise DataError(f"{what}: cannot be read as an array ({type(value).__name__}: {e})") from None
+
+
+class IterableReader(Reader):
+    """The data users have in Python: a list, generator or other iterable of batches, or an
+    object with ``get_next()`` (onnxruntime's ``CalibrationDataReader``: input dicts until None).
+
+    An item is one batch, or one sample when its arrays lack the model's batch axis:
+
+    - an array (or tensor with ``.numpy()``): the inputs of a one-input model;
+    - a dict: ``{input name: array}``, plus optionally labels under one of :data:`LABEL_KEYS`;
+      for a one-input model the one other key may have any name (``{"image": x, "label": y}``);
+    - a tuple or list ``(x, y)`` or ``(x,)``: ``x`` an array or input dict, ``y`` labels
+      (a torch ``DataLoader``'s batches).
+
+    A one-input model's arrays are preprocessed like :class:`ArrayReader`'s (model-ready floats
+    pass unchanged); inputs given by name are used as they are. Items longer than
+    ``batch_size`` are split; ``limit`` keeps the first samples. Generators and ``get_next()``
+    objects can be read once (``rewind()`` is called when the object has it).
+    """
+
+    def __init__(self, source: Any, *, preprocess: Preprocess | None = None,
+                 input_names: Sequence[str] | None = None, limit: int | None = None):
+        self.source = source
+        self.preprocess = preprocess or Preprocess()
+        self.input_names = list(input_names) if input_names else None
+        self.limit = None if limit is None else int(limit)
+        self._passes = 0
+        kind = "CalibrationDataReader-like object" if hasattr(source, "get_next") else type(source).__name__
+        self.description = f"{kind} {type(source).__name__}" if kind != type(source).__name__ else \
+            f"Python iterable ({kind})"
+
+    def _items(self) -> Iterator[Any]:
+        source = self.source
+        one_pass = hasattr(source, "get_next") or hasattr(source, "__next__")  # an iterator, not a container
+        if one_pass and self._passes and not callable(getattr(source, "rewind", None)):
+            raise DataError(f"{self.description}: can be read only once and was read already; pass a list "
+                            f"or a re-iterable object (a DataLoader) when the data is used twice")
+        if self._passes and callable(getattr(source, "rewind", None)):
+            source.rewind()
+        self._passes += 1
+        if hasattr(source, "get_next"):
+            while (item := source.get_next()) is not None:
+                yield item
+        else:
+            yield from source
+
+    def _split(self, item: Any) -> tuple[Any, Any]:
+        """``(inputs, labels)`` of one item."""
+        if isinstance(item, (tuple, list)) and not _is_array_like(item):
+            if len(item) not in (1, 2):
+                raise DataError(f"{self.description}: an item is a {type(item).__name__} of {len(item)}; "
+                                f"expected (inputs,) or (inputs, labels)")
+            return item[0], (item[1] if len(item) == 2 else None)
+        if isinstance(item, dict):
+            keys = [k for k in item if k in LABEL_KEYS and k not in (self.input_names or ())]
+            if len(keys) > 1:
+                raise DataError(f"{self.description}: a batch has several label keys ({', '.join(keys)})")
+            y = item[keys[0]] if keys else None
+            x = {k: v for k, v in item.items() if k not in keys}
+            if len(x) == 1 and self.input_names and len(self.input_names) == 1:
+                x = next(iter(x.values()))
+            return x, y
+        return item, None
+
+    def _batch(self, x: Any, y: Any) -> tuple[Any, np.ndarray | None]:
+        rank = self.preprocess.rank
+        if isinstance(x, dict):
+            x = {k: to_numpy(v, f"{self.description}: input {k!r}") for k, v in x.items()}
+            n = None
+        else:
+            x = to_numpy(x, f"{self.description}: inputs")
+            if rank is not None and x.ndim == rank - 1:  # one sample
+                x = x[None]
+                y = None if y is None else np.reshape(to_numpy(y, f"{self.description}: labels"), (1,))
+            n = len(x) if x.ndim else 0
+            if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+                name = repr(self.input_names[0]) if self.input_names else "inputs"
+                raise DataError(f"{self.description}: input {name} expects {self.preprocess.dtype} data, got "
+                                f"dtype {x.dtype}")
+            x = ArrayReader(x, None, preprocess=self.preprocess, source=self.description)._prepare(x) if n else x
+        if y is not None:
+            y = _labels_array(to_numpy(y, f"{self.description}: labels"),
+                              n if n is not None else len(np.reshape(to_numpy(y, "labels"), -1)), self.description)
+        return x, y
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Any, np.ndarray | None]]:
+        left = self.limit
+        for item in self._items():
+            x, y = self._batch(*self._split(item))
+            n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size, start + left if left is not None else n)
+                xb = {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
+                yield xb, None if y is None else y[start:stop]
+                if left is not None:
+                    left -= stop - start
+                    if left <= 0:
+                        return
+
+
+def _is_array_like(item: Any) -> bool:
+    """A list of numbers (one array), rather than a list of (inputs, labels)."""
+    return isinstance(item, list) and bool(item) and isinstance(item[0], (int, float, list))
 
 
 def _require_pillow(path: Path):
@@ -816,15 +1007,14 @@ class ImageFolderReader(Reader):
         try:
             with Image.open(f) as im:
                 im = im.convert("L" if p.model_channels == 1 else "RGB")
-                size, crop = p._size_crop((im.height, im.width), auto_fit=True)
-                if size is not None and p.size is None and not self._fit_noted:
+                resized, crop, pad = p.geometry((im.height, im.width), auto_fit=True)
+                if resized is not None and p.size is None and p.fit is None and not self._fit_noted:
                     self._fit_noted = True
                     self.notes.append(
                         f"images were resized (short side) and centre-cropped to the model input "
                         f"{_fmt_hw(crop)} because no --size/--crop/--preset was given")
-                if size is not None:
-                    h, w = _resized_hw((im.height, im.width), size)
-                    im = im.resize((w, h), Image.BILINEAR)
+                if resized is not None:
+                    im = im.resize((resized[1], resized[0]), Image.BILINEAR)
                 arr = np.asarray(im)
         except DataError:
             raise
@@ -834,6 +1024,8 @@ class ImageFolderReader(Reader):
             arr = arr[..., None]
         if crop is not None:
             arr = center_crop(arr, crop)
+        if pad is not None:
+            arr = letterbox_pad(arr, pad, np.uint8)
         return arr
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -927,8 +1119,10 @@ def open_data(
     labels: str | os.PathLike | None = None,
     random_inputs: int | None = None,
     seed: int = 0,
+    input_names: Sequence[str] | None = None,
 ) -> Any:
-    """Return a reader for ``data`` (see the module docstring for what is recognised)."""
+    """Return a reader for ``data`` (see the module docstring for what is recognised);
+    ``input_names`` are the model's inputs (how an iterable's dicts are told from labels)."""
     p = preprocess or Preprocess()
     if random_inputs is not None:
         if data is not None:
@@ -943,8 +1137,13 @@ def open_data(
         return ArrayReader(data[0], data[1], preprocess=p, limit=limit)
     if isinstance(data, np.ndarray):
         return ArrayReader(data, None, preprocess=p, limit=limit)
+    if isinstance(data, dict):  # one batch of feeds
+        return IterableReader([data], preprocess=p, input_names=input_names, limit=limit)
+    if hasattr(data, "get_next") or (hasattr(data, "__iter__") and not isinstance(data, (str, bytes, os.PathLike))):
+        return IterableReader(data, preprocess=p, input_names=input_names, limit=limit)
     if not isinstance(data, (str, os.PathLike)):
-        raise DataError(f"cannot use {type(data).__name__} as data: give a path, arrays, or a reader")
+        raise DataError(f"cannot use {type(data).__name__} as data: give a path, arrays, a reader, an "
+                        f"iterable of batches or an object with get_next()")
     path = Path(data)
     if not path.exists():
         s = str(data)

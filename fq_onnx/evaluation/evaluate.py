@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from fq_onnx.evaluation import data as data_mod
+from fq_onnx.evaluation import feeds as feeds_mod
 from fq_onnx.evaluation.data import DataError
 from fq_onnx.errors import FqOnnxError
 
@@ -473,6 +474,7 @@ class _IO:
     output_name: str
     output_index: int
     output_shape: list[Any]
+    inputs: list[feeds_mod.InputSpec] = field(default_factory=list)  # every input, the first above
 
 
 def _check_model_path(path: str | os.PathLike, what: str) -> Path:
@@ -487,7 +489,6 @@ def _check_model_path(path: str | os.PathLike, what: str) -> Path:
 def model_io(path: str | os.PathLike, output: str | None = None) -> _IO:
     """Input name/shape/dtype and the chosen output of an ONNX model (read from the graph)."""
     import onnx
-    from onnx import helper
 
     path = Path(path)
     try:
@@ -496,10 +497,8 @@ def model_io(path: str | os.PathLike, output: str | None = None) -> _IO:
         raise EvaluateError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     init = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init]
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs) or "none"
-        raise EvaluateError(f"{path}: evaluate supports models with exactly one input, this one "
-                            f"has {len(inputs)} ({names})")
+    if not inputs:
+        raise EvaluateError(f"{path}: model has no inputs")
     inp = inputs[0]
     outs = list(model.graph.output)
     if not outs:
@@ -520,10 +519,10 @@ def model_io(path: str | os.PathLike, output: str | None = None) -> _IO:
                 for d in t.shape.dim]
 
     try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)).name
-    except Exception:
-        raise EvaluateError(f"{path}: input {inp.name!r} is not a tensor of a numeric type") from None
-    return _IO(inp.name, dims(inp), dtype, outs[index].name, index, dims(outs[index]))
+        specs = feeds_mod.model_inputs(model)
+    except DataError as e:
+        raise EvaluateError(f"{path}: {e}") from None
+    return _IO(inp.name, dims(inp), specs[0].dtype, outs[index].name, index, dims(outs[index]), specs)
 
 
 def model_file_bytes(path: str | os.PathLike) -> int:
@@ -630,24 +629,26 @@ class _Runner:
         else:
             self.out_names = [io.output_name]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed is None or len(x) == self.fixed:
-            return self._run(x)
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = feeds_mod.batch_len(feeds)
+        if self.fixed is None or n == self.fixed:
+            return self._run(feeds)
         outs = []
-        for s in range(0, len(x), self.fixed):
-            chunk = x[s:s + self.fixed]
-            m = len(chunk)
+        for s in range(0, n, self.fixed):
+            chunk = {k: v[s:s + self.fixed] for k, v in feeds.items()}
+            m = feeds_mod.batch_len(chunk)
             if m < self.fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.fixed - m, axis=0)])
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], self.fixed - m, axis=0)]) for k, v in chunk.items()}
             outs.append(self._run(chunk)[:m])
         return np.concatenate(outs)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:
-            return np.asarray(self.sess.run(self.out_names, {self.io.input_name: x})[0])
+            return np.asarray(self.sess.run(self.out_names, feeds)[0])
         except Exception as e:
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
             raise EvaluateError(f"running the model failed on a batch of shape "
-                                f"{list(x.shape)} ({type(e).__name__}: {e})") from None
+                                f"{shapes} ({type(e).__name__}: {e})") from None
 
 
 def _compatible(a: list[Any], b: list[Any]) -> bool:
@@ -660,7 +661,7 @@ def _compatible(a: list[Any], b: list[Any]) -> bool:
 
 _MEMORY_CHILD = r"""
 import json, os, sys, resource
-path, name, shape, dtype, threads = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+path, inputs, threads = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 threads = int(threads) if threads != "none" else None
 def rss():
     try:
@@ -681,7 +682,7 @@ def hwm():
 import numpy as np
 import onnxruntime
 from fq_onnx.evaluation.evaluate import _make_session as session
-x = np.zeros(shape, dtype=dtype)
+feeds = {name: np.zeros(shape, dtype=dtype) for name, shape, dtype in inputs}
 method = "VmHWM reset via /proc/self/clear_refs"
 try:
     with open("/proc/self/clear_refs", "w") as f:
@@ -691,17 +692,19 @@ except OSError:
 before = rss() or hwm()
 s = session(path, threads=threads)
 after_session = rss() or hwm()
-s.run(None, {name: x})
+s.run(None, feeds)
 peak = hwm()
 print(json.dumps({"before": before, "after_session": after_session, "peak": peak, "method": method}))
 """
 
 
-def _measure_memory(path: str, io: _IO, batch: int, threads: int | None,
+def _measure_memory(path: str, first: dict[str, np.ndarray], threads: int | None,
                     timeout: float = 900.0) -> MemoryStats:
-    shape = [batch if i == 0 else (d if d is not None else 1) for i, d in enumerate(io.input_shape)]
-    cmd = [sys.executable, "-c", _MEMORY_CHILD, str(Path(path).resolve()), io.input_name, json.dumps(shape),
-           io.input_dtype, "none" if threads is None else str(threads)]
+    """Peak memory of a session of ``path`` running zeros shaped like the batch ``first``."""
+    inputs = [(name, list(v.shape), v.dtype.name) for name, v in first.items()]
+    batch = feeds_mod.batch_len(first)
+    cmd = [sys.executable, "-c", _MEMORY_CHILD, str(Path(path).resolve()), json.dumps(inputs),
+           "none" if threads is None else str(threads)]
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])  # import the same fq_onnx as this process
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
@@ -721,7 +724,7 @@ def _measure_memory(path: str, io: _IO, batch: int, threads: int | None,
 # --------------------------------------------------------------------------------------------
 
 
-def _latency(runners: dict[str, _Runner], x: np.ndarray, runs: int, warmup: int,
+def _latency(runners: dict[str, _Runner], x: dict[str, np.ndarray], runs: int, warmup: int,
              budget_s: float, tick=None) -> dict[str, LatencyStats]:
     """Time ``runs`` calls per model (interleaved), stopping early after ``budget_s`` per model
     once at least 3 runs were made."""
@@ -741,7 +744,7 @@ def _latency(runners: dict[str, _Runner], x: np.ndarray, runs: int, warmup: int,
             tick()
         if i >= 2 and max(spent.values()) > budget_s:
             break
-    return {k: LatencyStats.from_times(len(x), v) for k, v in times.items()}
+    return {k: LatencyStats.from_times(feeds_mod.batch_len(x), v) for k, v in times.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,6 +797,8 @@ def evaluate(
     std: Any = None,
     layout: str | None = None,
     scale: float | None = None,
+    fit: str | None = None,
+    channels: str | None = None,
     labels: str | os.PathLike | None = None,
     label_offset: int | None = None,
     output_name: str | None = None,
@@ -818,11 +823,12 @@ def evaluate(
             an image folder, ``.npy`` file or folder of them), ``file.py:name`` / ``module:name``
             of a reader factory, an ``(x, y)`` tuple, or any object with ``batches(batch_size)``
             (see :mod:`fq_onnx.data`).
-        preset: preprocessing preset ``imagenet``, ``cifar`` or ``none`` (default: automatic,
-            i.e. uint8 data divided by 255, nothing else).
-        size, crop, mean, std, layout, scale: explicit preprocessing, overriding the preset
-            (``size`` an int = short side, or HxW; ``layout`` the model's nchw/nhwc, read from
-            the model by default; ``scale`` divides raw values).
+        preset: preprocessing preset ``imagenet``, ``cifar``, ``yolo``, ``paddle`` or ``none``
+            (default: automatic, i.e. uint8 data divided by 255, nothing else).
+        size, crop, mean, std, layout, scale, fit, channels: explicit preprocessing, overriding
+            the preset (``size`` an int = short side, or HxW; ``layout`` the model's nchw/nhwc,
+            read from the model by default; ``scale`` divides raw values; ``fit`` stretch, crop
+            or letterbox to ``size``; ``channels`` rgb or bgr; fq_onnx.data.Preprocess).
         labels: labels file for an image folder (default: ``labels.txt``/``.csv`` inside it).
         label_offset: added to the data's labels to get the model's class index; default 1 for
             models with 1001 outputs (class 0 = background), else 0.
@@ -855,11 +861,10 @@ def evaluate(
         notes.append(f"the model's batch dimension is fixed to {fixed_batch}: batches are run "
                      f"in chunks of {fixed_batch}")
 
-    pre = data_mod.resolve_preprocess(
-        preset, size=size, crop=crop, scale=scale, mean=mean, std=std, layout=layout,
-        input_shape=io.input_shape, dtype=io.input_dtype)
-    reader = data_mod.open_data(data, pre, limit=limit, labels=labels,
-                                random_inputs=random_inputs, seed=seed)
+    source = feeds_mod.open_model_data(
+        data, io.inputs, preset=preset, size=size, crop=crop, scale=scale, mean=mean, std=std,
+        layout=layout, fit=fit, channels=channels, limit=limit, labels=labels, random_inputs=random_inputs, seed=seed)
+    pre, reader = source.preprocess, source.reader
     for side in reversed(pairs):  # the model's notes first
         side.stats = _model_stats(side.path, side.io, notes)
     stats = pairs[-1].stats
@@ -867,21 +872,21 @@ def evaluate(
 
     with _progress(progress) as bar:
         runners = _create_sessions(pairs, threads, session_repeats, bar)
-        run = _run_data(runners, pairs, reader, pre, batch_size, limit, label_offset, notes, bar)
+        run = _run_data(runners, pairs, source, batch_size, limit, label_offset, notes, bar)
         comparison = _accuracy(run, stats, ref_stats, notes)
         if latency_runs > 0 and run.first_x is not None:
             _time_latency(runners, run.first_x, latency_runs, latency_budget_s, stats, ref_stats, bar)
         del runners
         if memory and run.first_x is not None:
-            _measure_memories(pairs, len(run.first_x), threads, notes, bar)
+            _measure_memories(pairs, run.first_x, threads, notes, bar)
 
     if comparison is not None:
         _speed_and_memory_ratios(comparison, stats, ref_stats)
     return EvaluationResult(
         model=stats, reference=ref_stats, comparison=comparison,
         data=data_mod.reader_description(reader), samples=run.n, labelled=run.labelled,
-        preprocessing=_describe_pre(pre, reader), batch_size=len(run.first_x) if run.first_x is not None
-        else batch_size, threads=threads, label_offset=run.offset, num_classes=run.num_classes,
+        preprocessing=_describe_pre(pre, reader), batch_size=feeds_mod.batch_len(run.first_x)
+        if run.first_x is not None else batch_size, threads=threads, label_offset=run.offset, num_classes=run.num_classes,
         input_shape=list(io.input_shape), elapsed_s=time.perf_counter() - t_start,
         notes=notes, versions=_versions())
 
@@ -905,6 +910,9 @@ def _open_models(model, reference, output_name: str | None) -> list[_Side]:
     io = model_io(model_path, output_name)
     ref_io = model_io(ref_path, output_name) if ref_path is not None else None
     if ref_io is not None:
+        if [s.name for s in ref_io.inputs] != [s.name for s in io.inputs]:
+            raise EvaluateError(f"{ref_path}: reference inputs {', '.join(s.name for s in ref_io.inputs)} differ "
+                                f"from {model_path}'s {', '.join(s.name for s in io.inputs)}")
         if not _compatible(io.input_shape, ref_io.input_shape):
             raise EvaluateError(
                 f"{ref_path}: reference input {ref_io.input_name!r} has shape "
@@ -953,7 +961,7 @@ class _DataRun:
 
     n: int = 0
     labelled: bool | None = None
-    first_x: np.ndarray | None = None
+    first_x: dict[str, np.ndarray] | None = None  # the first batch's feeds
     num_classes: int | None = None
     offset: int = 0
     correct: dict[str, dict[int, list[np.ndarray]]] = field(default_factory=dict)  # key -> k -> per batch
@@ -963,26 +971,27 @@ class _DataRun:
     max_abs: float = 0.0
 
 
-def _run_data(runners: dict[str, _Runner], sides: list[_Side], reader, pre, batch_size: int, limit: int | None,
-              label_offset: int | None, notes: list[str], bar) -> _DataRun:
+def _run_data(runners: dict[str, _Runner], sides: list[_Side], source: feeds_mod.ModelData, batch_size: int,
+              limit: int | None, label_offset: int | None, notes: list[str], bar) -> _DataRun:
     """Run both models over the data: top-1/top-5 hits per sample, agreement and output noise."""
     model = sides[-1]
     reference = sides[0] if len(sides) > 1 else None
+    reader = source.reader
     total = data_mod.num_samples(reader)
     if limit is not None and total is not None:
         total = min(total, int(limit))
     task = bar.add_task("evaluating", total=total)
     run = _DataRun(correct={k: {1: [], 5: []} for k in runners})
-    for xb, yb in reader.batches(batch_size):
-        xb = np.asarray(xb)
-        if limit is not None and run.n + len(xb) > limit:
-            xb = xb[: limit - run.n]
+    for xb, yb in source.batches(batch_size):
+        n = feeds_mod.batch_len(xb)
+        if limit is not None and run.n + n > limit:
+            xb = {k: v[: limit - run.n] for k, v in xb.items()}
             yb = None if yb is None else yb[: limit - run.n]
-        if len(xb) == 0:
+            n = feeds_mod.batch_len(xb)
+        if n == 0:
             break
         if run.first_x is None:
             run.first_x = xb
-            _check_input(xb, model.io, pre, reader)
         if run.labelled is None:
             run.labelled = yb is not None
         elif run.labelled != (yb is not None):
@@ -993,18 +1002,14 @@ def _run_data(runners: dict[str, _Runner], sides: list[_Side], reader, pre, batc
         if run.num_classes is None:
             run.num_classes = int(np.prod(out.shape[1:])) if out.ndim >= 2 else 1
             run.offset = _resolve_offset(label_offset, run.num_classes, run.labelled, notes)
-        logits = {k: v.reshape(len(v), -1) for k, v in outs.items()}
+        logits = {k: v.reshape(n, -1) for k, v in outs.items()}
         if "reference" in outs and outs["reference"].shape != out.shape:
             raise EvaluateError(
                 f"{reference.path}: reference output {reference.io.output_name!r} has shape "
                 f"{list(outs['reference'].shape)} but {model.path}'s {model.io.output_name!r} has "
                 f"{list(out.shape)} for the same batch")
         if run.labelled:
-            yb = np.asarray(yb, dtype=np.int64).reshape(-1)
-            if len(yb) != len(xb):
-                raise DataError(f"{data_mod.reader_description(reader)}: a batch has "
-                                f"{len(xb)} inputs but {len(yb)} labels")
-            yb = yb + run.offset
+            yb = np.asarray(yb, dtype=np.int64).reshape(-1) + run.offset
             bad = (yb < 0) | (yb >= run.num_classes)
             if bad.any():
                 raise DataError(
@@ -1020,8 +1025,8 @@ def _run_data(runners: dict[str, _Runner], sides: list[_Side], reader, pre, batc
             err = lg - ref_lg
             run.noise += float(np.sum(err * err))
             run.max_abs = max(run.max_abs, float(np.max(np.abs(err))) if err.size else 0.0)
-        run.n += len(xb)
-        bar.advance(task, len(xb))
+        run.n += n
+        bar.advance(task, n)
         if limit is not None and run.n >= limit:
             break
     if run.n == 0:
@@ -1066,14 +1071,14 @@ def _accuracy(run: _DataRun, stats: ModelStats, ref_stats: ModelStats | None,
     return comparison
 
 
-def _time_latency(runners: dict[str, _Runner], first_x: np.ndarray, runs: int, budget_s: float,
+def _time_latency(runners: dict[str, _Runner], first_x: dict[str, np.ndarray], runs: int, budget_s: float,
                   stats: ModelStats, ref_stats: ModelStats | None, bar) -> None:
     """Latency at batch 1 and at the evaluation batch, the two models' runs interleaved."""
-    eff_batch = len(first_x)
+    eff_batch = feeds_mod.batch_len(first_x)
     sizes = [1] if eff_batch == 1 else [1, eff_batch]
     task = bar.add_task("timing", total=runs * len(sizes))
     for bs in sizes:
-        lat = _latency(runners, first_x[:bs], runs, warmup=3 if bs == 1 else 1,
+        lat = _latency(runners, {k: v[:bs] for k, v in first_x.items()}, runs, warmup=3 if bs == 1 else 1,
                        budget_s=budget_s, tick=lambda: bar.advance(task))
         for key, st in (("model", stats), ("reference", ref_stats)):
             if st is not None:
@@ -1085,12 +1090,13 @@ def _time_latency(runners: dict[str, _Runner], first_x: np.ndarray, runs: int, b
             ref_stats.latency_batch = ref_stats.latency_batch1
 
 
-def _measure_memories(sides: list[_Side], batch: int, threads: int | None, notes: list[str], bar) -> None:
+def _measure_memories(sides: list[_Side], first: dict[str, np.ndarray], threads: int | None, notes: list[str],
+                      bar) -> None:
     """Peak memory of each model, one subprocess each."""
     task = bar.add_task("measuring memory", total=len(sides))
     for side in sides:
         try:
-            side.stats.memory = _measure_memory(str(side.path), side.io, batch, threads)
+            side.stats.memory = _measure_memory(str(side.path), first, threads)
         except Exception as e:
             notes.append(f"peak memory of {side.path} not measured ({e})")
         bar.advance(task)
@@ -1106,18 +1112,11 @@ def _speed_and_memory_ratios(comparison: Comparison, stats: ModelStats, ref_stat
         comparison.memory_ratio = stats.memory.peak_delta_bytes / ref_stats.memory.peak_delta_bytes
 
 
-def _check_input(x: np.ndarray, io: _IO, pre, reader) -> None:
-    want = io.input_shape
-    if want and (x.ndim != len(want) or any(
-            w is not None and w != g for w, g in zip(want[1:], x.shape[1:]))):
-        raise DataError(f"{data_mod.reader_description(reader)}: batches have shape "
-                        f"{list(x.shape)} but the model input {io.input_name!r} expects "
-                        f"{_shape_str(want)}")
-
-
 def _describe_pre(pre, reader) -> str:
     if isinstance(reader, data_mod.RandomReader):
         return "none (random inputs)"
+    if isinstance(reader, data_mod.IterableReader):
+        return pre.describe(None) if pre.rank is not None else "as given (model with several inputs)"
     if not isinstance(reader, (data_mod.ArrayReader, data_mod.ImageFolderReader)):
         return "done by the reader"
     raw = np.uint8 if isinstance(reader, data_mod.ImageFolderReader) else reader.x.dtype

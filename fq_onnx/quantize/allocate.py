@@ -9,6 +9,7 @@ Lagrangian search picks, for a byte budget, the plan that minimises it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +21,8 @@ from fq_onnx.format import fmt
 from fq_onnx.quantize import reconstruct
 from fq_onnx.graph import rewrite
 from fq_onnx.calibration.calibrate import LayerStats, collect
+from fq_onnx.evaluation.feeds import Samples
+from fq_onnx.evaluation.objective import Objective
 from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -121,17 +124,27 @@ def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer | Float16Laye
     return gs.export_onnx(work).SerializeToString()
 
 
-def run_model(model: bytes, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """First output of ``model`` on ``inputs``, batched."""
+def run_model(model: bytes, inputs: Samples | np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """First output of ``model`` on ``inputs`` (Samples, or one array), one array per batch."""
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: np.ascontiguousarray(inputs[i : i + batch_size])})[0]
-                           for i in range(0, len(inputs), batch_size)])
+    samples = Samples.of(inputs, session.get_inputs()[0].name)
+    return [session.run(None, feeds)[0] for feeds in samples.batches(batch_size)]
 
 
-def noise(reference: np.ndarray, test: np.ndarray) -> float:
+def joined(outputs: list[np.ndarray]) -> np.ndarray | None:
+    """The per-batch outputs as one array, or None when their shapes differ (dynamic H/W)."""
+    if len({o.shape[1:] for o in outputs}) == 1:
+        return np.concatenate(outputs)
+    return None
+
+
+def noise(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
     """Relative squared output error ``|test - ref|^2 / |ref|^2`` (SQNR = -10 log10 of it)."""
-    return float(np.sum((test - reference) ** 2) / max(np.sum(reference**2), 1e-30))
+    ref, out = joined(reference), joined(test)
+    if ref is not None and out is not None:
+        return float(np.sum((out - ref) ** 2) / max(np.sum(ref**2), 1e-30))
+    error = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for r, o in zip(reference, test))
+    return error / max(sum(float(np.sum(r.astype(np.float64) ** 2)) for r in reference), 1e-30)
 
 
 def probe_choice(curve: LayerCurve) -> Choice:
@@ -141,7 +154,7 @@ def probe_choice(curve: LayerCurve) -> Choice:
     return max((c for c in compressed if c[0] <= GAIN_PROBE_SPARSITY), default=min(compressed))
 
 
-def layer_gain(graph: gs.Graph, name: str, result: CompressedLayer, block: int, inputs: np.ndarray,
+def layer_gain(graph: gs.Graph, name: str, result: CompressedLayer, block: int, inputs: Samples,
                reference: np.ndarray) -> float:
     """Output noise on ``inputs`` per unit of the layer's squared error, with only it compressed."""
     out = run_model(plain_model(graph, {name: result}, block), inputs)
@@ -149,7 +162,7 @@ def layer_gain(graph: gs.Graph, name: str, result: CompressedLayer, block: int, 
 
 
 def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve], block: int,
-                  inputs: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> None:
+                  inputs: Samples, progress: Callable[[str, int, int], None] | None = None) -> None:
     """Set each curve's gain from one inference with that layer alone compressed (at probe_choice)."""
     reference = run_model(gs.export_onnx(graph).SerializeToString(), inputs)
     for index, (target, curve) in enumerate(zip(targets, curves)):
@@ -159,7 +172,7 @@ def measure_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[L
 
 
 def measure_held_out_gains(graph: gs.Graph, targets: list[rewrite.Target], curves: list[LayerCurve],
-                           stats: dict[str, LayerStats], inputs: np.ndarray, options: LayerOptions) -> None:
+                           stats: dict[str, LayerStats], inputs: Samples, options: LayerOptions) -> None:
     """Re-measure the gain of layers with fewer calibration vectors than inputs on unseen samples.
 
     Such a layer (a classifier fed one vector per image) fits its calibration samples: its
@@ -173,7 +186,7 @@ def measure_held_out_gains(graph: gs.Graph, targets: list[rewrite.Target], curve
     if not few or half < 2:
         return
     fit = collect(graph, [t for t, _ in few], inputs[:half], use_cache=False, seed=options.seed)
-    held = np.asarray(inputs[half:])
+    held = inputs[half:]
     reference = run_model(gs.export_onnx(graph).SerializeToString(), held)
     for target, curve in few:
         sparsity, bits, m = probe_choice(curve)
@@ -222,8 +235,15 @@ class Trial:
 
     ratio: float  # weights-only compression ratio of the plan
     noise: float  # estimated relative output noise (sum of g * e^2)
-    top1: float | None = None  # measured on the evaluation data (max-drop search)
-    drop: float | None = None  # top-1 points lost against the original
+    top1: float | None = None  # measured on the evaluation data (the top-1 objective)
+    drop: float | None = None  # objective points lost against the original (top-1, agreement, metric)
+    score: float | None = None  # the objective's measured value (fq_onnx.evaluation.objective)
+    objective: str | None = None  # its name
+
+    def to_dict(self) -> dict:
+        """The four fields every trial stores, plus the score of a measured objective."""
+        values = self.__dict__
+        return {k: v for k, v in values.items() if k in ("ratio", "noise", "top1", "drop") or v is not None}
 
 
 @dataclass
@@ -240,22 +260,30 @@ class Allocation:
                 {"sparsity": c[0], "bits": c[1], **({"mantissa": c[2]} if c[2] else {})}  # no trace at m = 0
                 for name, c in self.plan.items()}
         return {"plan": plan, "target": self.target, "met": self.met, "message": self.message,
-                "trials": [t.__dict__ for t in self.trials]}
+                "trials": [t.to_dict() for t in self.trials]}
 
 
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits.reshape(len(labels), -1), axis=1) == labels))
+def top1_classes(outputs: list[np.ndarray]) -> np.ndarray:
+    """Each sample's largest output (outputs per batch, flattened per sample)."""
+    return np.concatenate([np.argmax(o.reshape(len(o), -1), axis=1) for o in outputs])
+
+
+def top1(logits: list[np.ndarray], labels: np.ndarray) -> float:
+    """Share of samples whose largest output is their label (outputs per batch)."""
+    return float(np.mean(top1_classes(logits) == labels))
 
 
 def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: int, *,
-           target_ratio: float | None = None, max_drop: float | None = None,
-           evaluation: tuple[np.ndarray, np.ndarray] | None = None, max_trials: int = 8,
+           target_ratio: float | None = None, max_drop: float | None = None, min_score: float | None = None,
+           objective: Objective | None = None, max_trials: int = 8,
            report: Callable[[Trial], None] | None = None) -> Allocation:
-    """Choose per-layer sparsity, bits and mantissa for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
+    """Choose per-layer sparsity, bits and mantissa for ``target_ratio`` (weights-only), or for the
+    largest ratio whose ``objective`` (fq_onnx.evaluation.objective) drops at most ``max_drop``
+    below the original's or stays at least ``min_score``.
 
     ``float_bytes`` are the bytes of weight layers left uncompressed (they count in the ratio).
-    The max-drop search bisects the ratio, building and measuring each candidate on
-    ``evaluation = (inputs, labels)``; it keeps the highest ratio within the drop.
+    The measured searches bisect the ratio, building and scoring each candidate. With
+    ``target_ratio`` an ``objective``, if given, scores the chosen plan.
     """
     total = sum(c.fp32_bytes for c in curves) + float_bytes
 
@@ -268,32 +296,45 @@ def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: i
     def results_of(plan):
         return {c.name: c.results[plan[c.name]] for c in curves}
 
+    def scored(plan) -> Trial:
+        trial = Trial(ratio_of(plan), estimated_noise(curves, plan))
+        if objective is not None:
+            trial.score = objective.score(plain_model(graph, results_of(plan), block))
+            trial.objective = objective.name
+            if math.isfinite(objective.baseline):
+                trial.drop = objective.baseline - trial.score
+            if objective.name == "top-1":
+                trial.top1 = trial.score / 100
+        return trial
+
     densest = {c.name: min(c.bytes, key=lambda k: (c.cost(k), c.bytes[k])) for c in curves}
     sparsest = {c.name: min(c.bytes, key=lambda k: (c.bytes[k], c.cost(k))) for c in curves}
     if target_ratio is not None:
         plan = plan_for_ratio(target_ratio)
-        trial = Trial(ratio_of(plan), estimated_noise(curves, plan))
+        trial = scored(plan)
         met = trial.ratio >= target_ratio
         message = (f"target ratio {target_ratio:g}x met: {trial.ratio:.2f}x" if met else
                    f"target ratio {target_ratio:g}x cannot be reached at these settings: "
                    f"the sparsest plan gives {trial.ratio:.2f}x")
+        if objective is not None:
+            message += f"; {objective.describe(trial.score)} (original {objective.describe(objective.baseline)})"
         if report:
             report(trial)
         return Allocation(plan, results_of(plan), [trial], f"ratio >= {target_ratio:g}", met, message)
 
-    if max_drop is None or evaluation is None:
-        raise ValueError("give target_ratio, or max_drop with evaluation data")
-    inputs, labels = evaluation
-    baseline = top1(run_model(gs.export_onnx(graph).SerializeToString(), inputs), labels)
+    if objective is None or (max_drop is None) == (min_score is None):
+        raise ValueError("give target_ratio, or an objective with max_drop or min_score")
     trials: list[Trial] = []
     measured: dict[tuple, Trial] = {}
+
+    def within(trial: Trial) -> bool:
+        return trial.drop <= max_drop if max_drop is not None else trial.score >= min_score
 
     def measure(plan) -> Trial:
         key = tuple(sorted(plan.items()))
         if key in measured:  # the bisection can land on a plan it already built
             return measured[key]
-        accuracy = top1(run_model(plain_model(graph, results_of(plan), block), inputs), labels)
-        trial = Trial(ratio_of(plan), estimated_noise(curves, plan), accuracy, 100 * (baseline - accuracy))
+        trial = scored(plan)
         trials.append(trial)
         measured[key] = trial
         if report:
@@ -302,22 +343,39 @@ def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: i
 
     best_plan, best = densest, measure(densest)
     low, high = np.log(best.ratio), np.log(ratio_of(sparsest))
-    if best.drop <= max_drop:
+    if within(best):
         for _ in range(max_trials - 1):
             if high - low < 0.01:
                 break
             mid = (low + high) / 2
             plan = plan_for_ratio(np.exp(mid))
             trial = measure(plan)
-            if trial.drop <= max_drop:
+            if within(trial):
                 low = mid
                 if trial.ratio > best.ratio:
                     best_plan, best = plan, trial
             else:
                 high = mid
-    met = best.drop <= max_drop
-    message = (f"max drop {max_drop:g} points met: {best.ratio:.2f}x at top-1 {100 * best.top1:.2f}% "
-               f"(original {100 * baseline:.2f}%, drop {best.drop:.2f})" if met else
-               f"max drop {max_drop:g} points cannot be met: even the least compressed plan "
-               f"({best.ratio:.2f}x) loses {best.drop:.2f} points; wrote that plan")
-    return Allocation(best_plan, results_of(best_plan), trials, f"top-1 drop <= {max_drop:g}", met, message)
+    met = within(best)
+    name, baseline = objective.name, objective.describe(objective.baseline)
+    if max_drop is not None:
+        unit = "points" if objective.unit == "%" else "(metric)"
+        target = f"{name} drop <= {max_drop:g}"
+        lead = "max drop" if name == "top-1" else f"max {name} drop"
+        message = (f"{lead} {max_drop:g} {unit} met: {best.ratio:.2f}x at {objective.describe(best.score)} "
+                   f"(original {baseline}, drop {best.drop:.2f})" if met else
+                   f"{lead} {max_drop:g} {unit} cannot be met: even the least compressed plan "
+                   f"({best.ratio:.2f}x) loses {best.drop:.2f}; wrote that plan")
+        if name == "top-1":  # the words of before objectives existed
+            target = f"top-1 drop <= {max_drop:g}"
+            message = (f"max drop {max_drop:g} points met: {best.ratio:.2f}x at top-1 {best.score:.2f}% "
+                       f"(original {objective.baseline:.2f}%, drop {best.drop:.2f})" if met else
+                       f"max drop {max_drop:g} points cannot be met: even the least compressed plan "
+                       f"({best.ratio:.2f}x) loses {best.drop:.2f} points; wrote that plan")
+    else:
+        target = f"{name} >= {min_score:g}"
+        message = (f"min {name} {min_score:g}{objective.unit} met: {best.ratio:.2f}x at "
+                   f"{objective.describe(best.score)}" if met else
+                   f"min {name} {min_score:g}{objective.unit} cannot be met: even the least compressed plan "
+                   f"({best.ratio:.2f}x) reaches {objective.describe(best.score)}; wrote that plan")
+    return Allocation(best_plan, results_of(best_plan), trials, target, met, message)
