@@ -20,7 +20,7 @@ from fq_onnx.format import fmt
 from fq_onnx.quantize import reconstruct
 from fq_onnx.graph import rewrite
 from fq_onnx.calibration.calibrate import LayerStats, collect
-from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
+from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_choices, compress_layer, prune_rows
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
@@ -75,14 +75,16 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
     for index, target in enumerate(targets):
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
         layer_stats = stats[target.node.name]
+        choices, settings = [], []
         for sparsity in grid:
             pruned = prune_rows(target.weight, sparsity, options, layer_stats)  # shared by every width
             for bits in bits_grid or (options.bits,):
-                result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits),
-                                        layer_stats, pruned)
-                curve.bytes[sparsity, bits] = len(result.layer.encode(options.block))
-                curve.errors[sparsity, bits] = result.output_error
-                curve.results[sparsity, bits] = result
+                choices.append((sparsity, bits))
+                settings.append((pruned, replace(options, bits=bits)))
+        for choice, result in zip(choices, compress_choices(target.weight, target.bias, settings, layer_stats)):
+            curve.bytes[choice] = len(result.layer.encode(options.block))
+            curve.errors[choice] = result.output_error
+            curve.results[choice] = result
         if keep_float:
             curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
             half = target.weight.astype(np.float16)

@@ -67,42 +67,101 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     ``stats`` describe the inputs the compressed layer will see (None: no calibration);
     ``pruned`` is ``prune_rows``' result for these arguments when the caller already has it.
     """
-    w64 = weight.astype(np.float64)
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
                                options.seed, options.per_channel)
         return CompressedLayer(layer, bias, None)
+    pruned = pruned if pruned is not None else prune_rows(weight, sparsity, options, stats)
+    return compress_choices(weight, bias, [(pruned, options)], stats)[0]
 
+
+# Rows x inputs of the weights rounded together by compress_choices (float64: 64 MB per array).
+BATCH_ELEMENTS = 1 << 23
+
+
+def compress_choices(weight: np.ndarray, bias: np.ndarray | None,
+                     choices: list[tuple[tuple[np.ndarray, np.ndarray], LayerOptions]],
+                     stats: LayerStats) -> list[CompressedLayer]:
+    """``compress_layer`` with calibration at several settings of one layer: each choice is
+    ``(prune_rows' (mask, updated weights), options)``; one result per choice, in order.
+
+    The error-feedback rounding runs once for a batch of choices, their rows stacked (rows are
+    independent given the layer's Hessian), so the per-column loop in numpy is paid once per
+    batch instead of once per setting: the allocator tries ~45 settings of every layer.
+    """
+    w64 = weight.astype(np.float64)
     groups = stats.gram.shape[0]
     rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
+    fitted = []
+    for (keep, updated), options in choices:
+        # the level set, fitted on the weights that survive (each row normalised by its RMS)
+        scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
+        kept = (updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1)))[keep]
+        levels = focus.fit_levels(kept, options.bits, options.w_sep, options.pow2_centres, options.seed)
+        codes = None  # after error-feedback rounding, or now: nearest (or by component)
+        if options.rounding not in ("gptq", "gptq-cd"):
+            codes = levels.codes(kept, options.assign, np.random.default_rng(options.seed))
+        fitted.append(_Fitted(keep, updated, scales, levels, options, codes))
+    sweeps_of = {i: REFINE_SWEEPS if f.options.rounding == "gptq-cd" else 0
+                 for i, f in enumerate(fitted) if f.codes is None}
+    per_batch = max(1, BATCH_ELEMENTS // max(w64.size, 1))
+    for sweeps in sorted(set(sweeps_of.values())):
+        same = [i for i, n in sweeps_of.items() if n == sweeps]
+        for start in range(0, len(same), per_batch):
+            part = same[start : start + per_batch]
+            for i, c in zip(part, _round_together([fitted[i] for i in part], rows, stats, sweeps)):
+                fitted[i].codes = c.reshape(weight.shape)[fitted[i].keep]
+    return [_finish(w64, rows, bias, stats, f) for f in fitted]
+
+
+@dataclass
+class _Fitted:
+    """One setting of a layer on its way: mask, pruned weights, row scales, level set, codes."""
+
+    keep: np.ndarray
+    updated: np.ndarray
+    scales: np.ndarray
+    levels: focus.LevelSet
+    options: LayerOptions
+    codes: np.ndarray | None  # of the kept weights; None until rounded
+
+
+def _round_together(fitted: list[_Fitted], rows: np.ndarray, stats: LayerStats, sweeps: int) -> list[np.ndarray]:
+    """GPTQ (and ``sweeps`` passes of coordinate descent) of several choices at once: their
+    updated weights stacked as rows of one [G, choices * M/G, K] problem. Returns each choice's
+    codes, shaped [G, M/G, K] (-1 where pruned)."""
+    groups, per_group, cols = rows.shape
+    count = len(fitted)
+    stacked = np.concatenate([f.updated.reshape(rows.shape) for f in fitted], axis=1)
+    keep = np.concatenate([f.keep.reshape(rows.shape) for f in fitted], axis=1)
+    # stacked row index g * (count * M/G) + c * M/G + m: its choice c and original row g * M/G + m
+    index = np.arange(groups * count * per_group)
+    choice = (index // per_group) % count
+    original = (index // (count * per_group)) * per_group + index % per_group
+    scale = np.stack([f.scales for f in fitted])[choice, original]
+    nearest = focus.NearestLevels([f.levels.table for f in fitted])
+
+    def rounder(values: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes = nearest.codes(values / scale[row], choice[row])
+        return codes, nearest.value(codes, choice[row]) * scale[row]
+
+    codes = reconstruct.reconstruct(stacked, stats.second_moment, keep=keep, rounder=rounder,
+                                    damping=reconstruct.damping_for(cols, stats.count), sweeps=sweeps)[2]
+    return list(codes.reshape(groups, count, per_group, cols).transpose(1, 0, 2, 3))
+
+
+def _finish(w64: np.ndarray, rows: np.ndarray, bias: np.ndarray | None, stats: LayerStats,
+            fit: _Fitted) -> CompressedLayer:
+    """The stored layer from its codes: per-row scales fitted to the output, bias correction,
+    and the relative output error on the calibration statistics."""
+    keep, levels, codes, scales, options = fit.keep, fit.levels, fit.codes, fit.scales, fit.options
     hessians = stats.second_moment
-    # 1. the mask (OBS saliency with weight updates, or magnitude)
-    keep, updated = pruned if pruned is not None else prune_rows(weight, sparsity, options, stats)
-    # 2. the level set, fitted on the weights that survive (each row normalised by its RMS)
-    scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
-    normalised = updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1))
-    levels = focus.fit_levels(normalised[keep], options.bits, options.w_sep, options.pow2_centres, options.seed)
-    # 3. rounding (with error feedback onto the weights not yet rounded, or plain nearest)
-    if options.rounding in ("gptq", "gptq-cd"):
-        table = levels.table.astype(np.float64)
-
-        def rounder(values: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            s = scales[row]
-            codes = levels.codes(values / s, "nearest")
-            return codes, table[codes] * s
-
-        codes = reconstruct.reconstruct(rows, hessians, keep=keep.reshape(rows.shape), rounder=rounder,
-                                        damping=reconstruct.damping_for(rows.shape[-1], stats.count),
-                                        sweeps=REFINE_SWEEPS if options.rounding == "gptq-cd" else 0)[2]
-        codes = codes.reshape(weight.shape)[keep]
-    else:
-        codes = levels.codes(normalised[keep], options.assign, np.random.default_rng(options.seed))
     layer = focus.finish(w64, keep, levels, codes, focus.fitted_alphas(levels, scales) if options.per_channel else None)
     if options.per_channel:  # the scale of each row that fits the layer's output best
         alphas = focus.refine_alphas(w64, layer.codes, layer.params, layer.alphas, metric=hessians)
         layer = focus.finish(w64, keep, levels, codes, alphas)
-    # 4. bias correction: restore each output's mean over the calibration inputs
+    # bias correction: restore each output's mean over the calibration inputs
     approx = layer.dequantized().astype(np.float64).reshape(rows.shape)
     if options.bias_correction:
         shift = np.einsum("gmk,gk->gm", rows - approx, stats.mean).reshape(-1)

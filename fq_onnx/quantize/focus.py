@@ -202,6 +202,42 @@ def _nearest_codes(values: np.ndarray, table: np.ndarray, allowed: np.ndarray) -
     return candidates[order[pick]]
 
 
+class NearestLevels:
+    """``_nearest_codes`` over every level of one of several tables, chosen per value: the
+    batched rounding of the allocator's settings (compress.compress_choices) in one pass.
+
+    Each table is sorted (stably, as ``_nearest_codes`` sorts it) and padded with copies of its
+    largest level; the search index is clipped to the table's own size, so pads are never
+    chosen and every tie goes to the code ``_nearest_codes`` picks.
+    """
+
+    def __init__(self, tables: list[np.ndarray]):
+        width = max(t.size for t in tables)
+        self.sorted = np.empty((len(tables), width))
+        self.order = np.empty((len(tables), width), dtype=np.int64)
+        self.values = np.zeros((len(tables), width))
+        self.sizes = np.array([t.size for t in tables])
+        for i, table in enumerate(tables):
+            levels = table.astype(np.float64)
+            order = np.argsort(levels, kind="stable")
+            self.sorted[i, : table.size], self.sorted[i, table.size :] = levels[order], levels[order[-1]]
+            self.order[i, : table.size], self.order[i, table.size :] = order, order[-1]
+            self.values[i, : table.size] = levels
+
+    def codes(self, values: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Code of the nearest level of table ``which[i]`` for each ``values[i]``."""
+        levels = self.sorted[which]  # [n, width]
+        hi = np.clip((levels < values[:, None]).sum(axis=1), 1, self.sizes[which] - 1)  # searchsorted, left
+        lo = hi - 1
+        rows = np.arange(values.size)
+        pick = np.where(np.abs(values - levels[rows, lo]) <= np.abs(values - levels[rows, hi]), lo, hi)
+        return self.order[which, pick]
+
+    def value(self, codes: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """The (float64) level of each code in its table."""
+        return self.values[which, codes]
+
+
 @dataclass(frozen=True)
 class LevelSet:
     """A fitted quantizer: the format parameters plus what assigns weights to components."""
