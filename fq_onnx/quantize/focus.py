@@ -115,15 +115,22 @@ def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
                    (float(weights[0]), float(weights[1]))), (gmm, order)
 
 
+def magnitudes(e_max: int, m: int = 0) -> np.ndarray:
+    """The level magnitudes of a unit step, ascending: ``2^e * (1 + k/2^m)``, e in [0, e_max]."""
+    k = np.arange(1 << m)
+    return (np.ldexp(1.0, np.arange(e_max + 1))[:, None] * (1.0 + k / (1 << m))[None, :]).ravel()
+
+
 class _Sorted:
     """Values sorted once with prefix sums, so the squared error of coding them at any
     (centre, unit) costs O(levels * log n) instead of O(n): the scale search tries 161 units
     (and up to 3 centres each) on up to SEARCH_SAMPLES values, at every setting the allocator
     tries. Sums are taken relative to the values' mean (no cancellation around far centres).
 
-    Coding a residual ``r = v - centre`` means ``sign(r) * unit * 2^e``, ``e`` in [0, e_max], the
-    nearest level in the linear domain: magnitudes from ``1.5 * unit * 2^(e-1)`` up round to
-    ``unit * 2^e`` (below ``unit``: ``unit``; above the largest level: the largest).
+    Coding a residual ``r = v - centre`` means ``sign(r) * unit * 2^e * (1 + k/2^m)``, ``e`` in
+    [0, e_max], ``k`` in [0, 2^m), the nearest such level in the linear domain (a magnitude
+    halfway between two levels rounds up; below ``unit``: ``unit``; above the largest level: the
+    largest). With m = 0 the boundaries are ``1.5 * unit * 2^e``.
     """
 
     def __init__(self, values: np.ndarray):
@@ -134,12 +141,12 @@ class _Sorted:
         self.s1 = np.concatenate([[0.0], np.cumsum(self.v)])
         self.s2 = np.concatenate([[0.0], np.cumsum(self.v * self.v)])
 
-    def _intervals(self, centres: np.ndarray, units: np.ndarray, e_max: int):
+    def _intervals(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int):
         """Per candidate and level: the index range of the values coded to it and the level's
-        signed offset from the centre. Returns (lo, hi, offset), each [candidates, 2 * (e_max + 1)]."""
+        signed offset from the centre. Returns (lo, hi, offset), each [candidates, 2 * levels]."""
         c = np.asarray(centres, np.float64)[:, None] - self.pivot
-        levels = np.asarray(units, np.float64)[:, None] * 2.0 ** np.arange(e_max + 1)
-        bounds = 1.5 * levels[:, :-1]
+        levels = np.asarray(units, np.float64)[:, None] * magnitudes(e_max, m)
+        bounds = (levels[:, :-1] + levels[:, 1:]) / 2
         centre = np.searchsorted(self.v, c, "left")  # values below the centre are coded negative
         above = np.searchsorted(self.v, c + bounds, "left")
         below = np.searchsorted(self.v, c - bounds, "right")
@@ -150,20 +157,20 @@ class _Sorted:
         # lo/hi columns: positive levels 0..e_max, then negative levels 0..e_max
         return lo, hi, offset
 
-    def error_sums(self, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+    def error_sums(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
         """For each (centre, unit) pair: the summed squared error of coding ``values - centre``."""
-        lo, hi, offset = self._intervals(centres, units, e_max)
+        lo, hi, offset = self._intervals(centres, units, e_max, m)
         target = np.asarray(centres, np.float64)[:, None] - self.pivot + offset
         n, s1, s2 = hi - lo, self.s1[hi] - self.s1[lo], self.s2[hi] - self.s2[lo]
         with np.errstate(over="ignore", invalid="ignore"):
             return np.maximum(s2 - 2 * target * s1 + n * target * target, 0.0).sum(axis=1)
 
-    def lloyd_step(self, centres: np.ndarray, units: np.ndarray, e_max: int) -> np.ndarray:
+    def lloyd_step(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
         """Each centre moved to the mean of the values minus their residual codes, where a
         residual ``r`` below its level ``L`` counts ``sign(r) * (2|r| - L)``, one at or above it
         ``sign(r) * L``, and ``r = 0`` counts 0 (the rule this search has always used)."""
         c = np.asarray(centres, np.float64) - self.pivot
-        lo, hi, offset = self._intervals(centres, units, e_max)
+        lo, hi, offset = self._intervals(centres, units, e_max, m)
         levels = np.abs(offset)
         sign = np.sign(offset)
         # within each level's range, values nearer the centre than the level: split at c + offset
