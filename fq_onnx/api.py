@@ -103,7 +103,8 @@ def convert(
     ``sparsity`` is the fraction of each layer's weights pruned (overridden per node by
     ``sparsity_file``, or the inline table ``per_layer_sparsity``, whose keys are node names, op
     types or glob patterns of either: fq_onnx.graph.select); ``bits`` counts the bits of
-    one nonzero code; ``w_sep`` is the Wasserstein threshold above which a layer uses focused
+    one nonzero code, ``mantissa`` (0..bits-2) of them refine each power of two into 2^m levels
+    (docs/FORMAT.md; 0 = the paper's powers of two); ``w_sep`` is the Wasserstein threshold above which a layer uses focused
     quantization; ``block`` makes G consecutive output channels share one mask; ``per_channel``
     stores one scale per output channel (one level set per layer) instead of the paper's one per
     layer; ``exclude`` names nodes, op types or glob patterns of either left untouched.
@@ -117,7 +118,8 @@ def convert(
     errors of earlier ones (one calibration pass per layer; slower, and not better on every model).
 
     Allocation (needs ``calib``): ``target_ratio`` picks per-layer sparsity and bit width (from
-    ``alloc_bits``, default ``bits - 3`` to ``bits + 1``) giving the smallest
+    ``alloc_bits``, default ``bits - 3`` to ``bits + 1``) and mantissa width (from
+    ``alloc_mantissa``, default ``mantissa`` alone) giving the smallest
     estimated output damage at that weights-only ratio; ``max_drop`` the largest ratio whose
     top-1 drop on ``data`` (labelled, at most ``eval_size`` samples) is at most that many points.
     Either replaces ``sparsity``/``sparsity_file``; the report's ``allocation`` lists the trials.
@@ -243,7 +245,7 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
     graph, targets, stats, inputs = job.graph, job.targets, calibration.stats, calibration.inputs
     with job.timed("layer curves"):
         curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
-                                       keep_float=options.keep_float,
+                                       keep_float=options.keep_float, mantissa_grid=options.mantissa_grid(),
                                        progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     with job.timed("layer gains"):
         allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])

@@ -109,7 +109,7 @@ def layer_table(report: ModelReport, title: str) -> Table:
     for r in report.layers:
         extra = [intmode.describe(r.act), f"{100 * r.act['clip_rate']:.3f}%" if r.act and "clip_rate" in r.act
                  else "-"] if acts else []
-        table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, str(r.bits),
+        table.add_row(r.name, r.op, "x".join(map(str, r.shape)), f"{100 * r.sparsity:.1f}%", r.mode, r.bits_text,
                       "-" if r.w2 is None else f"{r.w2:.2f}", "-" if r.rel_error is None else f"{r.rel_error:.3f}",
                       f"{r.fp32_bytes:,}", f"{r.stored_bytes:,}", f"{r.ratio:.1f}x", *extra)
     t = report.totals
@@ -182,6 +182,7 @@ def convert(
     sparsity: float = typer.Option(DEFAULTS.sparsity, help="Fraction of each layer's weights to prune (0..0.99)."),
     sparsity_file: Optional[Path] = typer.Option(None, help="Per-layer sparsity, JSON/YAML {key: sparsity}; a key is a node name, an op type or a glob pattern of either ('*/se/*', 'Conv_1?'); '*' sets the rest."),
     bits: int = typer.Option(DEFAULTS.bits, help="Bits per nonzero weight code (paper: 5 or 7)."),
+    mantissa: int = typer.Option(DEFAULTS.mantissa, help="Mantissa bits of each code (0..bits-2): levels 2^e*(1+k/2^m), 0 = powers of two (the paper)."),
     w_sep: float = typer.Option(DEFAULTS.w_sep, help="Wasserstein separation above which a layer uses focused quantization."),
     block: int = typer.Option(DEFAULTS.block, help="Output channels sharing one pruning mask (4 speeds up the kernel)."),
     exclude: list[str] = typer.Option([], help="Node name, op type or glob pattern of either ('*/fc', 'Gemm', 'stem*') to leave untouched (repeatable)."),
@@ -204,6 +205,7 @@ def convert(
     eval_size: int = typer.Option(DEFAULTS.eval_size, help="Evaluation samples used by --max-drop."),
     keep_float: bool = typer.Option(DEFAULTS.keep_float, "--keep-float/--compress-all", help="Let the allocator leave fragile, small layers in float (stored as float16)."),
     alloc_bits: Optional[str] = typer.Option(None, help="Bit widths the allocator may give a layer, e.g. 3,4,5 (default: --bits minus 3 to plus 1)."),
+    alloc_mantissa: Optional[str] = typer.Option(None, help="Mantissa widths the allocator may give a layer, e.g. 0,1,2 (default: --mantissa alone; each one more multiplies the measuring time)."),
     act_bits: Optional[int] = typer.Option(None, help="Integer mode: quantize every layer's input to this many bits (4..8; needs --calib)."),
     act_calib: str = typer.Option(DEFAULTS.act_calib, help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
@@ -217,6 +219,8 @@ def convert(
              if name in FIELDS and ctx.get_parameter_source(name).name != "DEFAULT"}
     if "alloc_bits" in given:
         given["alloc_bits"] = _int_list(given["alloc_bits"], "--alloc-bits")
+    if "alloc_mantissa" in given:
+        given["alloc_mantissa"] = _int_list(given["alloc_mantissa"], "--alloc-mantissa")
     recipe = recipe_fields(read_recipe(config), str(config)) if config else {}
     if "sparsity_file" in given:  # the flag replaces the recipe's table
         recipe.pop("per_layer_sparsity", None)
@@ -229,7 +233,8 @@ def convert(
             _info(f"trial: {trial['ratio']:.2f}x weights-only, estimated output noise {trial['noise']:.4f}{measured}")
         _info(allocation["message"])
         if verbose:
-            plan = ", ".join(f"{name} " + (c if c == "float" else f"{c['sparsity']:g}@{c['bits']}b")
+            plan = ", ".join(f"{name} " + (c if isinstance(c, str) else f"{c['sparsity']:g}@{c['bits']}b"
+                                                           + (f"m{c['mantissa']}" if c.get("mantissa") else ""))
                              for name, c in allocation["plan"].items())
             out.print(f"plan (sparsity@bits per layer): {plan}", markup=False, highlight=False)
     if not quiet:

@@ -27,7 +27,7 @@ ACT_CALIBS = ("mse", "minmax", "percentile")
 ACT_BITS_RANGE = (4, 8)  # what the converter offers (below 4 bits post-training is useless)
 SETTINGS_KEY = "fq_onnx.settings"  # the model metadata entry holding the stored settings
 # Keys of the stored settings that describe what a conversion found, not what it was asked.
-_RESULT_KEYS = ("allocation", "per_layer_bits")
+_RESULT_KEYS = ("allocation", "per_layer_bits", "per_layer_mantissa")
 
 
 def _number(v) -> bool:
@@ -37,7 +37,7 @@ def _number(v) -> bool:
 # What a recipe (or a caller) may give each option (None: the option's default where that is None).
 _TYPES = (
     (("sparsity", "w_sep", "target_ratio", "max_drop"), "a number", _number),
-    (("bits", "block", "seed", "calib_size", "eval_size"), "an integer",
+    (("bits", "mantissa", "block", "seed", "calib_size", "eval_size"), "an integer",
      lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     (("pow2_centres", "per_channel", "fuse_activation", "sequential", "keep_float", "bias_correction"),
      "true or false", lambda v: isinstance(v, bool)),
@@ -53,6 +53,7 @@ class ConvertOptions:
     sparsity_file: str | os.PathLike | None = None
     per_layer_sparsity: Mapping[str, float] | None = field(default=None, hash=False)
     bits: int = 5
+    mantissa: int = 0
     w_sep: float = 2.0
     block: int = 1
     exclude: tuple[str, ...] = ()
@@ -74,6 +75,7 @@ class ConvertOptions:
     eval_size: int = 1000
     keep_float: bool = True
     alloc_bits: tuple[int, ...] | None = None
+    alloc_mantissa: tuple[int, ...] | None = None
     act_bits: int | None = None
     act_calib: str = "mse"
 
@@ -81,6 +83,9 @@ class ConvertOptions:
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
         if self.alloc_bits is not None:
             object.__setattr__(self, "alloc_bits", tuple(sorted(set(int(b) for b in self.alloc_bits))) or None)
+        if self.alloc_mantissa is not None:
+            object.__setattr__(self, "alloc_mantissa",
+                               tuple(sorted(set(int(m) for m in self.alloc_mantissa))) or None)
         if self.per_layer_sparsity is not None:
             object.__setattr__(self, "per_layer_sparsity", dict(self.per_layer_sparsity) or None)
         self._check()
@@ -96,6 +101,9 @@ class ConvertOptions:
             raise FqOnnxError(f"--sparsity must be in 0..0.99, got {self.sparsity}")
         if not 2 <= self.bits <= 8:
             raise FqOnnxError(f"--bits must be in 2..8, got {self.bits}")
+        if not 0 <= self.mantissa <= self.bits - 2:
+            raise FqOnnxError(f"--mantissa must be in 0..{self.bits - 2} for {self.bits} bits "
+                              f"(a code keeps a sign and at least one exponent bit), got {self.mantissa}")
         if not self.w_sep >= 0:
             raise FqOnnxError(f"--w-sep must be >= 0, got {self.w_sep}")
         if not 1 <= self.block <= 255:
@@ -117,6 +125,8 @@ class ConvertOptions:
             self._check_allocation()
         if self.alloc_bits is not None:
             self.bits_grid()
+        if self.alloc_mantissa is not None:
+            self.mantissa_grid()
 
     def _check_integer_mode(self) -> None:
         act_bits = self.act_bits
@@ -169,7 +179,7 @@ class ConvertOptions:
 
         prune_method, rounding, bias_correction = self.resolved()
         return LayerOptions(self.bits, self.w_sep, self.block, self.pow2_centres, self.assign, self.seed,
-                            prune_method, rounding, bias_correction, self.per_channel)
+                            prune_method, rounding, bias_correction, self.per_channel, self.mantissa)
 
     def bits_grid(self) -> tuple[int, ...]:
         """The widths the allocator may choose; by default ``bits - 3 .. bits + 1`` (2..6 for 5 bits):
@@ -178,6 +188,18 @@ class ConvertOptions:
         grid = self.alloc_bits or tuple(range(max(2, bits - 3), min(8, bits + 1) + 1))
         if not all(2 <= b <= 8 for b in grid):
             raise FqOnnxError(f"--alloc-bits must be in 2..8, got {', '.join(map(str, grid))}")
+        return grid
+
+    def mantissa_grid(self) -> tuple[int, ...]:
+        """The mantissa widths the allocator may choose (``--alloc-mantissa``); by default
+        ``mantissa`` alone. A width is tried with every code width that leaves it a sign and an
+        exponent bit (m <= bits - 2)."""
+        grid = self.alloc_mantissa or (self.mantissa,)
+        if not all(0 <= m <= 6 for m in grid):
+            raise FqOnnxError(f"--alloc-mantissa must be in 0..6, got {', '.join(map(str, grid))}")
+        if not any(m <= b - 2 for m in grid for b in self.bits_grid()):
+            raise FqOnnxError(f"--alloc-mantissa {', '.join(map(str, grid))} fits none of the widths "
+                              f"{', '.join(map(str, self.bits_grid()))} (needs m <= bits - 2)")
         return grid
 
     def sparsity_table(self) -> tuple[float, dict[str, float], str]:
@@ -200,7 +222,8 @@ class ConvertOptions:
         """The serialisation stored in a compressed model (``fq_onnx.settings``): the options with
         the calibrated defaults resolved, the sparsity table inline, and what the allocator chose.
         Options that left no trace before they existed (``keep_float``, ``alloc_bits``,
-        ``eval_size``, ``data``) are stored only when they differ from their default."""
+        ``eval_size``, ``data``, ``mantissa``, ``alloc_mantissa``) are stored only when they differ
+        from their default."""
         from fq_onnx.quantize import allocate
 
         prune_method, rounding, bias_correction = self.resolved()
@@ -226,6 +249,12 @@ class ConvertOptions:
             settings["keep_float"] = self.keep_float
         if self.alloc_bits is not None:
             settings["alloc_bits"] = list(self.alloc_bits)
+        if self.mantissa != DEFAULTS.mantissa:
+            settings["mantissa"] = self.mantissa
+        if self.alloc_mantissa is not None:
+            settings["alloc_mantissa"] = list(self.alloc_mantissa)
+        if allocation and any(not allocate.is_float(c) and c[2] for c in allocation.plan.values()):
+            settings["per_layer_mantissa"] = {n: c[2] for n, c in allocation.plan.items() if not allocate.is_float(c)}
         if self.eval_size != DEFAULTS.eval_size:
             settings["eval_size"] = self.eval_size
         if self.data is not None:
@@ -236,7 +265,7 @@ class ConvertOptions:
         """The recipe form of these options (what ``settings`` stores, without the results)."""
         settings = self.settings()
         for key in _RESULT_KEYS:
-            settings.pop(key)
+            settings.pop(key, None)  # per_layer_mantissa is there only when one was chosen
         return settings
 
     @classmethod

@@ -245,8 +245,17 @@ CASES = [
     Case("empty-file", lambda data: b"", None, "No graph was found", python="holds no graph"),
     # the blob's header
     Case("bad-magic", _edit_blob("conv", lambda b: b"FQX1" + b[4:]), "conv", "bad magic"),
-    Case("bad-version", _edit_blob("conv", lambda b: b[:4] + bytes([2]) + b[5:]), "conv",
-         "format version 2 is not supported"),
+    Case("bad-version", _edit_blob("conv", lambda b: b[:4] + bytes([3]) + b[5:]), "conv",
+         "format version 3 is not supported"),
+    # the mantissa byte (10) and the reserved byte (11): the model's blobs are version 1, m = 0
+    Case("mantissa-too-large", _edit_blob("conv", lambda b: b[:4] + bytes([2]) + b[5:10] + bytes([4]) + b[11:]),
+         "conv", "mantissa 4 leaves no exponent bit in 5-bit"),
+    Case("v2-without-mantissa", _edit_blob("conv", lambda b: b[:4] + bytes([2]) + b[5:]), "conv",
+         "a version 2 blob must have mantissa >= 1"),
+    Case("v1-with-mantissa", _edit_blob("fc", lambda b: b[:10] + bytes([1]) + b[11:]), "fc",
+         "reserved field is not 0"),
+    Case("reserved-byte-11", _edit_blob("conv", lambda b: b[:11] + bytes([1]) + b[12:]), "conv",
+         "reserved field is not 0"),
     Case("shape-vs-kernel-shape", _edit_blob("conv", _reencode((8, 3, 9, 1))), "conv",
          r"kernel_shape \[3, 3\] disagrees with the weight's \[9, 1\]"),
     # without the node's M attribute (models written before it), so the bias check is the one reached

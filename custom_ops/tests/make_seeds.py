@@ -2,8 +2,8 @@
 
     python custom_ops/tests/make_seeds.py
 
-Small real blobs covering conv and dense shapes, both modes, 2..8 bits, mask blocks, run lengths
-0..63, an all-pruned tensor, and both scale layouts: one scale (A = 1) and one per output row
+Small real blobs covering conv and dense shapes, both modes, 2..8 bits, mantissa 0..3, mask
+blocks, run lengths 0..63, an all-pruned tensor, and both scale layouts: one scale (A = 1) and one per output row
 (A = dims[0], scales of very different magnitudes). Deterministic: rerunning rewrites the same bytes.
 """
 
@@ -44,6 +44,9 @@ def main() -> None:
         "s4": ((4, 4, 5, 5), focused(6), 0.95, 2, 15, False),
         "s5": ((1, 1, 1, 1), shift(2), 1.0, 1, 0, False),
         "s6": ((5, 7), focused(4), 0.3, 1, 3, True),
+        # mantissa codes (version 2 blobs): levels 2^(e-b) * (1 + k/2^m)
+        "s7": ((8, 4, 3, 3), fmt.QuantParams(1, 6, 0.1, -1.0, 1.0, 2, mantissa=2), 0.6, 1, 0, True),
+        "s8": ((12, 9), fmt.QuantParams(0, 5, 0.1, b=1, mantissa=3), 0.4, 1, 3, False),
     }
     SEEDS.mkdir(exist_ok=True)
     for name, (shape, params, sparsity, block, run_max, per_row) in specs.items():

@@ -15,7 +15,9 @@ import numpy as np
 from fq_onnx.format import codec
 
 MAGIC = b"FQW1"
-VERSION = 1
+VERSION = 1  # written when the mantissa is 0: every such blob is byte-identical to before version 2
+VERSION_MANTISSA = 2  # written when the mantissa is >= 1 (byte 10 holds it)
+VERSIONS = (VERSION, VERSION_MANTISSA)
 MODE_SHIFT = 0
 MODE_FOCUSED = 1
 MODE_NAMES = {MODE_SHIFT: "shift", MODE_FOCUSED: "FQ"}
@@ -24,7 +26,7 @@ MAX_NDIM = 8
 # Longest zero runs the encoder tries per token; it keeps whichever gives the smallest blob.
 RUN_MAX_CHOICES = (0, 1, 3, 7, 15, 31, 63)
 
-_PREFIX = struct.Struct("<4sBBBBBBH")  # magic, version, mode, bits, ndim, block, run_max, reserved
+_PREFIX = struct.Struct("<4sBBBBBBBB")  # magic, version, mode, bits, ndim, block, run_max, mantissa, reserved
 _PARAMS = struct.Struct("<ffiII")  # centre0, centre1, b, tokens, payload bytes (after the scales)
 _CRC = struct.Struct("<I")
 
@@ -35,7 +37,8 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True)
 class QuantParams:
-    """How codes map to weights: see ``levels``. ``bits`` counts the bits of one nonzero code."""
+    """How codes map to weights: see ``levels``. ``bits`` counts the bits of one nonzero code,
+    ``mantissa`` (m) of them refine each power of two into 2^m steps (0: powers of two only)."""
 
     mode: int
     bits: int
@@ -43,10 +46,11 @@ class QuantParams:
     centre0: float = 0.0
     centre1: float = 0.0
     b: int = 0
+    mantissa: int = 0
 
     @property
     def exponent_bits(self) -> int:
-        return self.bits - 1 if self.mode == MODE_SHIFT else self.bits - 2
+        return self.bits - 1 - self.mantissa if self.mode == MODE_SHIFT else self.bits - 2 - self.mantissa
 
     @property
     def value_count(self) -> int:
@@ -80,6 +84,9 @@ def check_params(params: QuantParams) -> None:
     low = 2 if params.mode == MODE_SHIFT else 3
     if not low <= params.bits <= 8:
         raise FormatError(f"{MODE_NAMES[params.mode]} mode needs {low}..8 bits, got {params.bits}")
+    if not 0 <= params.mantissa <= params.bits - low:  # at least one exponent bit
+        raise FormatError(f"mantissa {params.mantissa} leaves no exponent bit in {params.bits}-bit "
+                          f"{MODE_NAMES[params.mode]} mode (needs 0..{params.bits - low})")
     values = np.array([params.alpha, params.centre0, params.centre1], dtype=np.float32)
     if not np.all(np.isfinite(values)) or not values[0] > 0:
         raise FormatError("alpha must be finite and positive and the centres finite")
@@ -94,10 +101,13 @@ def levels(params: QuantParams) -> np.ndarray:
     """The float32 weight of every code, computed step by step exactly as FORMAT.md defines."""
     check_params(params)
     v = np.arange(params.value_count)
-    k = params.exponent_bits
-    e = v & ((1 << k) - 1)
+    m = params.mantissa
+    k = params.exponent_bits + m  # bits below the sign: exponent, then the m mantissa bits
+    e = (v & ((1 << k) - 1)) >> m
+    # 1 + j/2^m and its product by 2^(e-b) are exact in float32 (m <= 6, e - b in [-126, 127])
+    mant = ((1 << m) + (v & ((1 << m) - 1))).astype(np.float32) * np.float32(2.0 ** -m)
     negative = ((v >> k) & 1).astype(bool)
-    t = np.ldexp(np.float32(1.0), (e - params.b).astype(np.int32)).astype(np.float32)
+    t = np.ldexp(mant, (e - params.b).astype(np.int32)).astype(np.float32)
     signed = np.where(negative, -t, t).astype(np.float32)
     if params.mode == MODE_FOCUSED:
         centres = np.array([params.centre0, params.centre1], dtype=np.float32)[v >> (k + 1)]
@@ -158,7 +168,8 @@ def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int 
     _, r, symbols, lengths = best
     payload = codec.encode_symbols(symbols, lengths)
     table = _pack_nibbles(lengths)
-    head = _PREFIX.pack(MAGIC, VERSION, params.mode, params.bits, codes.ndim, block, r, 0)
+    version = VERSION_MANTISSA if params.mantissa else VERSION
+    head = _PREFIX.pack(MAGIC, version, params.mode, params.bits, codes.ndim, block, r, params.mantissa, 0)
     head += struct.pack(f"<{codes.ndim}I", *codes.shape)
     head += struct.pack("<I", scales.size) + scales.astype("<f4").tobytes()
     head += _PARAMS.pack(params.centre0, params.centre1, params.b, symbols.size, len(payload))
@@ -207,15 +218,19 @@ def read_header(blob: bytes) -> Header:
     blob = bytes(blob)
     if len(blob) < _PREFIX.size:
         raise FormatError(f"blob of {len(blob)} bytes is too short for a header")
-    magic, version, mode, bits, ndim, block, run_max, reserved = _PREFIX.unpack_from(blob, 0)
+    magic, version, mode, bits, ndim, block, run_max, mantissa, reserved = _PREFIX.unpack_from(blob, 0)
     if magic != MAGIC:
         raise FormatError(f"bad magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise FormatError(f"format version {version} is not supported (this build reads {VERSION})")
+    if version not in VERSIONS:
+        raise FormatError(f"format version {version} is not supported (this build reads 1 and 2)")
     if not 1 <= ndim <= MAX_NDIM:
         raise FormatError(f"ndim {ndim} outside 1..{MAX_NDIM}")
-    if block < 1 or reserved != 0:
-        raise FormatError("block must be >= 1 and the reserved field 0")
+    if block < 1:
+        raise FormatError("block must be >= 1")
+    if reserved != 0 or (version == VERSION and mantissa != 0):
+        raise FormatError("reserved field is not 0")
+    if version == VERSION_MANTISSA and mantissa == 0:
+        raise FormatError("a version 2 blob must have mantissa >= 1 (mantissa 0 is written as version 1)")
     offset = _PREFIX.size
     if len(blob) < offset + 4 * ndim + 4:
         raise FormatError("blob ends inside the header")
@@ -244,7 +259,7 @@ def read_header(blob: bytes) -> Header:
     offset += _PARAMS.size
     if not (np.isfinite(c0) and np.isfinite(c1)):
         raise FormatError("the centres must be finite")
-    params = QuantParams(mode, bits, float(alphas[0]), c0, c1, b)
+    params = QuantParams(mode, bits, float(alphas[0]), c0, c1, b, mantissa)
     check_params(params)
     levels(params)
     if scale_count > 1:
@@ -282,7 +297,7 @@ def decode(blob: bytes) -> Decoded:
 
 def unit_levels(params: QuantParams) -> np.ndarray:
     """``u(v)``: the float32 levels before the scale multiplication (FORMAT.md, step 2)."""
-    return levels(QuantParams(params.mode, params.bits, 1.0, params.centre0, params.centre1, params.b))
+    return levels(replace(params, alpha=1.0))
 
 
 def dequantize_codes(codes: np.ndarray, params: QuantParams, alphas: np.ndarray | None = None) -> np.ndarray:

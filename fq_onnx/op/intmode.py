@@ -6,7 +6,8 @@ kernels/int_kernel*) and the accumulator bound. Choosing each
 node's power-of-two activation scale on calibration data is fq_onnx.act_scales.
 
     q   = clamp(round_half_even(x * 2^-a), qmin, qmax)        int
-    W   = u(v) * 2^-m_r = s*2^(e-b-m_r) + sigma_c*2^(p_c-m_r)  int (per row r)
+    W   = u(v) * 2^-m_r = s*mult*2^(x-m_r) + sigma_c*2^(p_c-m_r)  int (per row r; mult = 1,
+          x = e-b without a mantissa; else mult*2^x = (2^M + k)*2^(e-b-M), mult odd)
     acc = sum q*W                                              exact, |acc| < 2^31 by the bound
     Y   = act(float32(acc) * (alpha_r * 2^(a+m_r)) + B)        two float32 roundings
 """
@@ -78,9 +79,10 @@ def quantize(x: np.ndarray, act: ActQuant) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CodeTerms:
-    """Per code v of a level set: ``u(v) = sign*2^exp + csign*2^cexp`` exactly."""
+    """Per code v of a level set: ``u(v) = sign*mult*2^exp + csign*2^cexp`` exactly."""
 
-    exp: np.ndarray  # e - b
+    mult: np.ndarray  # odd: 2^m + k without its trailing zero bits (1 when m = 0)
+    exp: np.ndarray  # e - b - m + those trailing zero bits (e - b when m = 0)
     sign: np.ndarray  # +-1
     cexp: np.ndarray  # p_c (meaningless where csign == 0)
     csign: np.ndarray  # sigma_c: -1, 0, +1
@@ -101,8 +103,13 @@ def _pow2(value: float, index: int) -> tuple[int, int]:
 def code_terms(params: fmt.QuantParams) -> CodeTerms:
     fmt.check_params(params)
     v = np.arange(params.value_count)
-    k = params.exponent_bits
-    exp = (v & ((1 << k) - 1)) - params.b
+    m = params.mantissa
+    k = params.exponent_bits + m  # bits below the sign
+    mult = (1 << m) + (v & ((1 << m) - 1))
+    exp = ((v & ((1 << k) - 1)) >> m) - params.b - m
+    for _ in range(m):  # strip trailing zero bits: mult odd, so m = 0 is exactly 2^(e-b)
+        even = mult % 2 == 0
+        mult, exp = np.where(even, mult // 2, mult), np.where(even, exp + 1, exp)
     sign = np.where((v >> k) & 1, -1, 1)
     if params.mode == fmt.MODE_FOCUSED:
         centres = [_pow2(params.centre0, 0), _pow2(params.centre1, 1)]
@@ -111,8 +118,9 @@ def code_terms(params: fmt.QuantParams) -> CodeTerms:
         cexp = np.array([centres[c][1] for c in component])
     else:
         csign, cexp = np.zeros_like(v), np.zeros_like(v)
-    active = ~((csign == -sign) & (cexp == exp))
-    return CodeTerms(exp.astype(np.int64), sign.astype(np.int64), cexp.astype(np.int64), csign.astype(np.int64), active)
+    active = ~((mult == 1) & (csign == -sign) & (cexp == exp))  # a centre is a power of two
+    return CodeTerms(mult.astype(np.int64), exp.astype(np.int64), sign.astype(np.int64), cexp.astype(np.int64),
+                     csign.astype(np.int64), active)
 
 
 @dataclass(frozen=True)
@@ -145,17 +153,19 @@ def integer_weight(decoded: fmt.Decoded) -> IntWeight:
     base = np.where(nonempty, base_all, 0)
     shift = terms.exp[None, :] - base[:, None]
     cshift = terms.cexp[None, :] - base[:, None]
-    worst = np.where(used, np.maximum(shift, np.where(terms.csign != 0, cshift, 0)), 0)
+    # the exponent term's top bit: shift + bit length of mult - 1 (the shift itself for mult 1)
+    top = shift + np.floor(np.log2(terms.mult)).astype(np.int64)[None, :]
+    worst = np.where(used, np.maximum(top, np.where(terms.csign != 0, cshift, 0)), 0)
     if worst.size and worst.max() > MAX_SHIFT:
         r = int(np.argmax(worst.max(axis=1)))
         raise IntModeError(f"row {r} needs a shift of {int(worst[r].max())} bits (above {MAX_SHIFT}): "
                            "its levels span too wide a range for int32")
-    table = np.where(used, terms.sign * (np.int64(1) << np.clip(shift, 0, MAX_SHIFT))
+    table = np.where(used, terms.sign * terms.mult * (np.int64(1) << np.clip(shift, 0, MAX_SHIFT))
                      + terms.csign * (np.int64(1) << np.clip(cshift, 0, MAX_SHIFT)), 0)
     weight = np.where(coded, np.take_along_axis(table, np.maximum(codes, 0), axis=1), 0)
     alphas = np.broadcast_to(np.asarray(decoded.alphas, np.float32), (rows,)) if decoded.alphas.size == 1 \
         else np.asarray(decoded.alphas, np.float32)
-    positive = (counts * np.maximum(table, 0)).sum(axis=1)  # <= 2^28 elements * 2^31: fits int64
+    positive = (counts * np.maximum(table, 0)).sum(axis=1)  # <= 2^28 elements * 2^32: fits int64
     negative = (counts * np.maximum(-table, 0)).sum(axis=1)
     return IntWeight(weight.reshape(decoded.shape), base, nonempty, alphas.copy(), positive, negative)
 

@@ -1,6 +1,6 @@
 """Per-layer sparsity and bit width from measured sensitivity: the least output damage for a size.
 
-Each layer is compressed alone at every (sparsity, bits) choice of a grid, giving its exact
+Each layer is compressed alone at every (sparsity, bits, mantissa) choice of a grid, giving its exact
 stored bytes and its relative output error ``e`` on the calibration statistics (no inference). One inference per
 layer measures its gain ``g``: the network's output noise per unit of that layer's squared
 error. Assuming the layers' noises add up, the output noise of a plan is ``sum g * e^2``; a
@@ -25,9 +25,9 @@ from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_ch
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
 GAIN_SAMPLES = 128  # calibration inputs used to measure the gains
-Choice = tuple[float, int]  # (sparsity, bits) of one layer
-FLOAT: Choice = (-1.0, 32)  # the plan entry of a layer left uncompressed (float32 weights, no error)
-FLOAT16: Choice = (-1.0, 16)  # left in float, its weight stored as float16 (rewrite.store_float16)
+Choice = tuple[float, int, int]  # (sparsity, bits, mantissa) of one layer
+FLOAT: Choice = (-1.0, 32, 0)  # the plan entry of a layer left uncompressed (float32 weights, no error)
+FLOAT16: Choice = (-1.0, 16, 0)  # left in float, its weight stored as float16 (rewrite.store_float16)
 
 
 def is_float(choice: Choice) -> bool:
@@ -61,10 +61,12 @@ class LayerCurve:
 def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], options: LayerOptions,
                  grid=SPARSITY_GRID, bits_grid: tuple[int, ...] | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 keep_float: bool = True) -> list[LayerCurve]:
-    """Compress every layer alone at every (sparsity, bits) of the grids; record bytes and error.
+                 keep_float: bool = True, mantissa_grid: tuple[int, ...] | None = None) -> list[LayerCurve]:
+    """Compress every layer alone at every (sparsity, bits, mantissa) of the grids; record bytes
+    and error.
 
-    ``bits_grid`` defaults to ``options.bits`` alone. With ``keep_float`` leaving a layer in
+    ``bits_grid`` defaults to ``options.bits`` alone, ``mantissa_grid`` to ``options.mantissa``
+    alone; a mantissa is tried only with the widths that leave it a sign and an exponent bit. With ``keep_float`` leaving a layer in
     float is one more choice, which the search takes for fragile layers that weigh little:
     ``FLOAT16`` (2 bytes a weight, a tiny error) or ``FLOAT`` (4 bytes, none; the only one for
     weights beyond float16's range). MobileNet-V2 at 8x with float32 alone kept 20 small layers
@@ -78,9 +80,9 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
         choices, settings = [], []
         for sparsity in grid:
             pruned = prune_rows(target.weight, sparsity, options, layer_stats)  # shared by every width
-            for bits in bits_grid or (options.bits,):
-                choices.append((sparsity, bits))
-                settings.append((pruned, replace(options, bits=bits)))
+            for bits, m in widths(bits_grid or (options.bits,), mantissa_grid or (options.mantissa,)):
+                choices.append((sparsity, bits, m))
+                settings.append((pruned, replace(options, bits=bits, mantissa=m)))
         for choice, result in zip(choices, compress_choices(target.weight, target.bias, settings, layer_stats)):
             curve.bytes[choice] = len(result.layer.encode(options.block))
             curve.errors[choice] = result.output_error
@@ -98,6 +100,11 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
         if progress:
             progress(target.node.name, index + 1, len(targets))
     return curves
+
+
+def widths(bits_grid: tuple[int, ...], mantissa_grid: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (bits, mantissa) pairs of two grids that make a code: m <= bits - 2."""
+    return [(b, m) for b in bits_grid for m in mantissa_grid if m <= b - 2]
 
 
 def plain_model(graph: gs.Graph, layers: dict[str, CompressedLayer | Float16Layer | None], block: int) -> bytes:
@@ -171,8 +178,9 @@ def measure_held_out_gains(graph: gs.Graph, targets: list[rewrite.Target], curve
     held = np.asarray(inputs[half:])
     reference = run_model(gs.export_onnx(graph).SerializeToString(), held)
     for target, curve in few:
-        sparsity, bits = probe_choice(curve)
-        result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits), fit[target.node.name])
+        sparsity, bits, m = probe_choice(curve)
+        result = compress_layer(target.weight, target.bias, sparsity, replace(options, bits=bits, mantissa=m),
+                                fit[target.node.name])
         curve.gain = max(curve.gain, layer_gain(graph, target.node.name, result, options.block, held, reference))
 
 
@@ -230,7 +238,8 @@ class Allocation:
     message: str
 
     def to_dict(self) -> dict:
-        plan = {name: {FLOAT: "float", FLOAT16: "float16"}.get(c) or {"sparsity": c[0], "bits": c[1]}
+        plan = {name: {FLOAT: "float", FLOAT16: "float16"}.get(c) or
+                {"sparsity": c[0], "bits": c[1], **({"mantissa": c[2]} if c[2] else {})}  # no trace at m = 0
                 for name, c in self.plan.items()}
         return {"plan": plan, "target": self.target, "met": self.met, "message": self.message,
                 "trials": [t.__dict__ for t in self.trials]}
@@ -244,7 +253,7 @@ def search(graph: gs.Graph, curves: list[LayerCurve], block: int, float_bytes: i
            target_ratio: float | None = None, max_drop: float | None = None,
            evaluation: tuple[np.ndarray, np.ndarray] | None = None, max_trials: int = 8,
            report: Callable[[Trial], None] | None = None) -> Allocation:
-    """Choose per-layer sparsity and bits for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
+    """Choose per-layer sparsity, bits and mantissa for ``target_ratio`` (weights-only) or ``max_drop`` (top-1 points).
 
     ``float_bytes`` are the bytes of weight layers left uncompressed (they count in the ratio).
     The max-drop search bisects the ratio, building and measuring each candidate on

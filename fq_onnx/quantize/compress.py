@@ -32,6 +32,7 @@ class LayerOptions:
     rounding: str = ROUNDINGS[0]
     bias_correction: bool = False
     per_channel: bool = DEFAULTS.per_channel
+    mantissa: int = DEFAULTS.mantissa
 
 
 @dataclass
@@ -70,7 +71,7 @@ def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float,
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
-                               options.seed, options.per_channel)
+                               options.seed, options.per_channel, options.mantissa)
         return CompressedLayer(layer, bias, None)
     pruned = pruned if pruned is not None else prune_rows(weight, sparsity, options, stats)
     return compress_choices(weight, bias, [(pruned, options)], stats)[0]
@@ -98,7 +99,8 @@ def compress_choices(weight: np.ndarray, bias: np.ndarray | None,
         # the level set, fitted on the weights that survive (each row normalised by its RMS)
         scales = focus.row_scales(updated, keep) if options.per_channel else np.ones(weight.shape[0])
         kept = (updated / scales.reshape((-1,) + (1,) * (weight.ndim - 1)))[keep]
-        levels = focus.fit_levels(kept, options.bits, options.w_sep, options.pow2_centres, options.seed)
+        levels = focus.fit_levels(kept, options.bits, options.w_sep, options.pow2_centres, options.seed,
+                                  options.mantissa)
         codes = None  # after error-feedback rounding, or now: nearest (or by component)
         if options.rounding not in ("gptq", "gptq-cd"):
             codes = levels.codes(kept, options.assign, np.random.default_rng(options.seed))

@@ -189,7 +189,7 @@ class _Sorted:
 
 
 def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: int,
-                  pow2: bool) -> tuple[np.ndarray, np.ndarray]:
+                  pow2: bool, m: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per unit step: the centre (absolute) for one component and its squared error on ``values``."""
     if values.size == 0:
         return (units if guess >= 0 else -units), np.zeros(len(units))
@@ -201,30 +201,30 @@ def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: in
     else:
         steps = [np.full(len(units), float(guess))]
         for _ in range(2):  # Lloyd steps: move the centre to the mean of its residual-coded weights
-            steps.append(ordered.lloyd_step(steps[-1], units, e_max))
+            steps.append(ordered.lloyd_step(steps[-1], units, e_max, m))
         candidates = np.stack(steps, axis=1)
-    errors = ordered.error_sums(candidates.ravel(), np.repeat(units, 3), e_max).reshape(-1, 3)
+    errors = ordered.error_sums(candidates.ravel(), np.repeat(units, 3), e_max, m).reshape(-1, 3)
     pick = np.argmin(errors, axis=1)
     rows = np.arange(len(units))
     return candidates[rows, pick], errors[rows, pick]
 
 
-def _search_shift(values: np.ndarray, e_max: int) -> float:
+def _search_shift(values: np.ndarray, e_max: int, m: int = 0) -> float:
     unit0 = np.max(np.abs(values)) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
-    errors = _Sorted(values).error_sums(np.zeros(len(units)), units, e_max)
+    errors = _Sorted(values).error_sums(np.zeros(len(units)), units, e_max, m)
     return float(units[int(np.argmin(errors))])
 
 
-def _search_focused(values, components, means, e_max, pow2) -> tuple[float, tuple[float, float]]:
+def _search_focused(values, components, means, e_max, pow2, m=0) -> tuple[float, tuple[float, float]]:
     spread = max(np.max(np.abs(values[components == c] - means[c])) if np.any(components == c) else 0.0 for c in (0, 1))
     # Components of (nearly) identical values (one kept weight per row: all +-1 once normalised)
     # have no spread: a scale from it alone collapsed to ~1e-31, storing centres of ~1e17 and
     # per-row scales that underflow float32 (PP-OCRv4's recognizer).
     unit0 = max(spread, MIN_SPREAD * float(np.max(np.abs(values))), 1e-30) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
-    c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2)
-    c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2)
+    c0, err0 = _best_centres(values[components == 0], means[0], units, e_max, pow2, m)
+    c1, err1 = _best_centres(values[components == 1], means[1], units, e_max, pow2, m)
     total = err0 + err1
     best = int(np.argmin(total))
     if not np.isfinite(total[best]):
@@ -318,40 +318,45 @@ class LevelSet:
 
 
 def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centres: bool = True,
-               seed: int = 0) -> LevelSet:
+               seed: int = 0, mantissa: int = 0) -> LevelSet:
     """Fit the mixture, run the separation test and search scale and centres on ``values``.
 
     ``values`` are the nonzero weights of one layer. Scale and centres minimise their squared
-    error (on a seeded subsample of large layers).
+    error (on a seeded subsample of large layers). ``mantissa`` (m) bits of each code refine
+    every power of two into 2^m steps; the rest is sign (and component) and exponent. Focused
+    mode needs an exponent bit beside sign and component (bits >= 3 + m), else shift mode is used.
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
+    if not 0 <= mantissa <= bits - 2:
+        raise ValueError(f"mantissa must be in 0..{bits - 2} for {bits} bits (one sign and one exponent bit), "
+                         f"got {mantissa}")
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
     mixture, fitted = (None, None)
     if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
         mixture, fitted = fit_mixture(values, seed)
     if values.size == 0:
-        e_max = (1 << (bits - 1)) - 1
-        return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126)), mixture)
+        e_max = (1 << (bits - 1 - mantissa)) - 1
+        return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126), mantissa), mixture)
     histogram = Histogram.of(values)
-    focused = mixture is not None and bits >= 3 and mixture.w2 >= w_sep
+    focused = mixture is not None and bits >= 3 + mantissa and mixture.w2 >= w_sep
     search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
     if focused:
-        e_max = (1 << (bits - 2)) - 1
+        e_max = (1 << (bits - 2 - mantissa)) - 1
         gmm, order = fitted
         search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
-        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres)
+        unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres, mantissa)
     else:
-        e_max = (1 << (bits - 1)) - 1
-        unit = _search_shift(search, e_max)
+        e_max = (1 << (bits - 1 - mantissa)) - 1
+        unit = _search_shift(search, e_max, mantissa)
         centres = (0.0, 0.0)
     b = min(e_max, 126)
     alpha = float(np.float32(unit * 2.0**b))
     relative = tuple(float(np.float32(c / alpha)) for c in centres) if focused else (0.0, 0.0)
     if focused and pow2_centres:  # exact powers of two, whatever rounding alpha took
         relative = tuple(float(np.copysign(np.exp2(np.round(np.log2(abs(c)))), c)) for c in relative)
-    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b)
+    params = fmt.QuantParams(fmt.MODE_FOCUSED if focused else fmt.MODE_SHIFT, bits, alpha, *relative, b, mantissa)
     return LevelSet(params, mixture, fitted if focused else None, histogram)
 
 
@@ -377,6 +382,7 @@ def quantize(
     assign: str = "argmax",
     seed: int = 0,
     per_channel: bool = True,
+    mantissa: int = 0,
 ) -> QuantizedLayer:
     """Quantize the kept weights of ``weight`` (``keep`` is the pruning mask) to ``bits`` bits.
 
@@ -390,7 +396,7 @@ def quantize(
     weight64 = weight.astype(np.float64)
     scales = row_scales(weight64, keep) if per_channel else None
     normalised = weight64 / _broadcast(scales, weight64.ndim) if per_channel else weight64
-    levels = fit_levels(normalised[keep], bits, w_sep, pow2_centres, seed)
+    levels = fit_levels(normalised[keep], bits, w_sep, pow2_centres, seed, mantissa)
     codes = levels.codes(normalised[keep], assign, np.random.default_rng(seed))
     if not per_channel:
         return finish(weight64, keep, levels, codes)

@@ -34,6 +34,12 @@ class LayerRow:
     # integer mode (SHIFTCONV.md): {"bits", "scale_log2", "signed", "clip_rate"}, or
     # {"fallback": reason} where the converter kept float activations; None: float activations
     act: dict | None = None
+    mantissa: int = 0  # m of the level set (docs/FORMAT.md): 0 for powers of two and for float layers
+
+    @property
+    def bits_text(self) -> str:
+        """``5``, or ``5 m2`` with a mantissa."""
+        return f"{self.bits} m{self.mantissa}" if self.mantissa else str(self.bits)
 
     @property
     def ratio(self) -> float:
@@ -112,6 +118,7 @@ def shiftconv_row(node: gs.Node) -> LayerRow:
         stored_bytes=int(blob.size),
         out_error=float(node.attrs["out_error"]) if "out_error" in node.attrs else None,
         act=intmode.node_act(node.attrs),
+        mantissa=decoded.params.mantissa,
     )
 
 
@@ -152,7 +159,7 @@ def inspect_model(path: str | os.PathLike) -> ModelReport:
 def blob_details(path: str | os.PathLike) -> list[dict]:
     """What each ShiftConv weight blob of a model holds (docs/FORMAT.md): one dict per node.
 
-    Keys: name, mode, centre0/centre1 (relative to the scale), b, scales (1 or one per row),
+    Keys: name, mode, mantissa, centre0/centre1 (relative to the scale), b, scales (1 or one per row),
     block, run_max (longest zero run of one token), tokens, header_bytes, table_bytes (code
     lengths), payload_bytes (Huffman codes), activation.
     """
@@ -169,7 +176,8 @@ def blob_details(path: str | os.PathLike) -> list[dict]:
         if header is None:
             raise FqOnnxError(f"ShiftConv {node.name}: its weight input is not a constant")
         details.append({
-            "name": node.name, "mode": fmt.MODE_NAMES[header.params.mode], "centre0": header.params.centre0,
+            "name": node.name, "mode": fmt.MODE_NAMES[header.params.mode], "mantissa": header.params.mantissa,
+            "centre0": header.params.centre0,
             "centre1": header.params.centre1, "b": header.params.b, "scales": int(header.alphas.size),
             "block": header.block, "run_max": header.run_max, "tokens": header.tokens,
             "header_bytes": header.table_offset, "table_bytes": header.table_bytes,

@@ -13,7 +13,6 @@
 namespace fq {
 namespace {
 
-uint16_t rd_u16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
 uint32_t rd_u32(const uint8_t* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
@@ -202,25 +201,36 @@ std::vector<float> compute_units(const QuantParams& p) {
     throw FormatError(std::string(p.mode == 0 ? "shift" : "focused") + " mode needs " +
                       std::to_string(low) + "..8 bits, got " + std::to_string(p.bits));
   }
+  const char* mode_name = p.mode == 0 ? "shift" : "FQ";
+  if (p.mantissa < 0 || p.mantissa > p.bits - low) {  // at least one exponent bit
+    throw FormatError("mantissa " + std::to_string(p.mantissa) + " leaves no exponent bit in " +
+                      std::to_string(p.bits) + "-bit " + mode_name + " mode (needs 0.." +
+                      std::to_string(p.bits - low) + ")");
+  }
   if (!std::isfinite(p.centre0) || !std::isfinite(p.centre1)) {
     throw FormatError("the centres must be finite");
   }
   if (p.mode == 0 && (p.centre0 != 0 || p.centre1 != 0)) {
     throw FormatError("shift mode has no centres: both must be 0");
   }
-  const int k = p.mode == 0 ? p.bits - 1 : p.bits - 2;  // exponent bits
-  const int64_t e_max = (int64_t(1) << k) - 1;
+  const int m = p.mantissa;
+  const int x = exponent_bits(p);
+  const int k = x + m;  // bits below the sign: exponent, then mantissa
+  const int64_t e_max = (int64_t(1) << x) - 1;
   const int64_t b = p.b;
   if (-b < -126 || e_max - b > 127) {
     throw FormatError("exponent offset b=" + std::to_string(p.b) +
                       " puts level exponents outside [-126, 127]");
   }
   const int V = 1 << p.bits;
+  const float step = pow2(-m);  // 2^-m, m <= 6: normal
   std::vector<float> out(size_t(V), 0.0f);
   for (int v = 0; v < V; ++v) {
-    const int e = v & int(e_max);
+    const int e = (v & ((1 << k) - 1)) >> m;
+    const int j = (1 << m) + (v & ((1 << m) - 1));  // 2^m + k < 2^7: exact in float32
     const bool negative = (v >> k) & 1;
-    const float t = pow2(int(e - b));
+    const float mant = float(j) * step;  // 1 + k/2^m, exact
+    const float t = mant * pow2(int(e - b));  // exact: a normal float32 by the rule on b
     float u = negative ? -t : t;
     if (p.mode == 1) {
       const float centre = (v >> (k + 1)) ? p.centre1 : p.centre0;
@@ -263,9 +273,10 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
     throw FormatError("blob of " + std::to_string(size) + " bytes is too short for a header");
   }
   if (std::memcmp(data, "FQW1", 4) != 0) throw FormatError("bad magic, expected 'FQW1'");
-  if (data[4] != 1) {
+  // Version 1: byte 10 reserved (0). Version 2, written only when m > 0: byte 10 is m.
+  if (data[4] != 1 && data[4] != 2) {
     throw FormatError("format version " + std::to_string(data[4]) +
-                      " is not supported (this build reads 1)");
+                      " is not supported (this build reads 1 and 2)");
   }
   DecodedWeight w;
   w.params.mode = data[5];
@@ -275,7 +286,11 @@ DecodedWeight decode_weight(const uint8_t* data, size_t size) {
   w.run_max = data[9];
   if (ndim < 1 || ndim > kMaxNdim) throw FormatError("ndim " + std::to_string(ndim) + " outside 1..8");
   if (w.block < 1) throw FormatError("block must be >= 1");
-  if (rd_u16(data + 10) != 0) throw FormatError("reserved field is not 0");
+  if (data[11] != 0 || (data[4] == 1 && data[10] != 0)) throw FormatError("reserved field is not 0");
+  if (data[4] == 2 && data[10] == 0) {
+    throw FormatError("a version 2 blob must have mantissa >= 1 (mantissa 0 is written as version 1)");
+  }
+  w.params.mantissa = data[10];  // checked against bits by compute_units
   const size_t h = 12 + 4 * size_t(ndim);
   if (size < h + 4) throw FormatError("blob ends inside the header");
   uint64_t n = 1;

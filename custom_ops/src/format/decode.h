@@ -20,7 +20,12 @@ struct QuantParams {
   float alpha = 0;  // compute_levels' scale; in DecodedWeight the first scale, alphas[0]
   float centre0 = 0, centre1 = 0;
   int32_t b = 0;  // exponent offset
+  int mantissa = 0;  // m: the low m bits of a code refine 2^(e-b) into 2^(e-b) * (1 + k/2^m)
 };
+
+// Bits of a code's exponent field: n - 1 - m (shift) or n - 2 - m (focused); compute_units
+// has checked that it is >= 1.
+inline int exponent_bits(const QuantParams& p) { return p.bits - (p.mode == 0 ? 1 : 2) - p.mantissa; }
 
 // A decoded tensor kept sparse: memory is O(tokens), never O(elements), so a tiny blob that
 // declares 2^28 mostly-zero elements costs nothing.
@@ -68,8 +73,9 @@ struct DecodedWeight {
   }
 };
 
-// u(v) of every code: t = 2^(e-b), u = centre_c + (sign ? -t : t), step by step without FMA.
-// Checks mode, bits, centres and b (everything but the scale). Throws FormatError.
+// u(v) of every code: t = (1 + k/2^m) * 2^(e-b) (exact), u = centre_c + (sign ? -t : t),
+// step by step without FMA. Checks mode, bits, mantissa, centres and b (everything but the
+// scale). Throws FormatError.
 std::vector<float> compute_units(const QuantParams& params);
 
 // Float32 level of every code for the single scale params.alpha, evaluated step by step without

@@ -23,6 +23,7 @@ struct IntAvx2 {
   static Reg add(Reg a, Reg b) { return _mm256_add_epi32(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_epi32(a, b); }
   static Reg sllv(Reg a, Reg s) { return _mm256_sllv_epi32(a, s); }
+  static Reg mullo(Reg a, Reg b) { return _mm256_mullo_epi32(a, b); }  // low 32 bits: modular
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read.
   static Reg load_lanes(const int32_t* p, int64_t stride, int lo, int hi) {
     if (stride == 1 && lo == 0 && hi == kLanes) return load(p);

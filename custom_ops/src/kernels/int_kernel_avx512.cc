@@ -27,6 +27,7 @@ struct IntAvx512 {
   static Reg add(Reg a, Reg b) { return _mm512_add_epi32(a, b); }
   static Reg sub(Reg a, Reg b) { return _mm512_sub_epi32(a, b); }
   static Reg sllv(Reg a, Reg s) { return _mm512_sllv_epi32(a, s); }
+  static Reg mullo(Reg a, Reg b) { return _mm512_mullo_epi32(a, b); }  // low 32 bits: modular
   // Lanes i in [lo, hi) hold p[i * stride], the others zero; nothing outside is read (masked).
   static Reg load_lanes(const int32_t* p, int64_t stride, int lo, int hi) {
     const __mmask16 m = static_cast<__mmask16>(((1u << (hi - lo)) - 1u) << lo);

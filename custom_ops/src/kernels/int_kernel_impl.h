@@ -4,7 +4,7 @@
 //
 // Why this shape: per output row the taps are grouped by code, so a nonzero weight costs one
 // vector add (S += q) and only each distinct code costs a shift and two adds (acc += +-(S << e),
-// Z += S); each mixture component adds its sum Z shifted by its power-of-two centre once. That
+// Z += S), plus one multiplication by the code's odd mantissa integer when the format has m > 0; each mixture component adds its sum Z shifted by its power-of-two centre once. That
 // is the paper's shift-add datapath, with at most 2^bits codes per row. Only one component's Z
 // is live at a time (terms come component by component), so a tile holds 3 V registers.
 // Everything is 32-bit two's complement; the accumulator bound (SHIFTCONV.md, 4.) makes the final
@@ -25,7 +25,13 @@ void int_tile(const int32_t* q, const int32_t* off, const IntTerm* terms, size_t
       for (int v = 0; v < V; ++v) s[v] = VT::add(s[v], VT::load(p + v * L));
     }
     const typename VT::Reg sh = VT::set1(t.shift);
-    if (t.negative) {
+    if (t.mult != 1) {  // mantissa codes: (S * mult) << shift, exact modulo 2^32 like the rest
+      const typename VT::Reg mu = VT::set1(t.mult);
+      for (int v = 0; v < V; ++v) {
+        const typename VT::Reg p = VT::sllv(VT::mullo(s[v], mu), sh);
+        acc[v] = t.negative ? VT::sub(acc[v], p) : VT::add(acc[v], p);
+      }
+    } else if (t.negative) {
       for (int v = 0; v < V; ++v) acc[v] = VT::sub(acc[v], VT::sllv(s[v], sh));
     } else {
       for (int v = 0; v < V; ++v) acc[v] = VT::add(acc[v], VT::sllv(s[v], sh));
@@ -112,8 +118,10 @@ void int_depthwise_block(const IntDepthwiseArgs& a, int64_t oh, int64_t o0, int6
       }
     }
     const typename VT::Reg sh = VT::set1(t.shift);
+    const typename VT::Reg mu = VT::set1(t.mult);
     for (int v = 0; v < NV; ++v) {
-      acc[v] = t.negative ? VT::sub(acc[v], VT::sllv(s[v], sh)) : VT::add(acc[v], VT::sllv(s[v], sh));
+      const typename VT::Reg p = VT::sllv(t.mult != 1 ? VT::mullo(s[v], mu) : s[v], sh);
+      acc[v] = t.negative ? VT::sub(acc[v], p) : VT::add(acc[v], p);
     }
     if (t.centre_sign != 0) {
       for (int v = 0; v < NV; ++v) z[v] = VT::add(z[v], s[v]);

@@ -36,6 +36,11 @@ struct IntScalar8 {
     for (int i = 0; i < 8; ++i) r.u[i] = a.u[i] - b.u[i];
     return r;
   }
+  static Reg mullo(const Reg& a, const Reg& b) {  // uint32: wraps modulo 2^32, no UB
+    Reg r;
+    for (int i = 0; i < 8; ++i) r.u[i] = a.u[i] * b.u[i];
+    return r;
+  }
   static Reg sllv(const Reg& a, const Reg& s) {  // s < 32 (IntTerm shifts are <= 30)
     Reg r;
     for (int i = 0; i < 8; ++i) r.u[i] = a.u[i] << s.u[i];

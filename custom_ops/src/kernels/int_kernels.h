@@ -9,12 +9,14 @@ namespace fq {
 
 // One code of one output row: the row's elements with that code are the taps
 // [tap_begin, tap_end) (offsets into the packed input, at least one), and each contributes
-//   q * W,   W = (negative ? -1 : 1) * 2^shift + centre_sign * 2^centre_shift
-// with shift, centre_shift <= 30 (checked when the weight is built). The terms of one mixture
-// component are consecutive and share centre_sign and centre_shift; `flush` marks the last of
-// them when centre_sign != 0.
+//   q * W,   W = (negative ? -1 : 1) * mult * 2^shift + centre_sign * 2^centre_shift
+// with mult odd (1 unless the format's mantissa m > 0: the code's 2^m + k without its trailing
+// zero bits, < 2^(m+1)), mult * 2^shift < 2^31 and centre_shift <= 30 (checked when the weight
+// is built). The terms of one mixture component are consecutive and share centre_sign and
+// centre_shift; `flush` marks the last of them when centre_sign != 0.
 struct IntTerm {
   uint32_t tap_begin = 0, tap_end = 0;
+  uint32_t mult = 1;
   uint32_t shift = 0;
   uint32_t centre_shift = 0;
   int32_t negative = 0;     // 1: s = -1
@@ -24,7 +26,8 @@ struct IntTerm {
 
 // Sums one sub-tile of V vectors of output pixels of one row, in 32-bit two's complement:
 //   acc[i] = sum over terms g, taps k of g:  q[off[k] + i] * W_g,   0 <= i < V * lanes
-// as S_g = sum_k q[off[k] + i] (adds), acc += +-(S_g << shift) and Z += S_g per code, and
+// as S_g = sum_k q[off[k] + i] (adds), acc += +-((S_g * mult) << shift) and Z += S_g per code
+// (the multiplication only when mult != 1: at most m + 1 shift-adds in hardware), and
 // acc += sigma_c (Z << centre_shift) once per component (the paper's shift-add datapath).
 using IntTileFn = void (*)(const int32_t* q, const int32_t* off, const IntTerm* terms, size_t n, int32_t* acc);
 

@@ -28,7 +28,8 @@ bool pow2_parts(float value, int* sigma, int64_t* p) {
 }
 
 struct CodeTerms {
-  int64_t exp = 0;    // e - b
+  uint32_t mult = 1;  // odd: (2^m + k) without its trailing zero bits
+  int64_t exp = 0;    // e - b - m + (those trailing zero bits): s * mult * 2^exp is the exponent term
   int negative = 0;   // s = -1
   int csign = 0;      // sigma_c
   int64_t cexp = 0;   // p_c
@@ -81,7 +82,8 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
   }
   // Every code's two terms. The decoder has checked mode, bits, b and finite centres.
   const QuantParams& qp = w.params;
-  const int k = qp.mode == 0 ? qp.bits - 1 : qp.bits - 2;
+  const int mbits = qp.mantissa;
+  const int k = exponent_bits(qp) + mbits;  // bits below the sign
   const int V = 1 << qp.bits;
   int csig[2] = {0, 0};
   int64_t cexp[2] = {0, 0};
@@ -95,14 +97,24 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
   std::vector<CodeTerms> code(static_cast<size_t>(V));
   for (int v = 0; v < V; ++v) {
     CodeTerms& t = code[size_t(v)];
-    t.exp = int64_t(v & ((1 << k) - 1)) - int64_t(qp.b);
+    // s * 2^(e-b) * (1 + j/2^m) = s * (2^m + j) * 2^(e-b-m); an odd multiplier keeps the shifts
+    // small and m = 0 exactly as before (mult 1, exp e - b).
+    uint32_t mult = (uint32_t(1) << mbits) + uint32_t(v & ((1 << mbits) - 1));
+    int64_t exp = int64_t((v & ((1 << k) - 1)) >> mbits) - int64_t(qp.b) - mbits;
+    while ((mult & 1) == 0) {
+      mult >>= 1;
+      ++exp;
+    }
+    t.mult = mult;
+    t.exp = exp;
     t.negative = (v >> k) & 1;
     if (qp.mode == 1) {
       const int c = v >> (k + 1);
       t.csign = csig[c];
       t.cexp = cexp[c];
     }
-    t.active = !(t.csign == (t.negative ? 1 : -1) && t.cexp == t.exp);  // sigma = -s, p = e - b: u = 0
+    // u = 0 only for sigma = -s, mult = 1 and p = exp (a centre is a power of two)
+    t.active = !(t.mult == 1 && t.csign == (t.negative ? 1 : -1) && t.cexp == t.exp);
   }
 
   IntWeight iw;
@@ -156,12 +168,16 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
       if (n == 0) continue;
       const CodeTerms& t = code[size_t(v)];
       const int64_t shift = t.exp - base, cshift = t.csign ? t.cexp - base : 0;
-      if (shift > int64_t(kMaxIntShift) || cshift > int64_t(kMaxIntShift)) {
+      // The exponent term's top bit: shift + (bit length of mult) - 1, the shift itself for mult 1.
+      int64_t top = shift;
+      for (uint32_t rest = t.mult >> 1; rest; rest >>= 1) ++top;
+      if (top > int64_t(kMaxIntShift) || cshift > int64_t(kMaxIntShift)) {
         throw std::invalid_argument("integer mode: row " + std::to_string(m) + " needs a shift of " +
-                                    std::to_string(std::max(shift, cshift)) + " bits (above " +
+                                    std::to_string(std::max(top, cshift)) + " bits (above " +
                                     std::to_string(kMaxIntShift) + "): its levels span too wide a range for int32");
       }
-      const int64_t W = (t.negative ? -1 : 1) * (int64_t(1) << shift) + t.csign * (int64_t(1) << cshift);
+      // |W| < 2^31 + 2^30: P_r, N_r <= 2^28 * 2^32 fit uint64
+      const int64_t W = (t.negative ? -1 : 1) * (int64_t(t.mult) << shift) + t.csign * (int64_t(1) << cshift);
       if (W > 0) pos += uint64_t(n) * uint64_t(W);
       if (W < 0) neg += uint64_t(n) * uint64_t(-W);
       RowGroup rg;
@@ -176,6 +192,7 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
       IntTerm term;
       term.tap_begin = rg.tap_begin;
       term.tap_end = rg.tap_end;
+      term.mult = t.mult;
       term.shift = uint32_t(shift);
       term.centre_shift = uint32_t(cshift);
       term.negative = t.negative;
@@ -203,7 +220,7 @@ IntWeight build_int_weight(const DecodedWeight& w, int64_t M, int64_t Cg, int64_
       uint64_t max_w = 0;
       for (uint32_t g = iw.row_terms[size_t(m)]; g < iw.row_terms[size_t(m) + 1]; ++g) {
         const IntTerm& t = iw.terms[g];
-        const int64_t W = (t.negative ? -1 : 1) * (int64_t(1) << t.shift) +
+        const int64_t W = (t.negative ? -1 : 1) * (int64_t(t.mult) << t.shift) +
                           t.centre_sign * (int64_t(1) << t.centre_shift);
         max_w = std::max<uint64_t>(max_w, uint64_t(W < 0 ? -W : W));
       }
