@@ -151,7 +151,7 @@ def convert(
     job = _prepare(input_path, options)
     job.timings["load and fold"] = time.perf_counter() - start
     with contextlib.ExitStack() as cleanup:
-        with job.timed("calibration statistics"):
+        with job.timed("calibration statistics") if options.calibrated else contextlib.nullcontext():
             calibration = _calibrate(job, options, cleanup)
         allocation = _allocate(job, calibration, options, progress) if options.allocating else None
         with job.timed("compress"):
