@@ -84,7 +84,7 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
                 choices.append((sparsity, bits, m))
                 settings.append((pruned, replace(options, bits=bits, mantissa=m)))
         for choice, result in zip(choices, compress_choices(target.weight, target.bias, settings, layer_stats)):
-            curve.bytes[choice] = len(result.layer.encode(options.block))
+            curve.bytes[choice] = result.layer.encoded_size(options.block)
             curve.errors[choice] = result.output_error
             curve.results[choice] = result
         if keep_float:

@@ -89,6 +89,10 @@ class QuantizedLayer:
         """The blob of docs/FORMAT.md for this layer."""
         return fmt.encode(self.codes, self.params, block=block, alphas=self.alphas)
 
+    def encoded_size(self, block: int = 1) -> int:
+        """``len(self.encode(block))``, without writing the payload."""
+        return fmt.encoded_size(self.codes, self.params, block=block, alphas=self.alphas)
+
 
 @memo.by_contents()
 def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
