@@ -204,3 +204,20 @@ def test_settings_rounded_together_equal_each_rounded_alone(groups):
         assert np.array_equal(result.layer.codes, alone.layer.codes)
         assert np.array_equal(result.layer.alphas, alone.layer.alphas)
         assert result.output_error == pytest.approx(alone.output_error, rel=1e-9)
+
+
+@pytest.mark.parametrize("groups, block", [(1, 1), (4, 1), (1, 4)])
+def test_sparsities_pruned_together_equal_each_pruned_alone(groups, block):
+    from fq_onnx.compress import prune_rows_at
+
+    rng = np.random.default_rng(groups + block)
+    weight = (rng.standard_normal((16, 24 // groups, 3, 3)) * 0.1).astype(np.float32)
+    x = np.maximum(rng.standard_normal((groups, 2000, weight[0].size)) + 0.2, 0)
+    stats = calibrate.LayerStats(np.matmul(x.transpose(0, 2, 1), x), x.sum(axis=1), 2000)
+    options = LayerOptions(prune_method="obs", block=block)
+    sparsities = [0.0, 0.3, 0.5, 0.8, 0.95]
+    together = prune_rows_at(weight, sparsities, options, stats)
+    for s, (keep, updated) in zip(sparsities, together):
+        alone_keep, alone_updated = prune_rows_at(weight, [s], options, stats)[0]
+        assert np.array_equal(keep, alone_keep) and np.allclose(updated, alone_updated, rtol=1e-12, atol=1e-15)
+        assert abs(1 - keep.mean() - s) < 0.05

@@ -20,7 +20,7 @@ from fq_onnx.format import fmt
 from fq_onnx.quantize import reconstruct
 from fq_onnx.graph import rewrite
 from fq_onnx.calibration.calibrate import LayerStats, collect
-from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_choices, compress_layer, prune_rows
+from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_choices, compress_layer, prune_rows_at
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
@@ -78,8 +78,7 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
         layer_stats = stats[target.node.name]
         choices, settings = [], []
-        for sparsity in grid:
-            pruned = prune_rows(target.weight, sparsity, options, layer_stats)  # shared by every width
+        for sparsity, pruned in zip(grid, prune_rows_at(target.weight, list(grid), options, layer_stats)):
             for bits, m in widths(bits_grid or (options.bits,), mantissa_grid or (options.mantissa,)):
                 choices.append((sparsity, bits, m))
                 settings.append((pruned, replace(options, bits=bits, mantissa=m)))

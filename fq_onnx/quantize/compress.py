@@ -48,16 +48,30 @@ def prune_rows(weight: np.ndarray, sparsity: float, options: LayerOptions,
 
     It does not depend on the bit width, so callers that try several widths compute it once.
     """
+    return prune_rows_at(weight, [sparsity], options, stats)[0]
+
+
+def prune_rows_at(weight: np.ndarray, sparsities: list[float], options: LayerOptions,
+                  stats: LayerStats) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``prune_rows`` at several sparsities; OBS prunes them as one stacked problem (rows are
+    independent given the Hessian), in batches of at most BATCH_ELEMENTS weights."""
     w64 = weight.astype(np.float64)
+    if options.prune_method != "obs":
+        masks = [prune.magnitude_mask(weight, s, options.block) for s in sparsities]
+        return [(keep, np.where(keep, w64, 0.0)) for keep in masks]
     groups = stats.gram.shape[0]
     rows = w64.reshape(groups, weight.shape[0] // groups, -1)  # [G, M/G, K]
-    if options.prune_method == "obs":
-        updated, keep, _ = reconstruct.reconstruct(rows, stats.second_moment, sparsity=sparsity,
+    per_batch = max(1, BATCH_ELEMENTS // max(w64.size, 1))
+    out = []
+    for start in range(0, len(sparsities), per_batch):
+        part = list(sparsities[start : start + per_batch])
+        stacked = np.concatenate([rows] * len(part), axis=1)
+        updated, keep, _ = reconstruct.reconstruct(stacked, stats.second_moment, sparsity=part,
                                                    block_rows=options.block,
                                                    damping=reconstruct.damping_for(rows.shape[-1], stats.count))
-        return keep.reshape(weight.shape), updated.reshape(weight.shape)
-    keep = prune.magnitude_mask(weight, sparsity, options.block)
-    return keep, np.where(keep, w64, 0.0)
+        split = lambda a: a.reshape(groups, len(part), *rows.shape[1:]).transpose(1, 0, 2, 3)  # noqa: E731
+        out += [(k.reshape(weight.shape), u.reshape(weight.shape)) for k, u in zip(split(keep), split(updated))]
+    return out
 
 
 def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float, options: LayerOptions,
