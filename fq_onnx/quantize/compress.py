@@ -128,7 +128,8 @@ def compress_choices(weight: np.ndarray, bias: np.ndarray | None,
             part = same[start : start + per_batch]
             for i, c in zip(part, _round_together([fitted[i] for i in part], rows, stats, sweeps)):
                 fitted[i].codes = c.reshape(weight.shape)[fitted[i].keep]
-    return [_finish(w64, rows, bias, stats, f) for f in fitted]
+    metrics: dict = {}
+    return [_finish(w64, rows, bias, stats, f, metrics) for f in fitted]
 
 
 @dataclass
@@ -168,21 +169,27 @@ def _round_together(fitted: list[_Fitted], rows: np.ndarray, stats: LayerStats, 
 
 
 def _finish(w64: np.ndarray, rows: np.ndarray, bias: np.ndarray | None, stats: LayerStats,
-            fit: _Fitted) -> CompressedLayer:
+            fit: _Fitted, metrics: dict) -> CompressedLayer:
     """The stored layer from its codes: per-row scales fitted to the output, bias correction,
-    and the relative output error on the calibration statistics."""
+    and the relative output error on the calibration statistics. ``metrics`` caches, per
+    layer, the error metric of each bias-correction setting with the original's output energy."""
     keep, levels, codes, scales, options = fit.keep, fit.levels, fit.codes, fit.scales, fit.options
-    hessians = stats.second_moment
-    layer = focus.finish(w64, keep, levels, codes, focus.fitted_alphas(levels, scales) if options.per_channel else None)
+    alphas = focus.fitted_alphas(levels, scales) if options.per_channel else None
     if options.per_channel:  # the scale of each row that fits the layer's output best
-        alphas = focus.refine_alphas(w64, layer.codes, layer.params, layer.alphas, metric=hessians)
-        layer = focus.finish(w64, keep, levels, codes, alphas)
+        full = np.full(w64.shape, -1, dtype=np.int16)
+        full[keep] = codes
+        alphas = focus.refine_alphas(w64, full, levels.params, alphas, metric=stats.second_moment)
+    layer = focus.finish(w64, keep, levels, codes, alphas)
     # bias correction: restore each output's mean over the calibration inputs
     approx = layer.dequantized().astype(np.float64).reshape(rows.shape)
     if options.bias_correction:
         shift = np.einsum("gmk,gk->gm", rows - approx, stats.mean).reshape(-1)
         bias = ((bias if bias is not None else 0.0) + shift).astype(np.float32)
-        # the error that remains is the centred one: measure it with the covariance
-        hessians = hessians - np.einsum("gk,gl->gkl", stats.mean, stats.mean)
-    error = reconstruct.output_error(rows, approx, hessians)
+    if options.bias_correction not in metrics:
+        # after bias correction the error that remains is the centred one: the covariance measures it
+        hessians = stats.second_moment - (np.einsum("gk,gl->gkl", stats.mean, stats.mean)
+                                          if options.bias_correction else 0.0)
+        metrics[options.bias_correction] = hessians, reconstruct.output_energy(rows, hessians)
+    hessians, energy = metrics[options.bias_correction]
+    error = reconstruct.output_error(rows, approx, hessians, energy)
     return CompressedLayer(layer, bias, error)
