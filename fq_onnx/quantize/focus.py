@@ -321,6 +321,21 @@ class LevelSet:
         return codes
 
 
+@memo.by_contents()
+def _search_sample(values: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The values the scale search runs on (a seeded subsample of large layers) and, when a
+    mixture is fitted to ``values``, each one's most likely component. Kept for the last two
+    arrays: every width the allocator tries on a pruned layer searches the same sample."""
+    rng = np.random.default_rng(seed)
+    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    components = None
+    if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
+        gmm, order = fit_mixture(values, seed)[1]
+        components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
+        components.flags.writeable = False
+    return search, components
+
+
 def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centres: bool = True,
                seed: int = 0, mantissa: int = 0) -> LevelSet:
     """Fit the mixture, run the separation test and search scale and centres on ``values``.
@@ -336,7 +351,6 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
         raise ValueError(f"mantissa must be in 0..{bits - 2} for {bits} bits (one sign and one exponent bit), "
                          f"got {mantissa}")
     values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
     mixture, fitted = (None, None)
     if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
         mixture, fitted = fit_mixture(values, seed)
@@ -345,11 +359,9 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
         return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126), mantissa), mixture)
     histogram = Histogram.of(values)
     focused = mixture is not None and bits >= 3 + mantissa and mixture.w2 >= w_sep
-    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    search, search_components = _search_sample(values, seed)
     if focused:
         e_max = (1 << (bits - 2 - mantissa)) - 1
-        gmm, order = fitted
-        search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
         unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres, mantissa)
     else:
         e_max = (1 << (bits - 1 - mantissa)) - 1
