@@ -7,8 +7,9 @@ import functools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class ConversionReport(ModelReport):
     folded_batchnorms: tuple[str, ...] = ()
     settings: dict | None = None
     report_path: str | None = None  # the HTML report, when one was asked for
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage of convert, in order
 
     def summary(self) -> str:
         """One line: sizes, weights-only ratio, layer modes and overall sparsity."""
@@ -55,7 +57,13 @@ class ConversionReport(ModelReport):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "input_path": self.input_path, "input_file_bytes": self.input_file_bytes,
                 "folded_batchnorms": list(self.folded_batchnorms), "settings": self.settings,
-                "report_path": self.report_path}
+                "report_path": self.report_path, "timings": self.timings}
+
+    def timing_summary(self) -> str:
+        """Where the conversion's time went: ``calibration statistics 12.1 s, layer curves ...``."""
+        total = sum(self.timings.values())
+        parts = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.timings.items())
+        return f"time: {total:.1f} s ({parts})"
 
 
 def _mb(n: int) -> str:
@@ -146,14 +154,21 @@ def convert(
 
         html_report.check_report_dir(report_dir)
         pictures = {}
+    start = time.perf_counter()
     job = _prepare(input_path, options)
+    job.timings["load and fold"] = time.perf_counter() - start
     with contextlib.ExitStack() as cleanup:
-        calibration = _calibrate(job, options, cleanup)
+        with job.timed("calibration statistics") if options.calibrated else contextlib.nullcontext():
+            calibration = _calibrate(job, options, cleanup)
         allocation = _allocate(job, calibration, options, progress) if options.allocating else None
-        rows = _compress(job, calibration, allocation, options, progress, pictures)
+        with job.timed("compress"):
+            rows = _compress(job, calibration, allocation, options, progress, pictures)
         if options.act_bits is not None:
-            _integer_mode(job.graph, calibration, rows, options, progress)
-    conversion = _export(job, rows, options, allocation, output_path)
+            with job.timed("integer mode"):
+                _integer_mode(job.graph, calibration, rows, options, progress)
+    with job.timed("export"):
+        conversion = _export(job, rows, options, allocation, output_path)
+    conversion.timings = dict(job.timings)
     if report_dir is not None:
         pictures = {k: v for k, v in pictures.items() if v is not None}
         conversion.report_path = str(html_report.write_report(report_dir, conversion, pictures))
@@ -173,6 +188,16 @@ class _Job:
     position: dict[str, int]  # node name -> index in the input graph (the report's row order)
     default_sparsity: float
     per_layer: dict[str, float]  # node name -> sparsity (the table, then the allocator's plan)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (the report's)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Add the time spent in the ``with`` block to ``timings[stage]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -221,17 +246,21 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
     objective = _objective(job, options)
     layer_options = options.layer_options()
     graph, targets, stats, inputs = job.graph, job.targets, calibration.stats, calibration.inputs
-    curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
-                                   keep_float=options.keep_float, mantissa_grid=options.mantissa_grid(),
-                                   progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
-    allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
-    allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, layer_options)
+    with job.timed("layer curves"):
+        curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
+                                       keep_float=options.keep_float, mantissa_grid=options.mantissa_grid(),
+                                       progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
+    with job.timed("layer gains"):
+        allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
+        allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, layer_options)
     excluded = graph.copy()
     float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]
                       if t.node.name in {name for name, _, why in job.skipped})
-    allocation = allocate.search(graph, curves, options.block, float_bytes, target_ratio=options.target_ratio,
-                                 max_drop=options.max_drop if options.max_drop is not None else options.max_metric_drop,
-                                 min_score=options.min_sqnr, objective=objective)
+    with job.timed("plan search"):
+        allocation = allocate.search(
+            graph, curves, options.block, float_bytes, target_ratio=options.target_ratio,
+            max_drop=options.max_drop if options.max_drop is not None else options.max_metric_drop,
+            min_score=options.min_sqnr, objective=objective)
     job.per_layer = {name: choice[0] for name, choice in allocation.plan.items() if not allocate.is_float(choice)}
     return allocation
 

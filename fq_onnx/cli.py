@@ -276,6 +276,7 @@ def convert(
         _print_skipped(report)
     if verbose:
         out.print(detail_table(output))
+        out.print(report.timing_summary(), markup=False, highlight=False)
     if json_path:
         json_path.write_text(json.dumps(report.to_dict(), indent=2))
     if report.report_path:

@@ -54,6 +54,21 @@ def test_convert_verbose_shows_the_blob_details(tmp_path, rng):
     result = run("convert", src, "-o", tmp_path / "a.onnx", "--verbose")
     assert result.exit_code == 0, result.output
     assert "compressed weights in detail" in result.output and "relu" in result.output
+    assert "time: " in result.output and "compress " in result.output  # seconds per stage
+    assert "time: " not in run("convert", src, "-o", tmp_path / "b.onnx").output
+
+
+def test_convert_reports_seconds_per_stage_it_ran(tmp_path, rng):
+    src = save(conv_model(("N", 8, 8, 8), (16, 8, 3, 3), rng), tmp_path / "in.onnx")
+    plain = api.convert(src, tmp_path / "a.onnx")
+    assert list(plain.timings) == ["load and fold", "compress", "export"]
+    calib = rng.standard_normal((8, 8, 8, 8)).astype("float32")
+    allocated = api.convert(src, tmp_path / "b.onnx", calib=calib, target_ratio=4, keep_float=False)
+    assert list(allocated.timings) == ["load and fold", "calibration statistics", "layer curves", "layer gains",
+                                       "plan search", "compress", "export"]
+    assert all(seconds >= 0 for seconds in allocated.timings.values())
+    assert allocated.to_dict()["timings"] == allocated.timings
+    assert allocated.timing_summary().startswith(f"time: {sum(allocated.timings.values()):.1f} s (load and fold")
 
 
 def test_inspect(compressed):

@@ -126,3 +126,30 @@ def test_bad_scale_fields_are_rejected():
     bad[scale_count_at + 8:scale_count_at + 12] = struct.pack("<f", float("nan"))
     with pytest.raises(fmt.FormatError, match="finite"):
         fmt.decode(with_crc(bytes(bad)))
+
+
+def _exhaustive_run_max(codes, params):
+    """The run_max whose blob is smallest, trying every choice (first wins a tie)."""
+    from fq_onnx.format import codec
+
+    sizes = []
+    for r in fmt.RUN_MAX_CHOICES:
+        symbols = codec.tokenize(codes.ravel().astype(np.int64), params.value_count, r)
+        size = codec.alphabet_size(params.value_count, r)
+        freqs = np.bincount(symbols, minlength=size)
+        sizes.append((size + 1) // 2 + (codec.encoded_bits(freqs, codec.huffman_lengths(freqs)) + 7) // 8)
+    return fmt.RUN_MAX_CHOICES[int(np.argmin(sizes))]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_encoded_size_and_the_pruned_run_max_search_match_encoding_every_choice(seed):
+    rng = np.random.default_rng(seed)
+    bits, mantissa = int(rng.integers(3, 8)), int(rng.integers(0, 2))
+    params = fmt.QuantParams(fmt.MODE_SHIFT, bits, 0.5, b=1, mantissa=mantissa)
+    shape = (int(rng.integers(1, 40)), int(rng.integers(1, 300)))
+    sparsity = rng.uniform(0, 0.99)
+    codes = np.where(rng.random(shape) < sparsity, -1, np.minimum(rng.geometric(0.3, shape) - 1, params.value_count - 1))
+    alphas = rng.uniform(0.5, 2, shape[0]).astype(np.float32) if seed % 2 else None
+    blob = fmt.encode(codes, params, block=2, alphas=alphas)
+    assert fmt.encoded_size(codes, params, block=2, alphas=alphas) == len(blob)
+    assert fmt.read_header(blob).run_max == _exhaustive_run_max(codes, params)

@@ -98,3 +98,27 @@ def test_per_channel_scales_handle_rows_of_very_different_range():
 
     assert row_error(per_row) < 0.3 < row_error(per_layer)
     assert per_row.alphas.shape == (16,) and per_layer.alphas is None
+
+
+def _direct_codes(residual, unit, e_max):
+    """The scale search's coding rule computed per value (the definition _Sorted must match)."""
+    magnitude = np.abs(residual)
+    mantissa, e = np.frexp(magnitude / unit)
+    e = np.clip(e - (mantissa < 0.75), 0, e_max)  # nearest in the linear domain, ties up
+    return np.sign(residual), np.ldexp(unit, e)
+
+
+@pytest.mark.parametrize("e_max", [1, 3, 15])
+def test_sorted_error_sums_and_lloyd_steps_equal_the_per_value_definition(e_max):
+    rng = np.random.default_rng(e_max)
+    values = np.concatenate([rng.standard_normal(3000) * 0.3 + 2.0, [2.0, 2.0, 1.5]])  # some exactly at a centre
+    centres = np.array([2.0, 1.9, 0.0, -1.0, 2.2])
+    units = np.array([0.01, 0.05, 0.2, 0.003, 0.4])
+    ordered = focus._Sorted(values)
+    sums = ordered.error_sums(centres, units, e_max)
+    moved = ordered.lloyd_step(centres, units, e_max)
+    for i, (c, u) in enumerate(zip(centres, units)):
+        sign, level = _direct_codes(values - c, u, e_max)
+        assert sums[i] == pytest.approx(np.sum((np.abs(values - c) - level) ** 2), rel=1e-9)
+        coded = sign * (np.abs(values - c) - np.abs(np.abs(values - c) - level))
+        assert moved[i] == pytest.approx(np.mean(values - coded), rel=1e-12, abs=1e-12)

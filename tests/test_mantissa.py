@@ -110,7 +110,8 @@ def test_nearest_level_error_matches_a_brute_force_search():
         e_max = 4
         levels = np.array([2.0**e * (1 + k / 2**m) for e in range(e_max + 1) for k in range(2**m)]) * 0.1
         brute = np.min((np.abs(values)[:, None] - levels[None, :]) ** 2, axis=1)
-        assert np.allclose(focus._nearest_pow2_error(values, 0.1, e_max, m), brute, rtol=1e-12, atol=1e-15)
+        total = focus._Sorted(values).error_sums(np.zeros(1), np.array([0.1]), e_max, m)[0]
+        assert total == pytest.approx(brute.sum(), rel=1e-9)
 
 
 # --- the C++ decoder and kernels against the Python reference ------------------------------------

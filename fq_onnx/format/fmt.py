@@ -145,27 +145,8 @@ def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int 
     ``run_max`` fixes the longest zero run per token; by default every choice in
     RUN_MAX_CHOICES is tried and the smallest blob wins.
     """
-    codes = np.asarray(codes)
-    check_params(params)
-    scales = row_alphas(alphas, params, codes.shape[0] if codes.ndim else 1)
-    if not 1 <= codes.ndim <= MAX_NDIM or codes.size == 0 or codes.size > MAX_ELEMENTS:
-        raise FormatError(f"cannot store a tensor of shape {codes.shape}")
-    if codes.min() < -1 or codes.max() >= params.value_count:
-        raise FormatError(f"codes must be -1 or in [0, {params.value_count})")
-    if not 1 <= block <= 255:
-        raise FormatError("block must be in 1..255")
-    flat = codes.ravel().astype(np.int64)
-    choices = RUN_MAX_CHOICES if run_max is None else (run_max,)
-    best = None
-    for r in choices:
-        symbols = codec.tokenize(flat, params.value_count, r)
-        size = codec.alphabet_size(params.value_count, r)
-        freqs = np.bincount(symbols, minlength=size)
-        lengths = codec.huffman_lengths(freqs)
-        nbytes = (size + 1) // 2 + (codec.encoded_bits(freqs, lengths) + 7) // 8
-        if best is None or nbytes < best[0]:
-            best = (nbytes, r, symbols, lengths)
-    _, r, symbols, lengths = best
+    codes, scales = _checked(codes, params, block, alphas)
+    _, r, symbols, lengths = _tokens(codes, params, run_max)
     payload = codec.encode_symbols(symbols, lengths)
     table = _pack_nibbles(lengths)
     version = VERSION_MANTISSA if params.mantissa else VERSION
@@ -175,6 +156,61 @@ def encode(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int 
     head += _PARAMS.pack(params.centre0, params.centre1, params.b, symbols.size, len(payload))
     body = head + table + payload
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def encoded_size(codes: np.ndarray, params: QuantParams, block: int = 1, run_max: int | None = None,
+                 alphas: np.ndarray | None = None) -> int:
+    """``len(encode(...))`` without writing the payload (the allocator sizes ~45 settings a layer)."""
+    codes, scales = _checked(codes, params, block, alphas)
+    nbytes = _tokens(codes, params, run_max)[0]  # code length table and payload
+    return _PREFIX.size + 4 * codes.ndim + 4 + 4 * scales.size + _PARAMS.size + nbytes + _CRC.size
+
+
+def _checked(codes, params: QuantParams, block: int, alphas) -> tuple[np.ndarray, np.ndarray]:
+    """The codes as an array and the scales to store, after every check ``encode`` makes."""
+    codes = np.asarray(codes)
+    check_params(params)
+    scales = row_alphas(alphas, params, codes.shape[0] if codes.ndim else 1)
+    if not 1 <= codes.ndim <= MAX_NDIM or codes.size == 0 or codes.size > MAX_ELEMENTS:
+        raise FormatError(f"cannot store a tensor of shape {codes.shape}")
+    if codes.min() < -1 or codes.max() >= params.value_count:
+        raise FormatError(f"codes must be -1 or in [0, {params.value_count})")
+    if not 1 <= block <= 255:
+        raise FormatError("block must be in 1..255")
+    return codes, scales
+
+
+def _tokens(codes: np.ndarray, params: QuantParams, run_max: int | None):
+    """The smallest tokenisation: ``(table + payload bytes, run_max, symbols, code lengths)``."""
+    flat = codes.ravel().astype(np.int64)
+    choices = RUN_MAX_CHOICES if run_max is None else (run_max,)
+    candidates = []
+    for index, r in enumerate(choices):
+        symbols = codec.tokenize(flat, params.value_count, r)
+        size = codec.alphabet_size(params.value_count, r)
+        freqs = np.bincount(symbols, minlength=size)
+        candidates.append((_size_bound(freqs, size), index, r, symbols, freqs, size))
+    # Building a Huffman code is the slow part: try the choices from the smallest lower bound and
+    # stop once no bound can beat (or tie with an earlier choice of) the best size: same result.
+    best = None
+    for bound, index, r, symbols, freqs, size in sorted(candidates, key=lambda c: (c[0], c[1])):
+        if best is not None and (bound, index) > best[:2]:
+            break
+        lengths = codec.huffman_lengths(freqs)
+        nbytes = (size + 1) // 2 + (codec.encoded_bits(freqs, lengths) + 7) // 8
+        if best is None or (nbytes, index) < best[:2]:
+            best = (nbytes, index, r, symbols, lengths)
+    nbytes, _, r, symbols, lengths = best
+    return nbytes, r, symbols, lengths
+
+
+def _size_bound(freqs: np.ndarray, size: int) -> int:
+    """A lower bound on ``encode``'s table and payload bytes for these symbol frequencies: no
+    prefix code beats the entropy (rounded down, with a margin for float error)."""
+    used = freqs[freqs > 0].astype(np.float64)
+    total = used.sum()
+    bits = float(-(used * np.log2(used / total)).sum()) if used.size > 1 else 0.0
+    return (size + 1) // 2 + int(bits * (1 - 1e-9)) // 8
 
 
 def _pack_nibbles(lengths: np.ndarray) -> bytes:

@@ -23,7 +23,7 @@ from fq_onnx.graph import rewrite
 from fq_onnx.calibration.calibrate import LayerStats, collect
 from fq_onnx.evaluation.feeds import Samples
 from fq_onnx.evaluation.objective import Objective
-from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_layer, prune_rows
+from fq_onnx.quantize.compress import CompressedLayer, LayerOptions, compress_choices, compress_layer, prune_rows_at
 
 SPARSITY_GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAIN_PROBE_SPARSITY = 0.7  # where a layer's gain is measured: errors large enough to see
@@ -80,14 +80,15 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
     for index, target in enumerate(targets):
         curve = LayerCurve(target.node.name, 4 * target.weight.size)
         layer_stats = stats[target.node.name]
-        for sparsity in grid:
-            pruned = prune_rows(target.weight, sparsity, options, layer_stats)  # shared by every width
+        choices, settings = [], []
+        for sparsity, pruned in zip(grid, prune_rows_at(target.weight, list(grid), options, layer_stats)):
             for bits, m in widths(bits_grid or (options.bits,), mantissa_grid or (options.mantissa,)):
-                result = compress_layer(target.weight, target.bias, sparsity,
-                                        replace(options, bits=bits, mantissa=m), layer_stats, pruned)
-                curve.bytes[sparsity, bits, m] = len(result.layer.encode(options.block))
-                curve.errors[sparsity, bits, m] = result.output_error
-                curve.results[sparsity, bits, m] = result
+                choices.append((sparsity, bits, m))
+                settings.append((pruned, replace(options, bits=bits, mantissa=m)))
+        for choice, result in zip(choices, compress_choices(target.weight, target.bias, settings, layer_stats)):
+            curve.bytes[choice] = result.layer.encoded_size(options.block)
+            curve.errors[choice] = result.output_error
+            curve.results[choice] = result
         if keep_float:
             curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
             half = target.weight.astype(np.float16)

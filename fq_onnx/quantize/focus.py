@@ -89,6 +89,10 @@ class QuantizedLayer:
         """The blob of docs/FORMAT.md for this layer."""
         return fmt.encode(self.codes, self.params, block=block, alphas=self.alphas)
 
+    def encoded_size(self, block: int = 1) -> int:
+        """``len(self.encode(block))``, without writing the payload."""
+        return fmt.encoded_size(self.codes, self.params, block=block, alphas=self.alphas)
+
 
 @memo.by_contents()
 def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
@@ -115,47 +119,77 @@ def fit_mixture(values: np.ndarray, seed: int) -> tuple[Mixture, object]:
                    (float(weights[0]), float(weights[1]))), (gmm, order)
 
 
-def _nearest_pow2_error(residual: np.ndarray, unit, e_max: int, m: int = 0) -> np.ndarray:
-    """Squared error of coding each residual as sign * unit * 2^e * (1 + k/2^m), e in [0, e_max],
-    k in [0, 2^m) (nearest)."""
-    magnitude = np.abs(residual)
-    mantissa, e = np.frexp(magnitude / unit)  # magnitude / unit = mantissa * 2^e, mantissa in [0.5, 1)
-    if m == 0:
-        e = np.clip(e - (mantissa < 0.75), 0, e_max)  # nearest in the linear domain: round up from 1.5 * 2^(e-1)
-        return (magnitude - np.ldexp(unit, e)) ** 2
-    # Inside one octave [2^e, 2^(e+1)) the levels are uniform with step 2^(e-m): round the
-    # fraction to 2^m steps (2^m itself is the next octave's first level); below the smallest
-    # level the nearest is unit, above the largest it is the largest.
-    j = np.rint((2.0 * mantissa - 1.0) * (1 << m))
-    level = np.ldexp(unit * (1.0 + j / (1 << m)), e - 1)
-    level = np.where(e - 1 < 0, unit, level)
-    level = np.minimum(level, np.ldexp(unit * (2.0 - 2.0**-m), e_max))
-    level = np.where(magnitude == 0, unit, level)
-    return (magnitude - level) ** 2
+def magnitudes(e_max: int, m: int = 0) -> np.ndarray:
+    """The level magnitudes of a unit step, ascending: ``2^e * (1 + k/2^m)``, e in [0, e_max]."""
+    k = np.arange(1 << m)
+    return (np.ldexp(1.0, np.arange(e_max + 1))[:, None] * (1.0 + k / (1 << m))[None, :]).ravel()
 
 
-ERROR_CHUNK = 1 << 16  # elements of one (candidate x value) error block: stays in cache
+class _Sorted:
+    """Values sorted once with prefix sums, so the squared error of coding them at any
+    (centre, unit) costs O(levels * log n) instead of O(n): the scale search tries 161 units
+    (and up to 3 centres each) on up to SEARCH_SAMPLES values, at every setting the allocator
+    tries. Sums are taken relative to the values' mean (no cancellation around far centres).
 
+    Coding a residual ``r = v - centre`` means ``sign(r) * unit * 2^e * (1 + k/2^m)``, ``e`` in
+    [0, e_max], ``k`` in [0, 2^m), the nearest such level in the linear domain (a magnitude
+    halfway between two levels rounds up; below ``unit``: ``unit``; above the largest level: the
+    largest). With m = 0 the boundaries are ``1.5 * unit * 2^e``.
+    """
 
-def _error_sums(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
-    """For each (centre, unit) pair: the summed squared error of coding ``values - centre``."""
-    sums = np.empty(len(centres))
-    step = max(1, ERROR_CHUNK // max(values.size, 1))
-    for i in range(0, len(centres), step):
-        residual = values[None, :] - centres[i : i + step, None]
-        sums[i : i + step] = _nearest_pow2_error(residual, units[i : i + step, None], e_max, m).sum(axis=1)
-    return sums
+    def __init__(self, values: np.ndarray):
+        values = np.asarray(values, dtype=np.float64)
+        self.pivot = float(np.mean(values)) if values.size else 0.0
+        self.v = np.sort(values) - self.pivot
+        self.count = self.v.size
+        self.s1 = np.concatenate([[0.0], np.cumsum(self.v)])
+        self.s2 = np.concatenate([[0.0], np.cumsum(self.v * self.v)])
 
+    def _intervals(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int):
+        """Per candidate and level: the index range of the values coded to it and the level's
+        signed offset from the centre. Returns (lo, hi, offset), each [candidates, 2 * levels]."""
+        c = np.asarray(centres, np.float64)[:, None] - self.pivot
+        levels = np.asarray(units, np.float64)[:, None] * magnitudes(e_max, m)
+        bounds = (levels[:, :-1] + levels[:, 1:]) / 2
+        centre = np.searchsorted(self.v, c, "left")  # values below the centre are coded negative
+        above = np.searchsorted(self.v, c + bounds, "left")
+        below = np.searchsorted(self.v, c - bounds, "right")
+        end = np.full_like(centre, self.count)
+        lo = np.concatenate([centre, above, below, np.zeros_like(centre)], axis=1)
+        hi = np.concatenate([above, end, centre, below], axis=1)
+        offset = np.concatenate([levels, -levels], axis=1)
+        # lo/hi columns: positive levels 0..e_max, then negative levels 0..e_max
+        return lo, hi, offset
 
-def _lloyd_step(values: np.ndarray, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
-    """Each centre moved to the mean of ``values`` minus their residual codes (one per unit)."""
-    moved = np.empty(len(centres))
-    step = max(1, ERROR_CHUNK // max(values.size, 1))
-    for i in range(0, len(centres), step):
-        r = values[None, :] - centres[i : i + step, None]
-        coded = np.sign(r) * (np.abs(r) - np.sqrt(_nearest_pow2_error(r, units[i : i + step, None], e_max, m)))
-        moved[i : i + step] = np.mean(values[None, :] - coded, axis=1)
-    return moved
+    def error_sums(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
+        """For each (centre, unit) pair: the summed squared error of coding ``values - centre``."""
+        lo, hi, offset = self._intervals(centres, units, e_max, m)
+        target = np.asarray(centres, np.float64)[:, None] - self.pivot + offset
+        n, s1, s2 = hi - lo, self.s1[hi] - self.s1[lo], self.s2[hi] - self.s2[lo]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.maximum(s2 - 2 * target * s1 + n * target * target, 0.0).sum(axis=1)
+
+    def lloyd_step(self, centres: np.ndarray, units: np.ndarray, e_max: int, m: int = 0) -> np.ndarray:
+        """Each centre moved to the mean of the values minus their residual codes, where a
+        residual ``r`` below its level ``L`` counts ``sign(r) * (2|r| - L)``, one at or above it
+        ``sign(r) * L``, and ``r = 0`` counts 0 (the rule this search has always used)."""
+        c = np.asarray(centres, np.float64) - self.pivot
+        lo, hi, offset = self._intervals(centres, units, e_max, m)
+        levels = np.abs(offset)
+        sign = np.sign(offset)
+        # within each level's range, values nearer the centre than the level: split at c + offset
+        split = np.where(sign > 0, np.searchsorted(self.v, c[:, None] + offset, "left"),
+                         np.searchsorted(self.v, c[:, None] + offset, "right"))
+        split = np.clip(split, lo, hi)
+        near_lo, near_hi = np.where(sign > 0, lo, split), np.where(sign > 0, split, hi)
+        near_n = near_hi - near_lo
+        near_s1 = self.s1[near_hi] - self.s1[near_lo]
+        # near the centre: sign * (2 |v - c| - L) = 2 (v - c) - sign * L
+        coded = 2 * (near_s1 - near_n * c[:, None]) - sign * levels * near_n
+        coded += sign * levels * ((hi - lo) - near_n)
+        zeros = np.searchsorted(self.v, c, "right") - np.searchsorted(self.v, c, "left")
+        coded_sum = coded.sum(axis=1) + zeros * levels[:, 0]  # r = 0 was counted as 2*0 - L
+        return self.pivot + (self.s1[-1] - coded_sum) / max(self.count, 1)
 
 
 def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: int,
@@ -163,6 +197,7 @@ def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: in
     """Per unit step: the centre (absolute) for one component and its squared error on ``values``."""
     if values.size == 0:
         return (units if guess >= 0 else -units), np.zeros(len(units))
+    ordered = _Sorted(values)
     if pow2:
         sign = 1.0 if guess >= 0 else -1.0
         q0 = np.round(np.log2(max(abs(guess), 1e-30) / units))
@@ -170,9 +205,9 @@ def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: in
     else:
         steps = [np.full(len(units), float(guess))]
         for _ in range(2):  # Lloyd steps: move the centre to the mean of its residual-coded weights
-            steps.append(_lloyd_step(values, steps[-1], units, e_max, m))
+            steps.append(ordered.lloyd_step(steps[-1], units, e_max, m))
         candidates = np.stack(steps, axis=1)
-    errors = _error_sums(values, candidates.ravel(), np.repeat(units, 3), e_max, m).reshape(-1, 3)
+    errors = ordered.error_sums(candidates.ravel(), np.repeat(units, 3), e_max, m).reshape(-1, 3)
     pick = np.argmin(errors, axis=1)
     rows = np.arange(len(units))
     return candidates[rows, pick], errors[rows, pick]
@@ -181,7 +216,7 @@ def _best_centres(values: np.ndarray, guess: float, units: np.ndarray, e_max: in
 def _search_shift(values: np.ndarray, e_max: int, m: int = 0) -> float:
     unit0 = np.max(np.abs(values)) / 2.0**e_max
     units = unit0 * 2.0**SCALE_GRID
-    errors = _error_sums(values, np.zeros(len(units)), units, e_max, m)
+    errors = _Sorted(values).error_sums(np.zeros(len(units)), units, e_max, m)
     return float(units[int(np.argmin(errors))])
 
 
@@ -211,6 +246,42 @@ def _nearest_codes(values: np.ndarray, table: np.ndarray, allowed: np.ndarray) -
     lo = np.maximum(hi - 1, 0)
     pick = np.where(np.abs(values - sorted_levels[lo]) <= np.abs(values - sorted_levels[hi]), lo, hi)
     return candidates[order[pick]]
+
+
+class NearestLevels:
+    """``_nearest_codes`` over every level of one of several tables, chosen per value: the
+    batched rounding of the allocator's settings (compress.compress_choices) in one pass.
+
+    Each table is sorted (stably, as ``_nearest_codes`` sorts it) and padded with copies of its
+    largest level; the search index is clipped to the table's own size, so pads are never
+    chosen and every tie goes to the code ``_nearest_codes`` picks.
+    """
+
+    def __init__(self, tables: list[np.ndarray]):
+        width = max(t.size for t in tables)
+        self.sorted = np.empty((len(tables), width))
+        self.order = np.empty((len(tables), width), dtype=np.int64)
+        self.values = np.zeros((len(tables), width))
+        self.sizes = np.array([t.size for t in tables])
+        for i, table in enumerate(tables):
+            levels = table.astype(np.float64)
+            order = np.argsort(levels, kind="stable")
+            self.sorted[i, : table.size], self.sorted[i, table.size :] = levels[order], levels[order[-1]]
+            self.order[i, : table.size], self.order[i, table.size :] = order, order[-1]
+            self.values[i, : table.size] = levels
+
+    def codes(self, values: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Code of the nearest level of table ``which[i]`` for each ``values[i]``."""
+        levels = self.sorted[which]  # [n, width]
+        hi = np.clip((levels < values[:, None]).sum(axis=1), 1, self.sizes[which] - 1)  # searchsorted, left
+        lo = hi - 1
+        rows = np.arange(values.size)
+        pick = np.where(np.abs(values - levels[rows, lo]) <= np.abs(values - levels[rows, hi]), lo, hi)
+        return self.order[which, pick]
+
+    def value(self, codes: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """The (float64) level of each code in its table."""
+        return self.values[which, codes]
 
 
 @dataclass(frozen=True)
@@ -250,6 +321,21 @@ class LevelSet:
         return codes
 
 
+@memo.by_contents()
+def _search_sample(values: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The values the scale search runs on (a seeded subsample of large layers) and, when a
+    mixture is fitted to ``values``, each one's most likely component. Kept for the last two
+    arrays: every width the allocator tries on a pruned layer searches the same sample."""
+    rng = np.random.default_rng(seed)
+    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    components = None
+    if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
+        gmm, order = fit_mixture(values, seed)[1]
+        components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
+        components.flags.writeable = False
+    return search, components
+
+
 def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centres: bool = True,
                seed: int = 0, mantissa: int = 0) -> LevelSet:
     """Fit the mixture, run the separation test and search scale and centres on ``values``.
@@ -265,7 +351,6 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
         raise ValueError(f"mantissa must be in 0..{bits - 2} for {bits} bits (one sign and one exponent bit), "
                          f"got {mantissa}")
     values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
     mixture, fitted = (None, None)
     if values.size >= MIN_FIT_WEIGHTS and np.var(values) > 0:
         mixture, fitted = fit_mixture(values, seed)
@@ -274,11 +359,9 @@ def fit_levels(values: np.ndarray, bits: int = 5, w_sep: float = 2.0, pow2_centr
         return LevelSet(fmt.QuantParams(fmt.MODE_SHIFT, bits, 1.0, 0.0, 0.0, min(e_max, 126), mantissa), mixture)
     histogram = Histogram.of(values)
     focused = mixture is not None and bits >= 3 + mantissa and mixture.w2 >= w_sep
-    search = values if values.size <= SEARCH_SAMPLES else rng.choice(values, SEARCH_SAMPLES, replace=False)
+    search, search_components = _search_sample(values, seed)
     if focused:
         e_max = (1 << (bits - 2 - mantissa)) - 1
-        gmm, order = fitted
-        search_components = np.argmax(gmm.predict_proba(search.reshape(-1, 1))[:, order], axis=1)
         unit, centres = _search_focused(search, search_components, mixture.means, e_max, pow2_centres, mantissa)
     else:
         e_max = (1 << (bits - 1 - mantissa)) - 1

@@ -64,27 +64,31 @@ def _inverse_hessian_factor(hessian: np.ndarray, damping: float) -> tuple[np.nda
     return np.swapaxes(np.linalg.cholesky(h_inv), -1, -2), dead
 
 
-def _block_prune_mask(scores: np.ndarray, sparsity: float, block_rows: int) -> np.ndarray:
+def _block_prune_mask(scores: np.ndarray, sparsity, block_rows: int) -> np.ndarray:
     """True where a weight is pruned: per group [G, M, cols], the lowest scores, shared by
-    groups of ``block_rows`` rows."""
+    groups of ``block_rows`` rows. With several sparsities (V of them) the rows of each group
+    are V stacked problems of M/V rows, each pruned at its own sparsity."""
+    sparsities = np.atleast_1d(np.asarray(sparsity, dtype=np.float64))
+    shape = scores.shape
+    scores = scores.reshape(shape[0] * sparsities.size, shape[1] // sparsities.size, shape[2])
     count_groups, rows, cols = scores.shape
     blocks = -(-rows // block_rows)
     padded = np.zeros((count_groups, blocks * block_rows, cols))
     padded[:, :rows] = scores
     grouped = padded.reshape(count_groups, blocks, block_rows, cols).sum(axis=2).reshape(count_groups, -1)
-    count = int(round(sparsity * grouped.shape[1]))
-    prune = np.zeros(grouped.shape, dtype=bool)
-    order = np.argsort(grouped, axis=1, kind="stable")[:, :count]
-    np.put_along_axis(prune, order, True, axis=1)
+    count = np.array([int(round(s * grouped.shape[1])) for s in sparsities])
+    rank = np.empty(grouped.shape, dtype=np.int64)
+    np.put_along_axis(rank, np.argsort(grouped, axis=1, kind="stable"), np.arange(grouped.shape[1])[None, :], axis=1)
+    prune = rank < np.tile(count, shape[0])[:, None]
     prune = np.repeat(prune.reshape(count_groups, blocks, 1, cols), block_rows, axis=2)
-    return prune.reshape(count_groups, -1, cols)[:, :rows]
+    return prune.reshape(count_groups, -1, cols)[:, :rows].reshape(shape)
 
 
 def reconstruct(
     weight: np.ndarray,
     hessian: np.ndarray,
     *,
-    sparsity: float = 0.0,
+    sparsity: float | list[float] = 0.0,
     keep: np.ndarray | None = None,
     rounder: Rounder | None = None,
     block_rows: int = 1,
@@ -94,7 +98,8 @@ def reconstruct(
     """Prune (and round) ``weight`` [M, K] one input column at a time with error feedback.
 
     Either ``keep`` fixes the mask, or one is chosen block by block from the OBS saliency
-    ``w^2 / [H^-1]_jj^2`` at ``sparsity``. With a ``rounder`` every kept weight is also rounded
+    ``w^2 / [H^-1]_jj^2`` at ``sparsity`` (a list of V sparsities: the rows are V stacked
+    problems, pruned one at each, see _block_prune_mask). With a ``rounder`` every kept weight is also rounded
     to its level set; it gets the row indices of the values (``g * M + row`` when grouped).
     Returns ``(new_weight, keep, codes)`` (codes -1 where pruned, or None). With a ``rounder``,
     ``sweeps`` passes of coordinate descent then improve the rounded weights (``refine``).
@@ -181,17 +186,27 @@ def refine(weight: np.ndarray, approx: np.ndarray, codes: np.ndarray, keep: np.n
     return approx, codes
 
 
-def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
+def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray, energy: float | None = None) -> float:
     """Relative output error ``sqrt(tr(D H D^T) / tr(W H W^T))`` of replacing weight by approx.
 
     ``weight`` is ``[M, K]`` with ``hessian`` ``[K, K]``, or grouped: ``[G, M/G, K]`` with one
-    ``[G, K, K]`` matrix per group (a grouped convolution).
+    ``[G, K, K]`` matrix per group (a grouped convolution). ``energy`` is ``output_energy(weight,
+    hessian)`` when the caller already has it (the allocator measures ~45 approximations a layer).
     """
-    w = np.asarray(weight, np.float64)
-    d = w - approx
-    if w.ndim == 2:
-        w, d, hessian = w[None], d[None], np.asarray(hessian)[None]
-    hessian = np.asarray(hessian)
+    w, d, hessian = _grouped(weight, np.asarray(weight, np.float64) - approx, hessian)
     num = float(np.sum(np.matmul(d, hessian) * d))  # matmul runs BLAS; the einsum did not
-    den = float(np.sum(np.matmul(w, hessian) * w))
+    den = output_energy(weight, hessian) if energy is None else energy
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+def output_energy(weight: np.ndarray, hessian: np.ndarray) -> float:
+    """``tr(W H W^T)``: the output's energy, the denominator of ``output_error``."""
+    w, _, hessian = _grouped(weight, weight, hessian)
+    return float(np.sum(np.matmul(w, hessian) * w))
+
+
+def _grouped(weight, d, hessian):
+    w, d, hessian = np.asarray(weight, np.float64), np.asarray(d, np.float64), np.asarray(hessian)
+    if w.ndim == 2:
+        return w[None], d[None], hessian[None]
+    return w, d, hessian
