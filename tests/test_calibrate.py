@@ -32,5 +32,6 @@ def test_statistics_do_not_depend_on_the_batching(rng, monkeypatch):
     monkeypatch.setattr(calibrate, "PROBE_BYTES", 1 << 30)
     many = calibrate.collect(graph, targets, x, batch_size=32, use_cache=False)["conv"]
     assert one.count == many.count == 7 * 81
-    np.testing.assert_allclose(one.gram, many.gram, rtol=1e-12)
-    np.testing.assert_allclose(one.total, many.total, rtol=1e-12)
+    # each batch's products are float32 (summed in float64): equal up to float32 rounding
+    np.testing.assert_allclose(one.gram, many.gram, rtol=0, atol=1e-6 * np.abs(many.gram).max())
+    np.testing.assert_allclose(one.total, many.total, rtol=0, atol=1e-6 * np.abs(many.total).max())
