@@ -251,7 +251,8 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
                                        keep_float=options.keep_float, mantissa_grid=options.mantissa_grid(),
                                        progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     with job.timed("layer gains"):
-        allocate.measure_gains(graph, targets, curves, options.block, inputs[: allocate.GAIN_SAMPLES])
+        allocate.measure_gains(graph, targets, curves, options.block,
+                               inputs[: allocate.gain_samples(len(targets), inputs)])
         allocate.measure_held_out_gains(graph, targets, curves, stats, inputs, layer_options)
     excluded = graph.copy()
     float_bytes = sum(4 * t.weight.size for t in rewrite.find_targets(excluded)[0]

@@ -169,3 +169,15 @@ def test_layers_with_fewer_samples_than_inputs_get_a_held_out_gain(tmp_path, mon
     assert report.totals.ratio >= 8
     assert [n for n, _ in measured].count("fc") == 2 and ("fc", 24) in measured
     assert [n for n, _ in measured].count("block1/conv1") == 1
+
+
+def test_gain_samples_shrink_with_input_size_and_depth_within_bounds():
+    from fq_onnx.evaluation.feeds import Samples
+
+    small = Samples.of(np.zeros((200, 3, 32, 32), np.float32), "x")
+    large = Samples.of(np.zeros((200, 3, 320, 320), np.float32), "x")
+    assert allocate.gain_samples(21, small) == allocate.GAIN_SAMPLES  # ResNet-20-sized: all of them
+    assert allocate.gain_samples(64, large) == allocate.GAIN_MIN_SAMPLES  # YOLOv8n-sized: the floor
+    middle = allocate.gain_samples(4, Samples.of(np.zeros((200, 3, 224, 224), np.float32), "x"))
+    assert allocate.GAIN_MIN_SAMPLES < middle < allocate.GAIN_SAMPLES
+    assert middle == allocate.GAIN_ELEMENTS // (4 * 3 * 224 * 224)
