@@ -36,11 +36,8 @@ Images are decoded with Pillow (a dependency of fq-onnx; a reader of images chec
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.util
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fq_onnx.errors import FqOnnxError
+from fq_onnx.evaluation import user_code
 
 __all__ = [
     "DataError",
@@ -1081,25 +1079,7 @@ def _is_int(s: str) -> bool:
 def _load_python_reader(spec: str) -> Any:
     """``path/to/file.py:name`` or ``package.module:name`` -> the object (called if callable)."""
     target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        file = Path(target)
-        if not file.is_file():
-            raise DataError(f"{file}: no such Python file (from data spec {spec!r})")
-        mod_name = f"_fq_onnx_user_reader_{abs(hash(str(file.resolve())))}"
-        spec_obj = importlib.util.spec_from_file_location(mod_name, file)
-        if spec_obj is None or spec_obj.loader is None:
-            raise DataError(f"{file}: cannot import as a Python module")
-        module = importlib.util.module_from_spec(spec_obj)
-        sys.modules[mod_name] = module
-        try:
-            spec_obj.loader.exec_module(module)
-        except Exception as e:
-            raise DataError(f"{file}: importing it failed ({type(e).__name__}: {e})") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise DataError(f"cannot import module {target!r} for data {spec!r} ({e})") from None
+    module = user_code.import_module(target, "data", f"data spec {spec!r}", DataError)
     if not hasattr(module, attr):
         raise DataError(f"{target}: has no attribute {attr!r} (from data spec {spec!r})")
     obj = getattr(module, attr)

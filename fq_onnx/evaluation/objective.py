@@ -12,19 +12,16 @@ and knows the original model's score (its baseline):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import numbers
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from fq_onnx.errors import FqOnnxError
+from fq_onnx.evaluation import user_code
 from fq_onnx.options import OBJECTIVES
 
 
@@ -104,23 +101,7 @@ def load_metric(spec: str) -> Callable:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise FqOnnxError(f"--metric takes file.py:function or module:function, got {spec!r}")
-    if target.endswith(".py"):
-        file = Path(target)
-        if not file.is_file():
-            raise FqOnnxError(f"{file}: no such metric file (from --metric {spec})")
-        name = f"_fq_onnx_user_metric_{abs(hash(str(file.resolve())))}"
-        loader = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[name] = module
-        try:
-            loader.loader.exec_module(module)
-        except Exception as e:
-            raise FqOnnxError(f"{file}: importing the metric file failed ({type(e).__name__}: {e})") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise FqOnnxError(f"cannot import module {target!r} for --metric {spec} ({e})") from None
+    module = user_code.import_module(target, "metric", f"--metric {spec}", FqOnnxError)
     function = getattr(module, attr, None)
     if not callable(function):
         raise FqOnnxError(f"{target}: has no function {attr!r} (from --metric {spec})")
