@@ -304,11 +304,19 @@ def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.
             if allocation.plan[name] == allocate.FLOAT16:
                 rewrite.store_float16(graph, target.node)
             continue  # the allocator keeps this layer in float
+        if not allocation and target.weight.size < options.min_weights:
+            job.skipped.append((name, target.node.op, f"{target.weight.size} weights, fewer than "
+                                f"--min-weights {options.min_weights}: kept in float"))
+            continue
         result = allocation.results[name] if allocation else compress_layer(
             target.weight, target.bias, job.per_layer.get(name, job.default_sparsity), layer_options, layer_stats)
         layer = result.layer
-        target.bias = result.bias
         blob = layer.encode(options.block)
+        if not allocation and options.min_weights and len(blob) >= 4 * target.weight.size:
+            job.skipped.append((name, target.node.op, f"compressed {len(blob)} bytes, not smaller than its "
+                                f"{4 * target.weight.size} float32 bytes: kept in float"))
+            continue
+        target.bias = result.bias
         info = {"w2": float(layer.mixture.w2) if layer.mixture else 0.0, "rel_error": layer.rel_error,
                 "source_op": target.node.op}
         if result.output_error is not None:
@@ -323,6 +331,9 @@ def _compress(job: _Job, calibration: _Calibration | None, allocation: allocate.
                                                        w_sep=options.w_sep)
         if progress:
             progress(name, index + 1, len(targets))
+    if not rows and not allocation:
+        kept = "; ".join(f"{n}: {why}" for n, _, why in job.skipped)
+        raise FqOnnxError(f"{job.input_path}: nothing compressed ({kept}); --min-weights 0 compresses every layer")
     graph.cleanup()
     return rows
 

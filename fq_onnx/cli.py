@@ -204,6 +204,7 @@ def convert(
     w_sep: float = typer.Option(DEFAULTS.w_sep, help="Wasserstein separation above which a layer uses focused quantization."),
     block: int = typer.Option(DEFAULTS.block, help="Output channels sharing one pruning mask (4 speeds up the kernel)."),
     exclude: list[str] = typer.Option([], help="Node name, op type or glob pattern of either ('*/fc', 'Gemm', 'stem*') to leave untouched (repeatable)."),
+    min_weights: int = typer.Option(DEFAULTS.min_weights, help="Without --target-ratio/--max-drop, keep layers of fewer weights (or that would not shrink) in float, saying so; 0 compresses every layer."),
     seed: int = typer.Option(DEFAULTS.seed, help="Seed of the mixture fit and subsampling."),
     pow2_centres: bool = typer.Option(DEFAULTS.pow2_centres, "--pow2-centres/--no-pow2-centres", help="Round the two centres to powers of two."),
     assign: str = typer.Option(DEFAULTS.assign, help="Component assignment: argmax, sample or nearest."),

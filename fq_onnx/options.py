@@ -31,6 +31,11 @@ PREPROCESS_KEYS = ("size", "crop", "fit", "scale", "mean", "std", "layout", "cha
 SETTINGS_KEY = "fq_onnx.settings"  # the model metadata entry holding the stored settings
 # Keys of the stored settings that describe what a conversion found, not what it was asked.
 _RESULT_KEYS = ("allocation", "per_layer_bits", "per_layer_mantissa", "metric_function")
+# Fewer weights than this: a conversion without the allocator keeps the layer in float. Such
+# layers weigh nothing in the file and can carry a model's function: YOLOv8n's DFL conv (16
+# weights 0..15) alone took a plain 50% conversion from 18.5 to 8.3 dB output SQNR
+# (docs/REAL_MODELS_DIAGNOSIS.md); PP-OCR's SE layers have 16-256.
+MIN_WEIGHTS = 256
 
 
 def _number(v) -> bool:
@@ -40,7 +45,7 @@ def _number(v) -> bool:
 # What a recipe (or a caller) may give each option (None: the option's default where that is None).
 _TYPES = (
     (("sparsity", "w_sep", "target_ratio", "max_drop", "min_sqnr", "max_metric_drop"), "a number", _number),
-    (("bits", "mantissa", "block", "seed", "calib_size", "eval_size"), "an integer",
+    (("bits", "mantissa", "block", "seed", "calib_size", "eval_size", "min_weights"), "an integer",
      lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     (("pow2_centres", "per_channel", "fuse_activation", "sequential", "keep_float", "bias_correction"),
      "true or false", lambda v: isinstance(v, bool)),
@@ -87,6 +92,7 @@ class ConvertOptions:
     alloc_mantissa: tuple[int, ...] | None = None
     act_bits: int | None = None
     act_calib: str = "mse"
+    min_weights: int = MIN_WEIGHTS
 
     def __post_init__(self):
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
@@ -137,6 +143,8 @@ class ConvertOptions:
             raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
         if self.calib_size < 1:
             raise FqOnnxError(f"--calib-size must be >= 1, got {self.calib_size}")
+        if self.min_weights < 0:
+            raise FqOnnxError(f"--min-weights must be >= 0 (0 compresses every layer), got {self.min_weights}")
         if self.allocating:
             self._check_allocation()
         if self.alloc_bits is not None:
@@ -257,7 +265,9 @@ class ConvertOptions:
         the calibrated defaults resolved, the sparsity table inline, and what the allocator chose.
         Options that left no trace before they existed (``keep_float``, ``alloc_bits``,
         ``eval_size``, ``data``, ``mantissa``, ``alloc_mantissa``) are stored only when they differ
-        from their default."""
+        from their default. ``min_weights`` is always stored: its default changed behaviour (before
+        it, every layer was compressed), so stored settings without it replay with 0
+        (``recipe_fields``)."""
         from fq_onnx.quantize import allocate
 
         prune_method, rounding, bias_correction = self.resolved()
@@ -278,6 +288,7 @@ class ConvertOptions:
             "target_ratio": self.target_ratio, "max_drop": self.max_drop,
             "allocation": allocation.to_dict() if allocation else None,
             "act_bits": self.act_bits, "act_calib": self.act_calib if self.act_bits is not None else None,
+            "min_weights": self.min_weights,
         }
         if self.keep_float != DEFAULTS.keep_float:
             settings["keep_float"] = self.keep_float
@@ -355,6 +366,10 @@ def recipe_fields(values: Mapping[str, Any], source: str = "options") -> dict[st
     if not isinstance(values, Mapping):
         raise FqOnnxError(f"{source}: a recipe is a mapping of option names to values")
     fields = {}
+    if "calibration" in values and all(str(k).replace("-", "_") != "min_weights" for k in values):
+        # The stored form (every version since recipes replay has a "calibration" entry) written
+        # before --min-weights existed, when every layer was compressed: replay that.
+        fields["min_weights"] = 0
     allocating = values.get("allocation") is not None or any(values.get(n) is not None for n in ALLOCATION_TARGETS)
     for key, value in values.items():
         key = str(key).replace("-", "_")

@@ -29,12 +29,12 @@ CASES = {
     "resnet20-int8": ("resnet20", dict(calib="calib.npz", calib_size=32, sparsity=0.7, act_bits=8)),
 }
 
-DIGESTS = {  # recorded at fd1d655 (before issue 15's refactor)
-    "digits-int8": "e3e1eba6f522b6ce39c5a4057aa9671dafe58310b026adcdd0c0915f91cf8cd6",
-    "digits-plain": "50c121cc68f8eeaccd50584bbf313729d507a0201e3b529dc67bcfb9ed10081f",
-    "digits-ratio": "91227ad5b8c40ff9f235b3f7f4671047cdcb440e4f0ed6b9348a3c0df502bb19",
-    "resnet20-int8": "a15f27b5512f76172184177aae944b1b9b4df899217ca0a18b30305ba4361a82",
-    "resnet20-plain": "22b0b70d768c95b6fb53875a5bac3617092214d08515a93746fa4d7e59526ee2",
+DIGESTS = {  # recorded at fd1d655; then the settings gained "min_weights" (no layer here is below it)
+    "digits-int8": "a4a5cd14b76da4fbc9c7fc0ca38cf743be4158c458d4b604132c637fbdb9f208",
+    "digits-plain": "37b62128279c6385aaf6ab6583154e6040dc36036b07ed3fd347cbba3f8b0599",
+    "digits-ratio": "38677b489b61f64217bd9b732e59fa377e66f07fcf81726ff5ad37963f31c16d",
+    "resnet20-int8": "3d409fb07add9b44bf0544d8d1911329065450c1af1885a672acc6a818f1f250",
+    "resnet20-plain": "c665430f2e5fe294c0003445a0c9a8866b6c74af4fe15927e6f2403d977a6df2",
 }
 
 

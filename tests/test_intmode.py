@@ -353,7 +353,7 @@ def test_convert_with_integer_activations(tmp_path, rng):
     np.save(tmp_path / "calib.npy", calib)
     out = tmp_path / "int.onnx"
     report = api.convert(path, out, sparsity=0.5, calib=str(tmp_path / "calib.npy"), calib_size=40, act_bits=8,
-                         act_calib="minmax")
+                         act_calib="minmax", min_weights=0)  # c1 has 72 weights: compress it too
     acts = {r.name: r.act for r in report.layers}
     assert acts["c1"]["signed"] and not acts["c2"]["signed"] and not acts["fc"]["signed"]  # after ReLUs
     assert all(a["bits"] == 8 and a["clip_rate"] == 0.0 for a in acts.values())  # minmax: no clipping
@@ -368,7 +368,8 @@ def test_convert_with_integer_activations(tmp_path, rng):
     assert -128 * scale <= x.min() and x.max() <= 127 * scale
     assert x.min() < -64 * scale or x.max() > 63.5 * scale
     # The same weights as the float-activation conversion; inspect shows the quantizers.
-    plain = api.convert(path, tmp_path / "float.onnx", sparsity=0.5, calib=str(tmp_path / "calib.npy"), calib_size=40)
+    plain = api.convert(path, tmp_path / "float.onnx", sparsity=0.5, calib=str(tmp_path / "calib.npy"), calib_size=40,
+                        min_weights=0)
     for a, b in zip(graph.nodes, gs.import_onnx(onnx.load(str(tmp_path / "float.onnx"))).nodes):
         if a.op == "ShiftConv":
             assert np.array_equal(a.inputs[1].values, b.inputs[1].values)
@@ -406,7 +407,7 @@ def test_cli_convert_and_inspect_show_integer_mode(tmp_path, rng):
     np.save(tmp_path / "calib.npy", rng.standard_normal((16, 1, 12, 12)).astype(np.float32))
     out = tmp_path / "o.onnx"
     cmd = [sys.executable, "-m", "fq_onnx", "convert", path, "-o", str(out), "--calib", str(tmp_path / "calib.npy"),
-           "--calib-size", "16", "--act-bits", "8", "--json", str(tmp_path / "r.json")]
+           "--calib-size", "16", "--act-bits", "8", "--min-weights", "0", "--json", str(tmp_path / "r.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "integer activations in 3 of 3" in done.stdout and "u8 2^" in done.stdout

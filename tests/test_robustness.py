@@ -40,7 +40,7 @@ def test_duplicate_and_missing_node_names_get_unique_ones(tmp_path, rng):
     model.graph.node[-1].input[0] = "c2"
     third = model.graph.node[0]
     third.name = ""
-    report = api.convert(save(model, tmp_path / "in.onnx"), tmp_path / "out.onnx", sparsity=0.0, bits=7)
+    report = api.convert(save(model, tmp_path / "in.onnx"), tmp_path / "out.onnx", sparsity=0.0, bits=7, min_weights=0)
     names = [row.name for row in report.layers]
     assert len(names) == len(set(names)) == 2 and "conv" in names
 
@@ -53,7 +53,7 @@ def test_shared_weight_used_by_two_nodes(tmp_path, rng):
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8])], [w]),
                               opset_imports=[helper.make_opsetid("", 17)])
     src = save(model, tmp_path / "in.onnx")
-    report = api.convert(src, tmp_path / "out.onnx", sparsity=0.0, bits=7)
+    report = api.convert(src, tmp_path / "out.onnx", sparsity=0.0, bits=7, min_weights=0)
     assert len(report.layers) == 2
     inputs = {"X": rng.standard_normal((2, 8)).astype(np.float32)}
     got = reference.run(str(tmp_path / "out.onnx"), inputs)[0]
@@ -72,7 +72,7 @@ def test_conv_inside_an_if_body_is_listed_not_compressed(tmp_path, rng):
     outer.graph.node.append(helper.make_node("If", ["flag"], ["branch"], name="maybe", then_branch=body,
                                              else_branch=other))
     outer.graph.output.append(helper.make_tensor_value_info("branch", TensorProto.FLOAT, [None] * 4))
-    report = api.convert(save(outer, tmp_path / "in.onnx"), tmp_path / "out.onnx")
+    report = api.convert(save(outer, tmp_path / "in.onnx"), tmp_path / "out.onnx", min_weights=0)
     assert ("inner_conv", "Conv") in [(n, op) for n, op, _ in report.skipped]
     assert any("inside the body of If maybe" in why for _, _, why in report.skipped)
 

@@ -42,6 +42,7 @@ def shiftconv_outputs(model: onnx.ModelProto) -> list[str]:
 
 def convert(tmp_path, model, **options) -> onnx.ModelProto:
     src = save(model, tmp_path / "in.onnx")
+    options.setdefault("min_weights", 0)  # these layers are tiny: compress them anyway
     api.convert(src, tmp_path / "out.onnx", sparsity=options.pop("sparsity", 0.5), **options)
     return onnx.load(str(tmp_path / "out.onnx"))
 

@@ -94,6 +94,17 @@ class ActStats:
         return a, self.clipped(a) / max(self.total, 1)
 
 
+def _check_range(entry: ActStats) -> None:
+    """Raise IntModeError for inputs no scale 2^a of the format's range can hold: values clipped
+    even at the largest scale (a layer after weights of ~1e30), or a nonzero input that rounds to
+    zero at the smallest (~1e-20 and below)."""
+    if entry.clipped(_HIGH) > entry.always:
+        raise IntModeError(f"inputs up to {entry.max_abs:.3g} need an activation scale above 2^{_HIGH}")
+    if 0 < entry.max_abs < np.ldexp(0.5, _LOW):
+        raise IntModeError(f"inputs of at most {entry.max_abs:.3g} round to zero at the smallest "
+                           f"activation scale 2^{_LOW}")
+
+
 # Ops whose output is >= 0 whatever their input, and ops that keep an input's sign.
 _NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus"}
 _SIGN_KEEPING_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
@@ -196,6 +207,7 @@ def assign_scales(graph: gs.Graph, inputs: Samples | np.ndarray, act_bits: int, 
         for key in (*ATTRS, "act_clip_rate", "act_fallback"):
             node.attrs.pop(key, None)
         try:
+            _check_range(entry)
             prepare(np.asarray(node.inputs[1].values).tobytes(), act)
         except IntModeError as exc:
             node.attrs["act_fallback"] = str(exc)
