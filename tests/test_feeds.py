@@ -111,7 +111,7 @@ def test_generators_of_arrays_samples_and_dicts(rng, images):
 def test_calibration_data_reader_and_dataloader_like(rng, images, tmp_path):
     model = save(classifier(rng), tmp_path / "m.onnx")
     reader = FakeCalibrationDataReader("X", images)
-    report = api.convert(model, tmp_path / "c.fq.onnx", calib=reader, calib_size=8, sparsity=0.5)
+    report = api.convert(model, tmp_path / "c.fq.onnx", calib=reader, calib_size=8, sparsity=0.5, min_weights=0)
     assert report.settings["prune_method"] == "obs"
     labels = np.arange(12) % 5
     loader = FakeLoader(images, labels)
@@ -126,7 +126,7 @@ def test_a_model_with_two_inputs(rng, tmp_path):
     model = save(two_inputs(rng), tmp_path / "two.onnx")
     a, b = rng.standard_normal((2, 10, 3, 6, 6)).astype(np.float32)
     batches = [{"A": a[i : i + 5], "B": b[i : i + 5]} for i in (0, 5)]
-    api.convert(model, tmp_path / "two.fq.onnx", calib=batches, calib_size=8, sparsity=0.5)
+    api.convert(model, tmp_path / "two.fq.onnx", calib=batches, calib_size=8, sparsity=0.5, min_weights=0)
     result = evaluate(tmp_path / "two.fq.onnx", reference=model, data=batches, latency_runs=1, memory=False,
                       progress=False)
     assert result.samples == 10 and result.comparison.sqnr_db > 10
@@ -228,7 +228,7 @@ def test_cli_preprocessing_flags_on_an_image_folder(rng, tmp_path):
     model = save(classifier(rng), tmp_path / "m.onnx")
     flags = ["--resize", "letterbox", "--channels", "bgr", "--mean", "0.5", "--std", "0.5"]
     runner = CliRunner()
-    run = runner.invoke(app, ["convert", model, "-o", str(tmp_path / "m.fq.onnx"), "--calib", str(folder),
+    run = runner.invoke(app, ["convert", model, "-o", str(tmp_path / "m.fq.onnx"), "--min-weights", "0", "--calib", str(folder),
                               "--calib-size", "6", *flags, "--quiet"])
     assert run.exit_code == 0, run.output
     stored = ConvertOptions.from_file(tmp_path / "m.fq.onnx")
