@@ -22,7 +22,7 @@ from fq_onnx.quantize import allocate
 from fq_onnx.graph import rewrite, select
 from fq_onnx.quantize.compress import compress_layer
 from fq_onnx.errors import FqOnnxError
-from fq_onnx.graph import fold_batchnorms, load_model, save_model
+from fq_onnx.graph import check_output_directory, fold_batchnorms, load_model, save_model
 from fq_onnx.reporting.inspect import LayerRow, ModelReport, check_shiftconvs, float_row, inspect_model, shiftconv_row
 from fq_onnx.options import DEFAULTS, OBJECTIVES, SETTINGS_KEY, ConvertOptions, load_sparsity_file
 
@@ -148,6 +148,7 @@ def convert(
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise FqOnnxError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    check_output_directory(output_path)  # before any work, not after minutes of it
     pictures = None
     if report_dir is not None:
         from fq_onnx.reporting import report as html_report

@@ -120,6 +120,15 @@ def read_external(tensor: onnx.TensorProto) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="), copy=False).reshape(tuple(tensor.dims))
 
 
+def check_output_directory(path: str | os.PathLike) -> Path:
+    """The directory ``path`` will be written into; FqOnnxError unless it exists."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FqOnnxError(f"{path}: the output directory {directory} does not exist")
+    return directory
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     """Write ``model`` atomically (temporary files in the same directory, then renames).
 
@@ -129,9 +138,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     2 GB limit, until the rest fits. Returns the size in bytes of the written .onnx file.
     """
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FqOnnxError(f"{path}: the output directory {directory} does not exist")
+    directory = check_output_directory(path)
     external = [t for t in _all_tensors(model) if external_data_helper.uses_external_data(t)]
     data_path = None
     if external or model.ByteSize() > PROTOBUF_LIMIT:
