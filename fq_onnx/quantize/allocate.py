@@ -17,7 +17,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from fq_onnx.format import fmt
 from fq_onnx.quantize import reconstruct
 from fq_onnx.graph import rewrite
 from fq_onnx.calibration.calibrate import LayerStats, collect

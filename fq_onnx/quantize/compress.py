@@ -75,20 +75,18 @@ def prune_rows_at(weight: np.ndarray, sparsities: list[float], options: LayerOpt
 
 
 def compress_layer(weight: np.ndarray, bias: np.ndarray | None, sparsity: float, options: LayerOptions,
-                   stats: LayerStats | None = None,
-                   pruned: tuple[np.ndarray, np.ndarray] | None = None) -> CompressedLayer:
+                   stats: LayerStats | None = None) -> CompressedLayer:
     """Compress ``weight`` ([M, ...], one row per output) at ``sparsity``.
 
-    ``stats`` describe the inputs the compressed layer will see (None: no calibration);
-    ``pruned`` is ``prune_rows``' result for these arguments when the caller already has it.
+    ``stats`` describe the inputs the compressed layer will see (None: no calibration); several
+    settings of one layer go faster through ``compress_choices``.
     """
     if stats is None:
         keep = prune.magnitude_mask(weight, sparsity, options.block)
         layer = focus.quantize(weight, keep, options.bits, options.w_sep, options.pow2_centres, options.assign,
                                options.seed, options.per_channel, options.mantissa)
         return CompressedLayer(layer, bias, None)
-    pruned = pruned if pruned is not None else prune_rows(weight, sparsity, options, stats)
-    return compress_choices(weight, bias, [(pruned, options)], stats)[0]
+    return compress_choices(weight, bias, [(prune_rows(weight, sparsity, options, stats), options)], stats)[0]
 
 
 # Rows x inputs of the weights rounded together by compress_choices (float64: 64 MB per array).
