@@ -227,25 +227,26 @@ void log_message(const OrtLogger* logger, OrtLoggingLevel level, const std::stri
   }
 }
 
-}  // namespace
-
-void log_for_kernel(const OrtKernelInfo* info, OrtLoggingLevel level, const std::string& msg) {
+// The kernel's logger, or null (log_message then says nothing) when onnxruntime has none.
+const OrtLogger* kernel_logger(const OrtKernelInfo* info) {
   const OrtLogger* logger = nullptr;
   if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
     api().ReleaseStatus(st);
-    return;
+    return nullptr;
   }
-  log_message(logger, level, msg);
+  return logger;
+}
+
+}  // namespace
+
+void log_for_kernel(const OrtKernelInfo* info, OrtLoggingLevel level, const std::string& msg) {
+  log_message(kernel_logger(info), level, msg);
 }
 
 std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, const std::string& where, Layer layer,
                                                  const DecodedWeight& weight, int nchwc_block, double cost,
                                                  bool per_shape) {
-  const OrtLogger* logger = nullptr;
-  if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
-    api().ReleaseStatus(st);
-    logger = nullptr;
-  }
+  const OrtLogger* logger = kernel_logger(info);
   std::unique_ptr<OrtDelegate> d(new OrtDelegate());
   const ConvWeightShape& ws = layer.ws;
   const int64_t KS = ws.kh * ws.kw;
@@ -334,11 +335,7 @@ std::unique_ptr<OrtDelegate> OrtDelegate::create(const OrtKernelInfo* info, cons
 std::unique_ptr<OrtDelegate> OrtDelegate::create_matmul(const OrtKernelInfo* info, const std::string& where,
                                                         Layer layer, const DecodedWeight& weight, double cost,
                                                         bool per_shape) {
-  const OrtLogger* logger = nullptr;
-  if (OrtStatus* st = api().KernelInfo_GetLogger(info, &logger)) {
-    api().ReleaseStatus(st);
-    logger = nullptr;
-  }
+  const OrtLogger* logger = kernel_logger(info);
   std::unique_ptr<OrtDelegate> d(new OrtDelegate());
   const std::string err = create_op(info, "MatMul", "", 13, OpAttrs(), 2, 1, &d->conv_op_);
   if (!err.empty()) {

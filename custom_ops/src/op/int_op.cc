@@ -95,7 +95,7 @@ void IntShiftConv::compute(Ort::KernelContext& ctx, const Ort::ConstValue& xv, c
 
   const double work = double(w_.layout.stored_taps) * double(plan->tiles) * double(plan->tile / kernels_->lanes);
   const bool inline_run = work < kInlineWork;
-  const TaskGrid grid = make_int_task_grid(*plan, M, inline_run ? 1 : kTargetTasks);
+  const TaskGrid grid = make_task_grid(*plan, M, inline_run ? 1 : kTargetTasks);  // tasks over output rows
   const IntEpilogue ep{bias, frame_.act_lo, frame_.act_hi};
   run_tasks(inline_run ? nullptr : &ctx, grid.count(),
             [&](int64_t t) { run_int_task(*plan, w_, *kernels_, grid, t, q, ep, y); });

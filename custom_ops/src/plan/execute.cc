@@ -168,8 +168,11 @@ void zero_packed_tail(const Plan& p, float* packed) {
 }
 
 TaskGrid make_task_grid(const Plan& p, const SparseWeight& sw, int64_t target_tasks) {
+  return make_task_grid(p, int64_t(sw.groups.size()), target_tasks);
+}
+
+TaskGrid make_task_grid(const Plan& p, int64_t groups, int64_t target_tasks) {
   TaskGrid g;
-  const int64_t groups = int64_t(sw.groups.size());
   target_tasks = std::max<int64_t>(1, target_tasks);
   // Prefer splitting pixels: every task then streams the same (cached) tap lists. Split the
   // output channels too when there are too few tiles to keep every thread busy.

@@ -86,6 +86,9 @@ struct TaskGrid {
   int64_t groups_per_task = 1, group_tasks = 1;
   int64_t count() const { return tile_tasks * group_tasks; }
 };
+// About target_tasks tasks over the plan's tiles and `groups` row groups (float mode: the
+// weight's groups; integer mode: its output rows).
+TaskGrid make_task_grid(const Plan& p, int64_t groups, int64_t target_tasks);
 TaskGrid make_task_grid(const Plan& p, const SparseWeight& sw, int64_t target_tasks);
 
 // Applied in the output store: y = min(max(sum + bias, lo), hi). ReLU is lo = 0, a fused Clip

@@ -272,19 +272,6 @@ void zero_int_tail(const Plan& p, int32_t* q) {
   std::memset(q + used, 0, size_t(p.packed_floats - used) * sizeof(int32_t));
 }
 
-TaskGrid make_int_task_grid(const Plan& p, int64_t rows, int64_t target_tasks) {
-  TaskGrid g;
-  target_tasks = std::max<int64_t>(1, target_tasks);
-  g.tile_tasks = std::min<int64_t>(p.tiles, target_tasks);
-  g.tiles_per_task = (p.tiles + g.tile_tasks - 1) / std::max<int64_t>(1, g.tile_tasks);
-  g.tile_tasks = (p.tiles + g.tiles_per_task - 1) / g.tiles_per_task;
-  const int64_t want = std::max<int64_t>(1, target_tasks / std::max<int64_t>(1, g.tile_tasks));
-  g.group_tasks = std::max<int64_t>(1, std::min<int64_t>(rows, want));
-  g.groups_per_task = (rows + g.group_tasks - 1) / g.group_tasks;
-  g.group_tasks = rows ? (rows + g.groups_per_task - 1) / g.groups_per_task : 1;
-  return g;
-}
-
 void run_int_task(const Plan& p, const IntWeight& w, const IntKernelTable& kt, const TaskGrid& grid, int64_t task,
                   const int32_t* q, const IntEpilogue& ep, float* y) {
   const int64_t rows = w.layout.M;

@@ -55,9 +55,6 @@ void quantize_packed(const Plan& p, const IntKernelTable& kt, const ActQuant& ac
 // The zero tail after the last channel (read by the last tile's garbage lanes).
 void zero_int_tail(const Plan& p, int32_t* q);
 
-// Tasks: tile blocks x output-row blocks.
-TaskGrid make_int_task_grid(const Plan& p, int64_t rows, int64_t target_tasks);
-
 struct IntEpilogue {
   const float* bias = nullptr;  // [M] or null
   float lo, hi;                 // the fused activation as a clamp
