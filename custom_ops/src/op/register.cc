@@ -1,4 +1,4 @@
-// The library's only exported symbol (see exports.map).
+// RegisterCustomOps, the entry point onnxruntime calls (see exports.map; c_api.cc has the others).
 #include <cstdlib>
 #include <memory>
 #include <mutex>
