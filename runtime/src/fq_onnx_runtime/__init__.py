@@ -1,7 +1,9 @@
 """Run models compressed by fq-onnx in onnxruntime: the custom-op library and sessions that use it.
 
-The runtime-only package (``fq-onnx-runtime``): it imports onnxruntime and nothing of the
-converter (no onnx, scikit-learn or typer), so a deploy host needs only this and onnxruntime.
+The runtime-only package (``fq-onnx-runtime``): onnxruntime, numpy and onnx, nothing of the
+converter (no scikit-learn or typer). onnx is there to edit the graph in memory when a session
+is created (:mod:`fq_onnx_runtime.dense_graph`: dense layers become onnxruntime's own nodes) and
+is imported only then.
 ``libfq_onnx_ops.so`` (built from ``custom_ops/`` by ``pip install ./runtime``, or shipped in
 the wheel) implements the ``fq_onnx.ShiftConv`` op of docs/SHIFTCONV.md. :func:`session` is the
 one way the converter (``fq_onnx.runtime`` is this module) and users should open a compressed
@@ -17,7 +19,10 @@ from typing import Any, Mapping
 import onnxruntime as ort
 
 __version__ = "0.1.0"
-__all__ = ["library_path", "session_options", "session", "register", "enable", "disable", "LibraryNotFoundError"]
+__all__ = [
+    "library_path", "session_options", "session", "register", "enable", "disable", "prepare_model",
+    "LibraryNotFoundError",
+]
 
 LIBRARY_NAME = "libfq_onnx_ops.so"
 #: Environment variable that points at another build of the library (tests, development).
@@ -33,6 +38,14 @@ KERNEL_CHOICES = ("auto", "scalar", "avx2", "avx512")
 DENSE_CONFIG_KEY = "fq_onnx.dense"
 DENSE_ENV = "FQ_ONNX_DENSE"
 DENSE_CHOICES = ("auto", "own", "ort", "nchw", "nchwc")
+#: Session config entry (or ``session(dense_graph=...)``) choosing which float ShiftConv layers
+#: become onnxruntime's own Conv/Gemm/MatMul nodes, weights decoded in memory, when a session is
+#: created by :func:`session` or under :func:`enable`: ``auto`` (the layers our kernel would not
+#: win on), ``all``, ``off``; ``$FQ_ONNX_DENSE_GRAPH`` is the default. Setting ``fq_onnx.dense``
+#: to anything but ``auto`` turns it off unless this is set too (forcing a kernel inside
+#: ShiftConv means measuring ShiftConv). docs/PERFORMANCE.md, "Dense layers in onnxruntime's graph".
+DENSE_GRAPH_CONFIG_KEY = "fq_onnx.dense_graph"
+DENSE_GRAPH_ENV = "FQ_ONNX_DENSE_GRAPH"
 #: Session config entry telling the library the session's intra-op thread count, which a custom
 #: op cannot query: with more than one thread a conv splits its tiles into one run per thread.
 #: session_options sets it from ``intra_op_num_threads``; without it the library assumes one
@@ -113,12 +126,64 @@ def session_options(
     return register(so)
 
 
-def _has_entry(so: ort.SessionOptions, key: str) -> bool:
+def _entry(so: ort.SessionOptions, key: str) -> str | None:
     try:
-        so.get_session_config_entry(key)
+        return so.get_session_config_entry(key)
     except RuntimeError:  # onnxruntime's answer for a key that is not set
-        return False
-    return True
+        return None
+
+
+def _has_entry(so: ort.SessionOptions, key: str) -> bool:
+    return _entry(so, key) is not None
+
+
+def _dense_graph_mode(so: ort.SessionOptions, explicit: str | None = None) -> str:
+    """The dense_graph choice for a session: argument, config entry, environment, else auto
+    (off when a kernel inside ShiftConv is forced through fq_onnx.dense)."""
+    mode = explicit or _entry(so, DENSE_GRAPH_CONFIG_KEY) or os.environ.get(DENSE_GRAPH_ENV)
+    if not mode:
+        forced = _entry(so, DENSE_CONFIG_KEY) or os.environ.get(DENSE_ENV)
+        mode = "off" if forced not in (None, "", "auto") else "auto"
+    return mode
+
+
+def prepare_model(model: Any, dense_graph: str = "auto") -> Any:
+    """What to hand onnxruntime for `model` (a path, serialized bytes or an ``onnx.ModelProto``):
+    the model itself when no ShiftConv node changes, else the serialized model with the float
+    layers `dense_graph` selects turned into onnxruntime's own nodes (:mod:`.dense_graph`; the
+    file is not touched). A ModelProto is never modified."""
+    from . import dense_graph as dg
+
+    if dense_graph not in dg.MODES:
+        raise ValueError(f"dense_graph must be one of {dg.MODES}, got {dense_graph!r}")
+    if dense_graph == "off":
+        return model
+    if hasattr(model, "SerializeToString"):
+        data, base = None, None
+    else:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            data, base = bytes(model), None
+        else:
+            with open(os.fspath(model), "rb") as f:
+                data = f.read()
+            base = os.path.dirname(os.path.abspath(os.fspath(model)))
+        if b"ShiftConv" not in data:  # not compressed: no parse (enable() sees every model)
+            return model
+    import onnx
+
+    proto = onnx.ModelProto()
+    if data is None:
+        proto.CopyFrom(model)
+    else:
+        proto.ParseFromString(data)
+        if base is not None:
+            onnx.external_data_helper.load_external_data_for_model(proto, base)
+    if not dg.rewrite(proto, library_path(), dense_graph):
+        return model
+    try:
+        return proto.SerializeToString()
+    except ValueError:  # above protobuf's 2 GB: run it as stored, ShiftConv everywhere
+        return model
 
 
 def register(so: ort.SessionOptions) -> ort.SessionOptions:
@@ -157,6 +222,7 @@ def enable() -> None:
 
     def __init__(self, path_or_bytes, sess_options=None, *args, **kwargs):
         sess_options = session_options() if sess_options is None else register(sess_options)
+        path_or_bytes = prepare_model(path_or_bytes, _dense_graph_mode(sess_options))
         original(self, path_or_bytes, sess_options, *args, **kwargs)
 
     __init__.__wrapped__ = original
@@ -180,15 +246,19 @@ def session(
     kernel: str | None = None,
     providers: list[str] | None = None,
     config: Mapping[str, str] | None = None,
+    dense_graph: str | None = None,
     **options: Any,
 ) -> ort.InferenceSession:
     """An onnxruntime session for a (compressed) model, with ShiftConv available.
 
-    ``model`` is a path, the serialized bytes, or an ``onnx.ModelProto``. The remaining
-    arguments are those of :func:`session_options`. Errors in a compressed weight surface here,
-    as an exception naming the node.
+    ``model`` is a path, the serialized bytes, or an ``onnx.ModelProto``. ``dense_graph``:
+    ``auto`` | ``all`` | ``off``, which float layers run as onnxruntime's own nodes
+    (``DENSE_GRAPH_CONFIG_KEY``; None: the config entry, ``$FQ_ONNX_DENSE_GRAPH``, else auto).
+    The remaining arguments are those of :func:`session_options`. Errors in a compressed weight
+    surface here, as an exception naming the node.
     """
     so = session_options(threads=threads, kernel=kernel, config=config, **options)
+    model = prepare_model(model, _dense_graph_mode(so, dense_graph))
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
