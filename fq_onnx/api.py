@@ -250,6 +250,7 @@ def _allocate(job: _Job, calibration: _Calibration, options: ConvertOptions,
     with job.timed("layer curves"):
         curves = allocate.layer_curves(targets, stats, layer_options, bits_grid=options.bits_grid(),
                                        keep_float=options.keep_float, mantissa_grid=options.mantissa_grid(),
+                                       jobs=options.jobs,
                                        progress=(lambda n, i, t: progress(f"measuring {n}", i, t)) if progress else None)
     with job.timed("layer gains"):
         allocate.measure_gains(graph, targets, curves, options.block,

@@ -45,7 +45,7 @@ def _number(v) -> bool:
 # What a recipe (or a caller) may give each option (None: the option's default where that is None).
 _TYPES = (
     (("sparsity", "w_sep", "target_ratio", "max_drop", "min_sqnr", "max_metric_drop"), "a number", _number),
-    (("bits", "mantissa", "block", "seed", "calib_size", "eval_size", "min_weights"), "an integer",
+    (("bits", "mantissa", "block", "seed", "calib_size", "eval_size", "min_weights", "jobs"), "an integer",
      lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
     (("pow2_centres", "per_channel", "fuse_activation", "sequential", "keep_float", "bias_correction"),
      "true or false", lambda v: isinstance(v, bool)),
@@ -93,6 +93,7 @@ class ConvertOptions:
     act_bits: int | None = None
     act_calib: str = "mse"
     min_weights: int = MIN_WEIGHTS
+    jobs: int | None = None  # worker processes of the allocator's layer curves (None: allocate.default_jobs)
 
     def __post_init__(self):
         object.__setattr__(self, "exclude", tuple(str(e) for e in self.exclude))
@@ -143,6 +144,8 @@ class ConvertOptions:
             raise FqOnnxError("OBS pruning, GPTQ rounding and bias correction need calibration data (--calib)")
         if self.calib_size < 1:
             raise FqOnnxError(f"--calib-size must be >= 1, got {self.calib_size}")
+        if self.jobs is not None and self.jobs < 1:
+            raise FqOnnxError(f"--jobs must be >= 1, got {self.jobs}")
         if self.min_weights < 0:
             raise FqOnnxError(f"--min-weights must be >= 0 (0 compresses every layer), got {self.min_weights}")
         if self.allocating:

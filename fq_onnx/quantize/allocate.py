@@ -10,6 +10,7 @@ Lagrangian search picks, for a byte budget, the plan that minimises it.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -33,6 +34,7 @@ GAIN_SAMPLES = 128  # calibration inputs used to measure the gains, at most
 # measures at 32x32 and the bundled digits model keep all 128.
 GAIN_ELEMENTS = 1 << 25
 GAIN_MIN_SAMPLES = 32
+JOBS_ENV = "FQ_ONNX_JOBS"  # worker processes measuring the layer curves (default_jobs)
 Choice = tuple[float, int, int]  # (sparsity, bits, mantissa) of one layer
 FLOAT: Choice = (-1.0, 32, 0)  # the plan entry of a layer left uncompressed (float32 weights, no error)
 FLOAT16: Choice = (-1.0, 16, 0)  # left in float, its weight stored as float16 (rewrite.store_float16)
@@ -69,7 +71,8 @@ class LayerCurve:
 def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], options: LayerOptions,
                  grid=SPARSITY_GRID, bits_grid: tuple[int, ...] | None = None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 keep_float: bool = True, mantissa_grid: tuple[int, ...] | None = None) -> list[LayerCurve]:
+                 keep_float: bool = True, mantissa_grid: tuple[int, ...] | None = None,
+                 jobs: int | None = None) -> list[LayerCurve]:
     """Compress every layer alone at every (sparsity, bits, mantissa) of the grids; record bytes
     and error.
 
@@ -80,33 +83,77 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
     weights beyond float16's range). MobileNet-V2 at 8x with float32 alone kept 20 small layers
     in float, 292 KB of its 1.7 MB; with float16 the estimated noise at 8x drops 25% (0.075 to
     0.056) and the plan keeps 30 layers in float.
+
+    The layers are independent: with ``jobs`` > 1 (None: ``default_jobs()``) they are measured
+    in that many worker processes, largest first; the results do not depend on ``jobs``.
     """
-    curves = []
-    for index, target in enumerate(targets):
-        curve = LayerCurve(target.node.name, 4 * target.weight.size)
-        layer_stats = stats[target.node.name]
-        choices, settings = [], []
-        for sparsity, pruned in zip(grid, prune_rows_at(target.weight, list(grid), options, layer_stats)):
-            for bits, m in widths(bits_grid or (options.bits,), mantissa_grid or (options.mantissa,)):
-                choices.append((sparsity, bits, m))
-                settings.append((pruned, replace(options, bits=bits, mantissa=m)))
-        for choice, result in zip(choices, compress_choices(target.weight, target.bias, settings, layer_stats)):
-            curve.bytes[choice] = result.layer.encoded_size(options.block)
-            curve.errors[choice] = result.output_error
-            curve.results[choice] = result
-        if keep_float:
-            curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
-            half = target.weight.astype(np.float16)
-            if np.all(np.isfinite(half)):
-                shape = layer_stats.gram.shape[:1] + (-1, layer_stats.gram.shape[-1])
-                error = reconstruct.output_error(target.weight.reshape(shape), half.astype(np.float64).reshape(shape),
-                                                 layer_stats.second_moment)
-                curve.bytes[FLOAT16], curve.errors[FLOAT16] = 2 * target.weight.size, error
-                curve.results[FLOAT16] = Float16Layer(error)
-        curves.append(curve)
+    work = [(t.node.name, t.weight, t.bias, stats[t.node.name], options, tuple(grid),
+             bits_grid or (options.bits,), mantissa_grid or (options.mantissa,), keep_float) for t in targets]
+    jobs = min(default_jobs() if jobs is None else max(1, jobs), len(work))
+    curves: list[LayerCurve | None] = [None] * len(work)
+    if jobs <= 1:
+        for index, args in enumerate(work):
+            curves[index] = _indexed_curve(index, *args)[1]
+            if progress:
+                progress(args[0], index + 1, len(work))
+        return curves
+    from joblib import Parallel, delayed  # scikit-learn's process pool: loky workers, reused across calls
+
+    # largest layers first, so that no worker is left alone with a big one at the end
+    order = sorted(range(len(work)), key=lambda i: -work[i][1].size * work[i][3].gram.shape[-1])
+    pool = Parallel(n_jobs=jobs, return_as="generator_unordered", max_nbytes=None)
+    for done, (index, curve) in enumerate(pool(delayed(_indexed_curve)(i, *work[i]) for i in order), 1):
+        curves[index] = curve
         if progress:
-            progress(target.node.name, index + 1, len(targets))
+            progress(work[index][0], done, len(work))
     return curves
+
+
+def default_jobs() -> int:
+    """Worker processes for the layer curves: ``$FQ_ONNX_JOBS``, else one per usable CPU."""
+    value = os.environ.get(JOBS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"{JOBS_ENV} must be a whole number of worker processes, got {value!r}") from None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _indexed_curve(index: int, *args) -> tuple[int, LayerCurve]:
+    """``_layer_curve`` on one BLAS thread, in a worker or not: multi-threaded BLAS sums in
+    another order (errors 1e-5 apart, a code here and there), and the plan must not depend on
+    the number of workers or CPUs."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    with threadpool_limits(1):
+        return index, _layer_curve(*args)
+
+
+def _layer_curve(name: str, weight: np.ndarray, bias: np.ndarray | None, layer_stats: LayerStats,
+                 options: LayerOptions, grid: tuple[float, ...], bits_grid: tuple[int, ...],
+                 mantissa_grid: tuple[int, ...], keep_float: bool) -> LayerCurve:
+    """One layer's curve (see layer_curves)."""
+    curve = LayerCurve(name, 4 * weight.size)
+    choices, settings = [], []
+    for sparsity, pruned in zip(grid, prune_rows_at(weight, list(grid), options, layer_stats)):
+        for bits, m in widths(bits_grid, mantissa_grid):
+            choices.append((sparsity, bits, m))
+            settings.append((pruned, replace(options, bits=bits, mantissa=m)))
+    for choice, result in zip(choices, compress_choices(weight, bias, settings, layer_stats)):
+        curve.bytes[choice] = result.layer.encoded_size(options.block)
+        curve.errors[choice] = result.output_error
+        curve.results[choice] = result
+    if keep_float:
+        curve.bytes[FLOAT], curve.errors[FLOAT], curve.results[FLOAT] = curve.fp32_bytes, 0.0, None
+        half = weight.astype(np.float16)
+        if np.all(np.isfinite(half)):
+            shape = layer_stats.gram.shape[:1] + (-1, layer_stats.gram.shape[-1])
+            error = reconstruct.output_error(weight.reshape(shape), half.astype(np.float64).reshape(shape),
+                                             layer_stats.second_moment)
+            curve.bytes[FLOAT16], curve.errors[FLOAT16] = 2 * weight.size, error
+            curve.results[FLOAT16] = Float16Layer(error)
+    return curve
 
 
 def widths(bits_grid: tuple[int, ...], mantissa_grid: tuple[int, ...]) -> list[tuple[int, int]]:
