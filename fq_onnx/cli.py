@@ -239,7 +239,7 @@ def convert(
     alloc_mantissa: Optional[str] = typer.Option(None, help="Mantissa widths the allocator may give a layer, e.g. 0,1,2 (default: --mantissa alone; each one more multiplies the measuring time)."),
     act_bits: Optional[int] = typer.Option(None, help="Integer mode: quantize every layer's input to this many bits (4..8; needs --calib)."),
     act_calib: str = typer.Option(DEFAULTS.act_calib, help="How --act-bits chooses each power-of-two input scale: mse, minmax or percentile (99.99%)."),
-    jobs: Optional[int] = typer.Option(None, help="Worker processes measuring the allocator's layer curves (default: $FQ_ONNX_JOBS, else one per CPU); the output does not depend on it."),
+    jobs: Optional[int] = typer.Option(None, help="Worker processes measuring the allocator's layer curves (default: $FQ_ONNX_JOBS, else one per CPU; 1 for models under 200k weights); the output does not depend on it."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the per-layer report as JSON."),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write DIR/index.html: layer table, charts, weight histograms."),
     quiet: bool = QUIET,

@@ -181,3 +181,28 @@ def test_gain_samples_shrink_with_input_size_and_depth_within_bounds():
     middle = allocate.gain_samples(4, Samples.of(np.zeros((200, 3, 224, 224), np.float32), "x"))
     assert allocate.GAIN_MIN_SAMPLES < middle < allocate.GAIN_SAMPLES
     assert middle == allocate.GAIN_ELEMENTS // (4 * 3 * 224 * 224)
+
+
+def test_layer_curves_do_not_depend_on_the_number_of_workers():
+    from fq_onnx.calibration.calibrate import collect
+
+    job = api._prepare(default_model_path(), api.ConvertOptions())
+    targets = job.targets
+    x, _ = load_digits_split("train")
+    stats = collect(job.graph, targets, x[:32], use_cache=False)
+    options = api.ConvertOptions(calib="digits").layer_options()
+    one, two = (allocate.layer_curves(targets, stats, options, grid=(0.0, 0.5), bits_grid=(3, 5), jobs=jobs)
+                for jobs in (1, 2))
+    assert [c.name for c in two] == [t.node.name for t in targets]
+    for a, b in zip(one, two):
+        assert a.bytes == b.bytes and a.errors == b.errors
+
+
+def test_jobs_must_be_positive(monkeypatch):
+    with pytest.raises(FqOnnxError, match="--jobs must be >= 1"):
+        api.ConvertOptions(jobs=0)
+    monkeypatch.setenv(allocate.JOBS_ENV, "many")
+    with pytest.raises(ValueError, match="FQ_ONNX_JOBS must be a whole number"):
+        allocate.default_jobs()
+    monkeypatch.setenv(allocate.JOBS_ENV, "3")
+    assert allocate.default_jobs() == 3

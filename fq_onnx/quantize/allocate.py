@@ -35,6 +35,7 @@ GAIN_SAMPLES = 128  # calibration inputs used to measure the gains, at most
 GAIN_ELEMENTS = 1 << 25
 GAIN_MIN_SAMPLES = 32
 JOBS_ENV = "FQ_ONNX_JOBS"  # worker processes measuring the layer curves (default_jobs)
+PARALLEL_MIN_WEIGHTS = 200_000  # fewer weights in all (the digits CNN: 111k): curves measured inline
 Choice = tuple[float, int, int]  # (sparsity, bits, mantissa) of one layer
 FLOAT: Choice = (-1.0, 32, 0)  # the plan entry of a layer left uncompressed (float32 weights, no error)
 FLOAT16: Choice = (-1.0, 16, 0)  # left in float, its weight stored as float16 (rewrite.store_float16)
@@ -84,12 +85,15 @@ def layer_curves(targets: list[rewrite.Target], stats: dict[str, LayerStats], op
     in float, 292 KB of its 1.7 MB; with float16 the estimated noise at 8x drops 25% (0.075 to
     0.056) and the plan keeps 30 layers in float.
 
-    The layers are independent: with ``jobs`` > 1 (None: ``default_jobs()``) they are measured
-    in that many worker processes, largest first; the results do not depend on ``jobs``.
+    The layers are independent: with ``jobs`` > 1 (None: ``default_jobs()`` for models of at
+    least PARALLEL_MIN_WEIGHTS weights) they are measured in that many worker processes, largest
+    first; the results do not depend on ``jobs``.
     """
     work = [(t.node.name, t.weight, t.bias, stats[t.node.name], options, tuple(grid),
              bits_grid or (options.bits,), mantissa_grid or (options.mantissa,), keep_float) for t in targets]
-    jobs = min(default_jobs() if jobs is None else max(1, jobs), len(work))
+    if jobs is None:  # starting the workers costs ~5 s: small models are measured inline
+        jobs = default_jobs() if sum(t.weight.size for t in targets) >= PARALLEL_MIN_WEIGHTS else 1
+    jobs = min(max(1, jobs), len(work))
     curves: list[LayerCurve | None] = [None] * len(work)
     if jobs <= 1:
         for index, args in enumerate(work):
