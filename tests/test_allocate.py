@@ -206,3 +206,27 @@ def test_jobs_must_be_positive(monkeypatch):
         allocate.default_jobs()
     monkeypatch.setenv(allocate.JOBS_ENV, "3")
     assert allocate.default_jobs() == 3
+
+
+def test_noise_weighs_every_output_channel_alike():
+    """A detector's [N, 4 + classes, anchors]: boxes in the hundreds, class scores below 1. Destroying
+    the scores must show, however small they are next to the boxes."""
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (2, 4, 50))
+    scores = rng.uniform(0, 0.5, (2, 3, 50))
+    reference = [[np.concatenate([boxes, scores], axis=1).astype(np.float32)]]
+    broken = [[np.concatenate([boxes, 0 * scores], axis=1).astype(np.float32)]]
+    assert allocate.noise(reference, broken) == pytest.approx(3 / 7, rel=1e-6)  # 3 of 7 channels lost
+    # A classifier's logits (rank 2) are one channel: the plain relative squared error.
+    logits = rng.standard_normal((8, 10))
+    noisy = logits + 0.1 * rng.standard_normal((8, 10))
+    expected = np.sum((noisy - logits) ** 2) / np.sum(logits**2)
+    assert allocate.noise([[logits]], [[noisy]]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_noise_skips_data_dependent_outputs_and_names_the_problem_when_none_is_left():
+    scores = np.ones((1, 5), np.float32)
+    detections_ref, detections_out = np.zeros((3, 6), np.float32), np.zeros((4, 6), np.float32)
+    assert allocate.noise([[scores, detections_ref]], [[0.5 * scores, detections_out]]) == pytest.approx(0.25)
+    with pytest.raises(FqOnnxError, match="same shape"):
+        allocate.noise([[detections_ref]], [[detections_out]])

@@ -5,7 +5,8 @@ and knows the original model's score (its baseline):
 
 - ``top1``: top-1 accuracy in percent on labelled data;
 - ``agreement``: percent of samples whose top-1 class equals the original model's (no labels);
-- ``sqnr``: output SQNR in dB against the original model (no labels; the baseline is infinite);
+- ``sqnr``: output SQNR in dB against the original model, every output channel weighing alike
+  (fq_onnx.quantize.allocate.noise; no labels; the baseline is infinite);
 - a user metric ``metric(session) -> float`` (``--metric file.py:function``): called with an
   onnxruntime session of the candidate, it runs whatever data and scoring the user wants.
 """
@@ -25,13 +26,13 @@ from fq_onnx.evaluation import user_code
 from fq_onnx.options import OBJECTIVES
 
 
-def _outputs(model: bytes, samples) -> list[np.ndarray]:
+def _outputs(model: bytes, samples) -> list[list[np.ndarray]]:
     from fq_onnx.quantize.allocate import run_model  # the allocator's batched runner
 
     return run_model(model, samples)
 
 
-def _argmax(outputs: list[np.ndarray]) -> np.ndarray:
+def _argmax(outputs: list[list[np.ndarray]]) -> np.ndarray:
     from fq_onnx.quantize.allocate import top1_classes
 
     return top1_classes(outputs)
