@@ -199,7 +199,9 @@ def _replacement(node, plan, names: _Names, opset: int):
         return n
 
     w_name = const(f"{node.input[1]}/decoded", weight if kind == "conv" or _is_gemm(attrs) else weight.T.copy())
-    b_name = const(f"{node.input[1]}/bias", bias) if bias is not None else None
+    # the bias initializer as it is (checked float32 [M] by _plan_node): a copy would leave the
+    # original unread, and onnxruntime warns about every unused initializer
+    b_name = node.input[2] if bias is not None else None
     nodes = []
     if kind == "conv":
         keep = {k: attrs[k] for k in ("dilations", "group", "pads", "strides") if k in attrs}
